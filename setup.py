@@ -1,0 +1,28 @@
+"""mixaq_mmdet: MixA-Q mixed-precision window quantization as an mmdet 3.x plugin.
+
+The supported environment (exact pins and build flags) is made by
+``tools/setup_env.sh``; the ranges below are those known to work together.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name='mixaq_mmdet',
+    version='0.1.0',
+    description='MixA-Q: mixed-precision activation quantization of window '
+    'attention for MMDetection',
+    python_requires='>=3.9',
+    packages=find_packages(include=['mixaq_mmdet', 'mixaq_mmdet.*']),
+    install_requires=[
+        # 2.14's headers need C++20; mmcv 2.1.0 compiles as C++17.
+        'torch>=2.0,<2.14',
+        'mmengine>=0.10.7,<0.11',
+        # mmdet 3.3.0 asserts mmcv >= 2.0.0rc4, < 2.2.0; needs the compiled ops.
+        'mmcv>=2.0.0rc4,<2.2.0',
+        'mmdet>=3.3.0,<3.4',
+        'pycocotools',
+        'numpy',
+        'opencv-python',
+        'matplotlib',
+    ],
+    extras_require={'tests': ['pytest']},
+)
