@@ -1,0 +1,3 @@
+from .shapes_coco import SHAPES_CLASSES, ShapesCocoSpec, generate, generate_split
+
+__all__ = ['SHAPES_CLASSES', 'ShapesCocoSpec', 'generate', 'generate_split']

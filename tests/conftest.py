@@ -1,0 +1,54 @@
+import os
+import os.path as osp
+import subprocess
+import sys
+from typing import List
+
+import pytest
+
+from mixaq_mmdet.datasets import ShapesCocoSpec, generate
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+FP_BENCH_CONFIG = osp.join(
+    REPO, 'configs/benchmark/mask-rcnn_swin-nano-p4-w7_fpn_shapes.py')
+COCO_CONFIG = osp.join(REPO, 'configs/mixaq/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')
+
+
+@pytest.fixture(scope='session')
+def tiny_shapes(tmp_path_factory) -> str:
+    """A tiny benchmark split (8 train, 4 val images at 320 px)."""
+    root = str(tmp_path_factory.mktemp('shapes_coco'))
+    generate(root, num_train=8, num_val=4, seed=0)
+    return root
+
+
+def data_root_options(data_root: str) -> List[str]:
+    """``--cfg-options`` that point the benchmark config at ``data_root``."""
+    root = data_root.rstrip('/') + '/'
+    ann = root + 'annotations/instances_val.json'
+    return [
+        f'train_dataloader.dataset.data_root={root}',
+        f'val_dataloader.dataset.data_root={root}',
+        f'test_dataloader.dataset.data_root={root}',
+        f'val_evaluator.ann_file={ann}',
+        f'test_evaluator.ann_file={ann}',
+        'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'val_dataloader.num_workers=0',
+        'val_dataloader.persistent_workers=False',
+        'test_dataloader.num_workers=0',
+        'test_dataloader.persistent_workers=False',
+    ]
+
+
+def run_tool(args: List[str], cwd: str = REPO, timeout: int = 600,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """Run a repository script with this interpreter; fail with its output."""
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='2')
+    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f'{" ".join(args)} exited {proc.returncode}\n'
+                    f'--- stdout ---\n{proc.stdout[-4000:]}\n'
+                    f'--- stderr ---\n{proc.stderr[-4000:]}')
+    return proc
