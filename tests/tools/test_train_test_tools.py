@@ -1,0 +1,79 @@
+"""tools/train.py, tools/test.py and the demo, end to end as subprocesses."""
+import json
+import os.path as osp
+import re
+
+import pytest
+
+from ..conftest import FP_BENCH_CONFIG, data_root_options, run_tool
+
+TINY = ['train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
+        'default_hooks.checkpoint.max_keep_ckpts=3', 'param_scheduler.0.end=2']
+
+
+def _epochs(n):
+    return [f'train_cfg.max_epochs={n}', f'train_cfg.val_interval={n}',
+            f'param_scheduler.1.end={n}']
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_shapes, tmp_path_factory):
+    """One epoch (2 iterations) of the benchmark model on the tiny split."""
+    work_dir = str(tmp_path_factory.mktemp('train'))
+    run_tool(['tools/train.py', FP_BENCH_CONFIG, '--work-dir', work_dir,
+              '--cfg-options', *data_root_options(tiny_shapes), *TINY, *_epochs(1)])
+    return tiny_shapes, work_dir
+
+
+def test_train_writes_checkpoint(trained):
+    _, work_dir = trained
+    assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
+    assert open(osp.join(work_dir, 'last_checkpoint')).read().strip().endswith(
+        'epoch_1.pth')
+
+
+def test_test_tool_prints_coco_metrics(trained, tmp_path):
+    data_root, work_dir = trained
+    out = str(tmp_path / 'preds.pkl')
+    proc = run_tool(['tools/test.py', FP_BENCH_CONFIG,
+                     osp.join(work_dir, 'epoch_1.pth'), '--work-dir', str(tmp_path),
+                     '--out', out, '--cfg-options', *data_root_options(data_root)])
+    log = proc.stdout + proc.stderr
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
+        match = re.search(rf'{key}: (-?[0-9.]+)', log)
+        assert match, f'{key} missing from the test log'
+        assert -1.0 <= float(match.group(1)) <= 1.0
+    assert osp.getsize(out) > 0
+
+
+def test_resume_continues_training(trained, tmp_path):
+    data_root, work_dir = trained
+    proc = run_tool(['tools/train.py', FP_BENCH_CONFIG, '--work-dir', work_dir,
+                     '--resume', '--cfg-options', *data_root_options(data_root),
+                     *TINY, *_epochs(2)])
+    log = proc.stdout + proc.stderr
+    assert 'resumed epoch: 1, iter: 2' in log
+    assert 'Epoch(train) [2]' in log and 'Epoch(train) [1]' not in log
+    assert osp.isfile(osp.join(work_dir, 'epoch_2.pth'))
+
+
+def test_test_tool_rejects_missing_checkpoint(tmp_path):
+    proc = run_tool(['tools/test.py', FP_BENCH_CONFIG, str(tmp_path / 'none.pth')],
+                    check=False)
+    assert proc.returncode != 0
+    assert f'checkpoint {tmp_path}/none.pth does not exist' in proc.stderr
+
+
+def test_demo_writes_results(tiny_shapes, tmp_path):
+    work_dir = str(tmp_path / 'demo')
+    proc = run_tool(['tools/run_demo.py', '--work-dir', work_dir,
+                     '--data-root', tiny_shapes, '--max-epochs', '1'])
+    rows = json.load(open(osp.join(work_dir, 'results.json')))
+    assert [r['name'] for r in rows] == ['fp']
+    assert 0 <= rows[0]['bbox_mAP'] <= 100 and 0 <= rows[0]['segm_mAP'] <= 100
+    assert 'bbox mAP' in proc.stdout and 'fp' in proc.stdout
+    # second run: cached checkpoint, no training
+    proc = run_tool(['tools/run_demo.py', '--work-dir', work_dir,
+                     '--data-root', tiny_shapes, '--max-epochs', '1'])
+    assert '(cached)' in proc.stdout
+    assert json.load(open(osp.join(work_dir, 'results.json'))) == rows

@@ -1,0 +1,60 @@
+"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT`` (mmdet's CLI).
+
+Prints the COCO metrics (``coco/bbox_mAP``, ``coco/segm_mAP``, ...) of the test
+split through the config's ``test_cfg`` loop.
+"""
+import argparse
+import os
+
+from mmdet.engine.hooks.utils import trigger_visualization_hook
+from mmdet.evaluation import DumpDetResults
+from mmdet.utils import setup_cache_size_limit_of_dynamo
+from mmengine.config import DictAction
+
+import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
+from mixaq_mmdet.utils import build_runner, load_runner_config
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='directory for the metrics file')
+    parser.add_argument('--out', help='dump predictions to a .pkl file')
+    parser.add_argument('--show', action='store_true',
+                        help='show prediction results')
+    parser.add_argument('--show-dir', help='save painted predictions here '
+                        '(inside work_dir/timestamp)')
+    parser.add_argument('--wait-time', type=float, default=2,
+                        help='seconds each shown image stays')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value pairs')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    setup_cache_size_limit_of_dynamo()
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')
+    if not os.path.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+    cfg = load_runner_config(args.config, args.work_dir, args.cfg_options,
+                             args.launcher)
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        cfg = trigger_visualization_hook(cfg, args)
+    runner = build_runner(cfg)
+    if args.out is not None:
+        runner.test_evaluator.metrics.append(
+            DumpDetResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()
