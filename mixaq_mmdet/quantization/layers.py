@@ -1,0 +1,129 @@
+"""Layers whose weights and inputs are fake-quantized.
+
+:class:`QuantLinear` and :class:`QuantConv2d` replace a float ``nn.Linear`` /
+``nn.Conv2d`` and keep its ``weight``/``bias`` state_dict keys, so float
+checkpoints load unchanged (the quantizer keys are then reported missing).
+:class:`QuantMatMul` makes the bare ``@`` products of attention quantizable.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .quantizers import (DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER, QuantizerBase,
+                         QuantizerCfg, build_quantizer)
+
+
+def _build_optional(cfg: Optional[QuantizerCfg]) -> Optional[QuantizerBase]:
+    return None if cfg is None else build_quantizer(cfg)
+
+
+def _build_weight_quantizer(cfg: QuantizerCfg) -> QuantizerBase:
+    # A weight is one static tensor: exact statistics unless the config says otherwise.
+    return build_quantizer(cfg, default_args=dict(static=True))
+
+
+def _take_param(param: Optional[nn.Parameter], share: bool) -> Optional[nn.Parameter]:
+    if param is None or share:
+        return param
+    return nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` with a fake-quantized weight and, optionally, input.
+
+    A subclass of ``nn.Linear`` (as torch.ao's QAT ``Linear``), so initialization
+    and ``isinstance`` checks keep working; code that swaps layers must test for
+    ``QuantLinear`` before ``nn.Linear``.
+
+    Args:
+        linear: The float layer.
+        weight_quantizer: Quantizer (config or module) of the weight; per channel
+            means per output channel (``ch_axis=0``). A config that does not set
+            ``static`` gets ``static=True``.
+        input_quantizer: Quantizer of the input, or None when the caller quantizes
+            the input itself (e.g. two branches that share this layer, each with
+            its own activation quantizers).
+        share_params: Use the float layer's parameters (True) or copies of them.
+    """
+
+    def __init__(self, linear: nn.Linear, weight_quantizer: QuantizerCfg,
+                 input_quantizer: Optional[QuantizerCfg], share_params: bool = True) -> None:
+        if not isinstance(linear, nn.Linear) or isinstance(linear, QuantLinear):
+            raise TypeError(f'QuantLinear needs a float nn.Linear, got {type(linear).__name__}')
+        super().__init__(linear.in_features, linear.out_features, linear.bias is not None,
+                         device='meta')
+        self.weight = _take_param(linear.weight, share_params)
+        self.bias = _take_param(linear.bias, share_params)
+        self.weight_quantizer = _build_weight_quantizer(weight_quantizer)
+        self.input_quantizer = _build_optional(input_quantizer)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear,
+                   weight_quantizer: QuantizerCfg = DEFAULT_WEIGHT_QUANTIZER,
+                   input_quantizer: Optional[QuantizerCfg] = DEFAULT_ACT_QUANTIZER,
+                   share_params: bool = True) -> 'QuantLinear':
+        """Quantized copy of ``linear``, by default in the PTQ setting (W4 per
+        channel, A8 per tensor, percentile/MSE ranges)."""
+        return cls(linear, weight_quantizer, input_quantizer, share_params)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with a fake-quantized weight and, optionally, input.
+
+    Same arguments and conventions as :class:`QuantLinear`; per-channel weight
+    quantization is per output channel (``ch_axis=0``).
+    """
+
+    def __init__(self, conv: nn.Conv2d, weight_quantizer: QuantizerCfg,
+                 input_quantizer: Optional[QuantizerCfg], share_params: bool = True) -> None:
+        if not isinstance(conv, nn.Conv2d) or isinstance(conv, QuantConv2d):
+            raise TypeError(f'QuantConv2d needs a float nn.Conv2d, got {type(conv).__name__}')
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                         conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                         conv.padding_mode, device='meta')
+        self.weight = _take_param(conv.weight, share_params)
+        self.bias = _take_param(conv.bias, share_params)
+        self.weight_quantizer = _build_weight_quantizer(weight_quantizer)
+        self.input_quantizer = _build_optional(input_quantizer)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d,
+                   weight_quantizer: QuantizerCfg = DEFAULT_WEIGHT_QUANTIZER,
+                   input_quantizer: Optional[QuantizerCfg] = DEFAULT_ACT_QUANTIZER,
+                   share_params: bool = True) -> 'QuantConv2d':
+        """Quantized copy of ``conv``, by default in the PTQ setting."""
+        return cls(conv, weight_quantizer, input_quantizer, share_params)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return self._conv_forward(x, self.weight_quantizer(self.weight), self.bias)
+
+
+class QuantMatMul(nn.Module):
+    """``a @ b`` with each operand fake-quantized by its own quantizer.
+
+    Args:
+        quantizer_a: Quantizer of ``a``, or None to leave it float.
+        quantizer_b: Quantizer of ``b``, or None to leave it float.
+    """
+
+    def __init__(self, quantizer_a: Optional[QuantizerCfg] = None,
+                 quantizer_b: Optional[QuantizerCfg] = None) -> None:
+        super().__init__()
+        self.quantizer_a = _build_optional(quantizer_a)
+        self.quantizer_b = _build_optional(quantizer_b)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        if self.quantizer_a is not None:
+            a = self.quantizer_a(a)
+        if self.quantizer_b is not None:
+            b = self.quantizer_b(b)
+        return torch.matmul(a, b)

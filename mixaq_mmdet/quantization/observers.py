@@ -1,0 +1,419 @@
+"""Calibration statistics kept across batches, and their reduction over ranks.
+
+Observers are plain objects, not modules: their statistics are neither saved in a
+``state_dict`` nor broadcast by ``DistributedDataParallel`` (which copies rank 0's
+module buffers to every rank at each forward and would erase the other ranks'
+data). Each rank accumulates its own statistics; :meth:`MinMaxObserver.reduced`
+merges them over ranks once, when a quantizer computes its qparams.
+
+Statistics are per tensor (one "channel") or per channel along ``ch_axis``; every
+statistic has a leading channel dimension ``C`` (``C = 1`` per tensor).
+"""
+import copy
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+# Histogram exponent of a channel that has seen only zeros: below the exponent of
+# any nonzero float32, so the first nonzero data always widens the range.
+_ZERO_EXPONENT = -160
+
+
+def is_distributed() -> bool:
+    """Whether a default process group with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on at least one rank (a collective when distributed)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def pow2_exact(exponent: Tensor) -> Tensor:
+    """Exact ``2.0 ** exponent`` in float64 for integer exponents in [-1022, 1023]."""
+    return ((exponent.long() + 1023) << 52).view(torch.float64)
+
+
+def _sawtooth_sq_integral(t: Tensor) -> Tensor:
+    """Antiderivative of ``(t - round(t)) ** 2``: the squared rounding error."""
+    n = torch.floor(t + 0.5)
+    return n / 12 + ((t - n) ** 3 + 0.125) / 3
+
+
+class MinMaxObserver:
+    """Running minimum and maximum, per tensor or per channel along ``ch_axis``.
+
+    Memory: two float32 vectors of ``C`` values. An empty tensor (e.g. a window
+    group that received no windows) is ignored.
+    """
+
+    def __init__(self, per_channel: bool = False, ch_axis: int = 0) -> None:
+        self.per_channel = per_channel
+        self.ch_axis = ch_axis
+        self.min_val: Optional[Tensor] = None
+        self.max_val: Optional[Tensor] = None
+
+    @property
+    def empty(self) -> bool:
+        """Whether no data has been observed."""
+        return self.min_val is None
+
+    @property
+    def num_channels(self) -> int:
+        """``C``, or 0 before any data."""
+        return 0 if self.min_val is None else self.min_val.numel()
+
+    def reset(self) -> None:
+        """Forget all statistics."""
+        self.min_val = None
+        self.max_val = None
+
+    def observe(self, x: Tensor) -> None:
+        """Add a batch to the statistics."""
+        if x.numel() == 0:
+            return
+        self._update_minmax(*self._batch_minmax(x))
+
+    def reduced(self, device: torch.device) -> 'MinMaxObserver':
+        """The statistics of all ranks merged; ``self`` when not distributed.
+
+        A collective: every rank must call it. Ranks without data take part.
+        """
+        if not is_distributed():
+            return self
+        out = self._new_empty()
+        num_channels = self._reduce_num_channels(device)
+        if num_channels == 0:
+            return out
+        inf = torch.full((num_channels, ), float('inf'), device=device)
+        min_val = inf.clone() if self.empty else self.min_val.to(device).clone()
+        max_val = -inf if self.empty else self.max_val.to(device).clone()
+        dist.all_reduce(min_val, op=dist.ReduceOp.MIN)
+        dist.all_reduce(max_val, op=dist.ReduceOp.MAX)
+        out.min_val, out.max_val = min_val, max_val
+        return out
+
+    def channel_axis(self, x: Tensor) -> int:
+        """``ch_axis`` as a non-negative dimension of ``x``."""
+        if not -x.dim() <= self.ch_axis < x.dim():
+            raise ValueError(f'ch_axis={self.ch_axis} is out of range for an input of '
+                             f'shape {tuple(x.shape)}')
+        return self.ch_axis % x.dim()
+
+    def channel_shape(self, x: Tensor) -> List[int]:
+        """Shape that broadcasts a per-channel vector against ``x``."""
+        shape = [1] * x.dim()
+        if self.per_channel:
+            shape[self.channel_axis(x)] = -1
+        return shape
+
+    def _batch_minmax(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        if not self.per_channel:
+            return x.min().reshape(1).float(), x.max().reshape(1).float()
+        axis = self.channel_axis(x)
+        dims = [d for d in range(x.dim()) if d != axis]
+        if dims:
+            min_val, max_val = torch.amin(x, dim=dims).float(), torch.amax(x, dim=dims).float()
+        else:
+            min_val, max_val = x.float().clone(), x.float().clone()
+        if self.min_val is not None and min_val.shape != self.min_val.shape:
+            raise ValueError(f'observed {self.num_channels} channels before, got '
+                             f'{min_val.numel()} (input shape {tuple(x.shape)}, '
+                             f'ch_axis={self.ch_axis})')
+        return min_val, max_val
+
+    def _update_minmax(self, min_val: Tensor, max_val: Tensor) -> None:
+        if self.min_val is None:
+            self.min_val, self.max_val = min_val, max_val
+        else:
+            self.min_val = torch.minimum(self.min_val, min_val)
+            self.max_val = torch.maximum(self.max_val, max_val)
+
+    def _new_empty(self) -> 'MinMaxObserver':
+        out = copy.copy(self)
+        out.reset()
+        return out
+
+    def _reduce_num_channels(self, device: torch.device) -> int:
+        """``C`` agreed over ranks (0 if no rank has data); ranks with data must agree."""
+        c = self.num_channels
+        t = torch.tensor([c, -c if c else -(1 << 62)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        largest, smallest = int(t[0]), -int(t[1])
+        if largest and largest != smallest:
+            raise ValueError(f'ranks observed different channel counts ({smallest} and '
+                             f'{largest})')
+        return largest
+
+
+class HistogramObserver(MinMaxObserver):
+    """Exact running min/max plus a log-scale histogram of each channel, for
+    percentile search.
+
+    Bins follow the floating-point format: a value's sign, its octave below the
+    channel's top ``R_c = 2 ** exponent[c]`` (the smallest power of two above
+    ``max |x|``) and the leading ``mantissa_bits`` bits of its mantissa. So every
+    bin is at most ``2 ** -mantissa_bits`` (3 % by default) of its magnitude wide,
+    from ``R_c`` down to ``R_c * 2 ** -octaves``; smaller magnitudes, zero
+    included, share one bin per sign. Relative resolution suits heavy-tailed
+    activations, whose bulk lies orders of magnitude below their maximum.
+
+    The bins of a value are computed exactly (bit fields of the float), and when
+    a batch raises ``R_c`` the counts shift by whole octaves, merging the lowest
+    into the near-zero bins, which is exact too. Hence the histogram of a data
+    set does not depend on how it is split into batches or over ranks: the
+    distributed reduction (max of exponents, shift, sum of counts) gives exactly
+    the single-process histogram of the union.
+
+    Memory: ``C * (2 * octaves * 2 ** mantissa_bits + 2)`` int64 counts (16 KiB
+    per channel by default; 12 MiB for 768 channels) plus three vectors of
+    ``C``, independent of the input size and of the number of batches. Observing
+    a batch allocates temporaries of about 16 bytes per input element.
+
+    Percentiles and quantization errors assume the values of a bin are spread
+    uniformly over it; bins are clipped to the exact minimum and maximum.
+    """
+
+    def __init__(self, per_channel: bool = False, ch_axis: int = 0, octaves: int = 32,
+                 mantissa_bits: int = 5) -> None:
+        super().__init__(per_channel, ch_axis)
+        for name, value, low, high in (('octaves', octaves, 1, 64),
+                                       ('mantissa_bits', mantissa_bits, 0, 10)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f'{name} must be an int in [{low}, {high}], got {value!r}')
+        self.octaves = octaves
+        self.mantissa_bits = mantissa_bits
+        self.hist: Optional[Tensor] = None
+        self.exponent: Optional[Tensor] = None
+
+    @property
+    def num_bins(self) -> int:
+        """Bins per channel: magnitude bins and one near-zero bin, for each sign."""
+        return 2 * self._half
+
+    @property
+    def _half(self) -> int:
+        return self.octaves * 2**self.mantissa_bits + 1
+
+    def reset(self) -> None:
+        super().reset()
+        self.hist = None
+        self.exponent = None
+
+    def observe(self, x: Tensor) -> None:
+        if x.numel() == 0:
+            return
+        min_val, max_val = self._batch_minmax(x)
+        amax = torch.maximum(min_val.abs(), max_val.abs())
+        exponent = torch.where(amax > 0, torch.frexp(amax.double()).exponent.long(),
+                               torch.full_like(amax, _ZERO_EXPONENT, dtype=torch.long))
+        if self.hist is None:
+            self.hist = torch.zeros(amax.numel(), self.num_bins, dtype=torch.long,
+                                    device=x.device)
+            self.exponent = exponent
+        else:
+            grown = torch.maximum(self.exponent, exponent)
+            self.hist = self._shifted(self.hist, grown - self.exponent)
+            self.exponent = grown
+        self.hist += self._count(x)
+        self._update_minmax(min_val, max_val)
+
+    def reduced(self, device: torch.device) -> 'HistogramObserver':
+        if not is_distributed():
+            return self
+        out = super().reduced(device)
+        if out.empty:
+            return out
+        num_channels = out.num_channels
+        exponent = (torch.full((num_channels, ), _ZERO_EXPONENT, device=device)
+                    if self.empty else self.exponent.to(device).clone())
+        dist.all_reduce(exponent, op=dist.ReduceOp.MAX)
+        if self.empty:
+            hist = torch.zeros(num_channels, self.num_bins, dtype=torch.long, device=device)
+        else:
+            hist = self._shifted(self.hist.to(device), exponent - self.exponent.to(device))
+            hist = hist.clone()
+        dist.all_reduce(hist, op=dist.ReduceOp.SUM)
+        out.hist, out.exponent = hist, exponent
+        return out
+
+    def quantiles(self, qs: Sequence[float]) -> Tensor:
+        """Quantiles ``qs`` of each channel, shape ``(len(qs), C)``, float64.
+
+        As :func:`torch.quantile`: linear interpolation between the order
+        statistics around rank ``q * (n - 1)``, each located within its bin.
+        """
+        left, right = self._bin_edges()
+        counts = self.hist.double()
+        cum = counts.cumsum(1)
+        rank = (cum[:, -1:] - 1) * torch.tensor(qs, dtype=torch.float64, device=cum.device)
+        below = rank.floor()
+
+        def order_statistic(k: Tensor) -> Tensor:
+            # The k-th smallest value (from 0) sits at count k + 1/2 of its bin.
+            idx = torch.searchsorted(cum, k + 0.5).clamp_(max=self.num_bins - 1)
+            n = counts.gather(1, idx)
+            frac = ((k + 0.5 - cum.gather(1, idx) + n) / n.clamp(min=1)).clamp(0, 1)
+            lo, hi = left.gather(1, idx), right.gather(1, idx)
+            return lo + frac * (hi - lo)
+
+        upper = torch.minimum(below + 1, cum[:, -1:] - 1)
+        return torch.lerp(order_statistic(below), order_statistic(upper), rank - below).t()
+
+    def quantization_mse(self, scale: Tensor, zero_point: Tensor, quant_min: int,
+                         quant_max: int) -> Tensor:
+        """Mean squared fake-quantization error of each channel for each of ``K``
+        candidate qparams of shape ``(K, C)``; returns ``(K, C)``, float64."""
+        a, b = self._bin_edges()
+        width = b - a
+        counts = self.hist.double()
+        total = counts.sum(1)
+        out = []
+        for s, z in zip(scale.double().unsqueeze(-1), zero_point.double().unsqueeze(-1)):
+            lo, hi = (quant_min - z) * s, (quant_max - z) * s
+            below = ((b.clamp(max=lo) - lo)**3 - (a.clamp(max=lo) - lo)**3) / 3
+            above = ((b.clamp(min=hi) - hi)**3 - (a.clamp(min=hi) - hi)**3) / 3
+            inside = s**3 * (_sawtooth_sq_integral(b.clamp(lo, hi) / s) -
+                             _sawtooth_sq_integral(a.clamp(lo, hi) / s))
+            spread = (below + above + inside) / torch.where(width > 0, width, 1.0)
+            point = (torch.clamp(torch.round(a / s), quant_min - z, quant_max - z) * s - a)**2
+            out.append((torch.where(width > 0, spread, point) * counts).sum(1) / total)
+        return torch.stack(out)
+
+    def _count(self, x: Tensor) -> Tensor:
+        """Histogram of one batch on the current exponents, shape ``(C, num_bins)``."""
+        num_channels, steps, half = self.exponent.numel(), 2**self.mantissa_bits, self._half
+        shape = self.channel_shape(x)
+        mantissa, exponent = torch.frexp(x.float())  # |mantissa| in [0.5, 1), or 0
+        # Magnitude bin, 0 near zero, then 1 .. octaves * steps in increasing order:
+        # (octave counted from the bottom) * steps + leading mantissa bits + 1.
+        bottom = (self.exponent - self.octaves + 1).int().view(shape)
+        magnitude = exponent.sub_(bottom).mul_(steps).add_(1)
+        magnitude += mantissa.abs_().mul_(2).sub_(1).mul_(steps).floor_().int()
+        del mantissa
+        magnitude.clamp_(min=0).masked_fill_(x == 0, 0)
+        negative = (half - 1) - magnitude
+        idx = torch.where(x < 0, negative, magnitude.add_(half))
+        del negative, magnitude
+        if self.per_channel:
+            idx += (torch.arange(num_channels, dtype=torch.int32, device=x.device) *
+                    self.num_bins).view(shape)
+        return torch.bincount(idx.flatten(), minlength=num_channels * self.num_bins).view(
+            num_channels, self.num_bins)
+
+    def _shifted(self, hist: Tensor, octaves: Tensor) -> Tensor:
+        """Counts moved down by ``octaves`` (per channel) after the top exponent grew;
+        magnitudes leaving the range join the near-zero bins."""
+        octaves = octaves.clamp(0, self.octaves)
+        if not bool(octaves.any()):
+            return hist
+        steps, half = 2**self.mantissa_bits, self._half
+        magnitude = torch.arange(half, device=hist.device)
+        moved = (magnitude.unsqueeze(0) - octaves.unsqueeze(1) * steps).clamp_(min=0)
+        target = torch.cat([half - 1 - moved.flip(1), half + moved], dim=1)
+        return torch.zeros_like(hist).scatter_add_(1, target, hist)
+
+    def _bin_edges(self) -> Tuple[Tensor, Tensor]:
+        """Left and right edges of every bin, clipped to the channel's exact range."""
+        steps = 2**self.mantissa_bits
+        magnitude = torch.arange(self.octaves * steps, device=self.hist.device)
+        octave, step = magnitude // steps, magnitude % steps
+        # Octave o (from the bottom) spans [2^(k - octaves + o), 2^(k - octaves + o + 1)).
+        base = pow2_exact(self.exponent.unsqueeze(1) - self.octaves + octave)
+        low = torch.cat([torch.zeros_like(base[:, :1]), base * (1 + step / steps)], dim=1)
+        high = torch.cat([base[:, :1], base * (1 + (step + 1) / steps)], dim=1)
+        left = torch.cat([-high.flip(1), low], dim=1)
+        right = torch.cat([-low.flip(1), high], dim=1)
+        lo, hi = self.min_val.double().unsqueeze(1), self.max_val.double().unsqueeze(1)
+        return left.clamp(lo, hi), right.clamp(lo, hi)
+
+
+class TensorObserver(MinMaxObserver):
+    """Keeps (a reference to) one static tensor, for exact statistics of a weight.
+
+    Percentiles (as :func:`torch.quantile`) and quantization errors are computed
+    exactly on the tensor. Observing it again is free; observing a *different*
+    tensor raises, since that means the quantizer sees activations, which need
+    :class:`HistogramObserver`. Memory: none beyond the reference (the weight
+    itself); computing percentiles sorts a copy.
+
+    Under distributed, every rank must observe a tensor of the same shape;
+    :meth:`reduced` broadcasts rank 0's, so every rank computes the same qparams
+    even if its replica differs.
+    """
+
+    def __init__(self, per_channel: bool = False, ch_axis: int = 0) -> None:
+        super().__init__(per_channel, ch_axis)
+        self.tensor: Optional[Tensor] = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.tensor = None
+
+    def observe(self, x: Tensor) -> None:
+        if x.numel() == 0:
+            return
+        if self.tensor is not None and not _same_tensor(x, self.tensor):
+            raise ValueError('static statistics keep one tensor (a weight) but a '
+                             'different tensor was observed; use static=False for '
+                             'activations, or reset the statistics after the weight '
+                             'changed')
+        self.tensor = x
+        self.min_val, self.max_val = self._batch_minmax(x)
+
+    def reduced(self, device: torch.device) -> 'TensorObserver':
+        if not is_distributed():
+            return self
+        numel = 0 if self.tensor is None else self.tensor.numel()
+        t = torch.tensor([numel, -numel], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        out = self._new_empty()
+        largest, smallest = int(t[0]), -int(t[1])
+        if largest == 0:
+            return out
+        if largest != smallest:
+            raise ValueError('a static tensor must be observed with the same shape on '
+                             f'every rank, got {smallest} and {largest} elements')
+        tensor = self.tensor.to(device).clone()
+        dist.broadcast(tensor, src=0)
+        out.observe(tensor)
+        return out
+
+    def quantiles(self, qs: Sequence[float]) -> Tensor:
+        """Quantiles ``qs`` of each channel, shape ``(len(qs), C)``, float64."""
+        rows = self._rows().double().sort(dim=1).values
+        pos = torch.tensor(qs, dtype=torch.float64, device=rows.device) * (rows.shape[1] - 1)
+        below, above = pos.floor().long(), pos.ceil().long()
+        return torch.lerp(rows[:, below], rows[:, above], pos - below).t()
+
+    def quantization_mse(self, scale: Tensor, zero_point: Tensor, quant_min: int,
+                         quant_max: int) -> Tensor:
+        """Mean squared fake-quantization error of each channel for each of ``K``
+        candidate qparams of shape ``(K, C)``; returns ``(K, C)``, float64."""
+        rows = self._rows().float()
+        return torch.stack([
+            (torch.fake_quantize_per_channel_affine(rows, s.float(), z.int(), 0, quant_min,
+                                                    quant_max) - rows).double().pow_(2).mean(1)
+            for s, z in zip(scale, zero_point)
+        ])
+
+    def _rows(self) -> Tensor:
+        """The tensor as ``(C, N)``: one row per channel."""
+        if not self.per_channel:
+            return self.tensor.reshape(1, -1)
+        return self.tensor.movedim(self.channel_axis(self.tensor), 0).reshape(
+            self.num_channels, -1)
+
+
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape:
+        return False
+    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride():
+        return True
+    return torch.equal(a, b)

@@ -1,0 +1,568 @@
+"""Fake quantizers: uniform affine (PTQ), log-sqrt(2) (post-softmax) and LSQ (QAT).
+
+All quantizers share :class:`QuantizerBase`: torch.ao-style observer / fake-quant
+switches, a ``calibrated`` flag in the ``state_dict`` and a ``name`` for error
+messages. The module-level helpers switch every quantizer of a model at once,
+like torch.ao's ``enable_observer`` / ``enable_fake_quant`` helpers.
+"""
+import math
+from numbers import Integral
+from types import MappingProxyType
+from typing import Any, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import QUANTIZERS
+from .observers import (HistogramObserver, MinMaxObserver, TensorObserver, any_rank,
+                        pow2_exact)
+
+MIN_BITS, MAX_BITS = 2, 8
+CALIB_METHODS = ('minmax', 'percentile_mse')
+# RepQ-ViT's percentile candidates; (min, max) is always a candidate too.
+PERCENTILES = (0.999, 0.9999, 0.99999)
+
+#: Weights in the PTQ setting (RepQ-ViT W4): per output channel, asymmetric,
+#: percentile/MSE range computed exactly on the weight.
+DEFAULT_WEIGHT_QUANTIZER: Mapping[str, Any] = MappingProxyType(
+    dict(type='UniformQuantizer', bits=4, per_channel=True, calib='percentile_mse',
+         static=True))
+#: Activations in the PTQ setting (RepQ-ViT A8): per tensor, asymmetric,
+#: percentile/MSE range from a histogram of the calibration data.
+DEFAULT_ACT_QUANTIZER: Mapping[str, Any] = MappingProxyType(
+    dict(type='UniformQuantizer', bits=8, calib='percentile_mse'))
+
+QuantizerCfg = Union[Mapping[str, Any], 'QuantizerBase']
+
+
+class _RoundSTE(torch.autograd.Function):
+    """Round half to even (optionally clamped) with a straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, low: Optional[float], high: Optional[float]) -> Tensor:
+        y = torch.round(x)
+        return y if low is None else y.clamp(low, high)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
+        return grad, None, None
+
+
+class _GradScale(torch.autograd.Function):
+    """Identity whose gradient is multiplied by ``factor`` (LSQ's gradient scale)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
+        return grad * ctx.factor, None
+
+
+class _LogSqrt2(torch.autograd.Function):
+    """Log-sqrt(2) quantization of values in [0, 1], straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, bits: int) -> Tensor:
+        levels = 2**bits
+        xd = x.double()
+        k = torch.round(-2 * torch.log2(xd))
+        below_range = k >= levels
+        k = k.clamp(0, levels - 1)
+        odd = torch.remainder(k, 2) == 1
+        # 2^(-k/2) = 2^(-ceil(k/2)) * sqrt(2)^(k odd), exact powers of two in float64.
+        value = pow2_exact(-torch.ceil(k / 2))
+        value = torch.where(odd, value * math.sqrt(2.0), value)
+        return torch.where(below_range, 0.0, value).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
+        return grad, None
+
+
+def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
+                  quant_max: int, ch_axis: Optional[int] = None) -> Tensor:
+    """Differentiable uniform affine fake quantization.
+
+    The values of :func:`torch.fake_quantize_per_tensor_affine` (``ch_axis=None``)
+    or :func:`torch.fake_quantize_per_channel_affine`, with straight-through
+    rounding so that gradients also reach ``scale`` and ``zero_point`` (which must
+    hold integers for those values).
+    """
+    if ch_axis is not None:
+        shape = [1] * x.dim()
+        shape[ch_axis] = -1
+        scale, zero_point = scale.view(shape), zero_point.view(shape)
+    q = torch.clamp(_RoundSTE.apply(x * (1.0 / scale), None, None) + zero_point, quant_min,
+                    quant_max)
+    return ((q - zero_point) * scale).to(x.dtype)
+
+
+class QuantizerBase(nn.Module):
+    """State and switches common to all fake quantizers.
+
+    With the observer on, every forward input is added to the statistics (across
+    batches). Turning the observer off computes the qparams from the statistics
+    of all ranks, if new data arrived. With fake quant on the forward returns the
+    input quantized with the current qparams (also while observing); with it off
+    the forward is exactly the identity. A new quantizer observes and does not
+    quantize (calibration mode). The switches are not part of the ``state_dict``;
+    the qparams and the ``calibrated`` flag are.
+
+    ``name`` is the module's qualified name in its model (see
+    :func:`set_quantizer_names`); errors name the quantizer by it.
+    """
+
+    #: Names of the qparam tensors whose shape is only known after calibration.
+    _qparam_names: Tuple[str, ...] = ()
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.name = ''
+        self.bits = self._check_bits(bits)
+        self.observer_enabled = True
+        self.fake_quant_enabled = False
+        self._has_new_data = False
+        self._is_calibrated = False
+        self.register_buffer('calibrated', torch.tensor(False))
+
+    @property
+    def display_name(self) -> str:
+        """Class and module name, used in messages."""
+        cls = type(self).__name__
+        return f"{cls} '{self.name}'" if self.name else cls
+
+    @property
+    def is_calibrated(self) -> bool:
+        """Whether qparams have been computed or loaded."""
+        return self._is_calibrated
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observer_enabled and x.numel() > 0:
+            self._check_finite(x)
+            with torch.no_grad():
+                try:
+                    self._observe(x.detach())
+                except ValueError as e:
+                    raise ValueError(f'{self.display_name}: {e}') from None
+            self._has_new_data = True
+        if not self.fake_quant_enabled:
+            return x
+        if not self._is_calibrated:
+            raise RuntimeError(
+                f'{self.display_name}: fake quantization is on but the quantizer is not '
+                'calibrated; call enable_calibration(model), run forward passes on '
+                'calibration data, then enable_quantization(model), or load a '
+                'calibrated checkpoint')
+        return self._fake_quantize(x)
+
+    def enable_observer(self, enabled: bool = True) -> None:
+        """Collect statistics in forward (``enabled=False``: :meth:`disable_observer`)."""
+        if not enabled:
+            self.disable_observer()
+            return
+        self.observer_enabled = True
+
+    def disable_observer(self) -> None:
+        """Stop collecting; if any rank saw new data, compute the qparams.
+
+        A collective under distributed: call it on every rank.
+        """
+        if not self.observer_enabled:
+            return
+        self.observer_enabled = False
+        if any_rank(self._has_new_data, self.calibrated.device):
+            self.calculate_qparams()
+
+    def enable_fake_quant(self, enabled: bool = True) -> None:
+        """Quantize the forward output (``enabled=False``: identity)."""
+        self.fake_quant_enabled = enabled
+
+    def disable_fake_quant(self) -> None:
+        """Make the forward the identity."""
+        self.enable_fake_quant(False)
+
+    def calculate_qparams(self) -> Tuple[Tensor, Tensor]:
+        """Compute, store and return ``(scale, zero_point)`` from all ranks' statistics.
+
+        A collective under distributed. Raises if no rank observed any data.
+        """
+        try:
+            qparams = self._compute_qparams()
+        except ValueError as e:
+            raise ValueError(f'{self.display_name}: {e}') from None
+        self.calibrated.fill_(True)
+        self._is_calibrated = True
+        self._has_new_data = False
+        return qparams
+
+    def reset_statistics(self) -> None:
+        """Forget the observed statistics (the qparams stay)."""
+        self._reset_statistics()
+        self._has_new_data = False
+
+    def extra_repr(self) -> str:
+        return (f'bits={self.bits}{self._config_repr()}, observer={self.observer_enabled}, '
+                f'fake_quant={self.fake_quant_enabled}, calibrated={self._is_calibrated}')
+
+    def _config_repr(self) -> str:
+        return ''
+
+    def _observe(self, x: Tensor) -> None:
+        raise NotImplementedError
+
+    def _reset_statistics(self) -> None:
+        raise NotImplementedError
+
+    def _compute_qparams(self) -> Tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _fake_quantize(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _no_statistics(self) -> RuntimeError:
+        return RuntimeError(
+            f'{self.display_name}: no calibration statistics were observed (empty '
+            'calibration set, or the quantizer is never reached); run forward passes '
+            'with the observer enabled (enable_calibration(model)) first')
+
+    def _check_bits(self, bits: Any) -> int:
+        if isinstance(bits, bool) or not isinstance(bits, Integral):
+            raise TypeError(f'{self.display_name}: bits must be an int in '
+                            f'[{MIN_BITS}, {MAX_BITS}], got {bits!r} '
+                            f'({type(bits).__name__})')
+        if not MIN_BITS <= bits <= MAX_BITS:
+            raise ValueError(f'{self.display_name}: bits must be an int in '
+                             f'[{MIN_BITS}, {MAX_BITS}], got {bits!r}')
+        return int(bits)
+
+    def _check_finite(self, x: Tensor) -> None:
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            bad = x[~finite]
+            raise ValueError(f'{self.display_name}: calibration data has {bad.numel()} '
+                             f'non-finite value(s) out of {x.numel()} (first: '
+                             f'{bad[0].item()}); quantization ranges need finite inputs')
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str,
+                              local_metadata: dict, strict: bool, missing_keys: List[str],
+                              unexpected_keys: List[str], error_msgs: List[str]) -> None:
+        # Per-channel qparams of a calibrated checkpoint may not match the shape of
+        # a freshly built quantizer: take the checkpoint's shape.
+        for name in self._qparam_names:
+            value, current = state_dict.get(prefix + name), getattr(self, name)
+            if isinstance(value, Tensor) and value.shape != current.shape:
+                current.data = current.data.new_empty(value.shape)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+        flag = state_dict.get(prefix + 'calibrated')
+        if flag is not None:
+            self._is_calibrated = bool(flag)
+            if self._is_calibrated:
+                self._has_new_data = False
+
+
+@QUANTIZERS.register_module()
+class UniformQuantizer(QuantizerBase):
+    """Uniform affine fake quantizer (round to nearest), RepQ-ViT's PTQ quantizer.
+
+    Asymmetric: integers ``[0, 2^bits - 1]`` and an integer zero point; symmetric:
+    ``[-2^(bits-1), 2^(bits-1) - 1]`` and zero point 0. Ranges always include 0, so
+    zero is exact. qparams from a range follow torch.ao's ``MinMaxObserver``; the
+    forward is :func:`torch.fake_quantize_per_tensor_affine` /
+    :func:`torch.fake_quantize_per_channel_affine` with the ``scale`` and
+    ``zero_point`` buffers.
+
+    Args:
+        bits: Bit width, 2 to 8.
+        symmetric: Signed range with zero point 0 instead of an unsigned one.
+        per_channel: One scale/zero point per index of ``ch_axis`` (weights: output
+            channels, ``ch_axis=0``; tokens ``(B, N, C)``: ``ch_axis=-1``).
+        ch_axis: Channel dimension for ``per_channel``.
+        calib: ``'minmax'``: the range of all observed data. ``'percentile_mse'``:
+            RepQ-ViT's search; candidate ranges are (min, max) and the
+            ``(1 - p, p)`` quantiles for ``p`` in :data:`PERCENTILES`; each channel
+            keeps the candidate with the lowest MSE on the observed data.
+        static: For ``'percentile_mse'``: the input is one static tensor (a weight)
+            whose percentiles and errors are computed exactly on the tensor itself
+            (:class:`TensorObserver`). Otherwise the statistics are a histogram of
+            bounded memory, merged exactly across batches and ranks
+            (:class:`HistogramObserver`). The weight quantizers of
+            :class:`QuantLinear` / :class:`QuantConv2d` default to True.
+    """
+
+    _qparam_names = ('scale', 'zero_point')
+
+    def __init__(self, bits: int, symmetric: bool = False, per_channel: bool = False,
+                 ch_axis: int = 0, calib: str = 'minmax', static: bool = False) -> None:
+        super().__init__(bits)
+        if calib not in CALIB_METHODS:
+            raise ValueError(f'{self.display_name}: calib must be one of {CALIB_METHODS}, '
+                             f'got {calib!r}')
+        if isinstance(ch_axis, bool) or not isinstance(ch_axis, int):
+            raise TypeError(f'{self.display_name}: ch_axis must be an int, got {ch_axis!r}')
+        self.symmetric = bool(symmetric)
+        self.per_channel = bool(per_channel)
+        self.ch_axis = ch_axis
+        self.calib = calib
+        self.static = bool(static)
+        if self.symmetric:
+            self.quant_min, self.quant_max = -2**(self.bits - 1), 2**(self.bits - 1) - 1
+        else:
+            self.quant_min, self.quant_max = 0, 2**self.bits - 1
+        self.observer = self._make_observer()
+        self._init_qparams()
+
+    def _config_repr(self) -> str:
+        axis = f', ch_axis={self.ch_axis}' if self.per_channel else ''
+        static = ', static=True' if self.static else ''
+        return (f', symmetric={self.symmetric}, per_channel={self.per_channel}{axis}, '
+                f'calib={self.calib!r}{static}')
+
+    def _make_observer(self) -> MinMaxObserver:
+        if self.calib == 'minmax':
+            return MinMaxObserver(self.per_channel, self.ch_axis)
+        if self.static:
+            return TensorObserver(self.per_channel, self.ch_axis)
+        return HistogramObserver(self.per_channel, self.ch_axis)
+
+    def _init_qparams(self) -> None:
+        self.register_buffer('scale', torch.ones(1))
+        self.register_buffer('zero_point', torch.zeros(1, dtype=torch.int32))
+
+    def _observe(self, x: Tensor) -> None:
+        self.observer.observe(x)
+
+    def _reset_statistics(self) -> None:
+        self.observer.reset()
+
+    def _compute_qparams(self) -> Tuple[Tensor, Tensor]:
+        stats = self.observer.reduced(self.calibrated.device)
+        if stats.empty:
+            raise self._no_statistics()
+        if self.calib == 'minmax':
+            scale, zero_point = self._range_to_qparams(stats.min_val, stats.max_val)
+        else:
+            scale, zero_point = self._search_percentile_mse(stats)
+        self.scale.data = scale.to(self.scale.device, torch.float32)
+        self.zero_point.data = zero_point.to(self.zero_point.device, self.zero_point.dtype)
+        return self.scale, self.zero_point
+
+    def _range_to_qparams(self, min_val: Tensor, max_val: Tensor) -> Tuple[Tensor, Tensor]:
+        """torch.ao's qparams for the range ``[min_val, max_val]`` widened to include 0."""
+        min_neg = torch.clamp(min_val, max=0.0)
+        max_pos = torch.clamp(max_val, min=0.0)
+        eps = torch.finfo(torch.float32).eps
+        if self.symmetric:
+            max_pos = torch.max(-min_neg, max_pos)
+            scale = torch.clamp(max_pos / (float(self.quant_max - self.quant_min) / 2), min=eps)
+            return scale, torch.zeros_like(scale, dtype=torch.int32)
+        scale = torch.clamp((max_pos - min_neg) / float(self.quant_max - self.quant_min),
+                            min=eps)
+        zero_point = self.quant_min - torch.round(min_neg / scale).to(torch.int32)
+        return scale, torch.clamp(zero_point, self.quant_min, self.quant_max)
+
+    def _search_percentile_mse(self, stats: MinMaxObserver) -> Tuple[Tensor, Tensor]:
+        k = len(PERCENTILES)
+        q = stats.quantiles([1.0 - p for p in PERCENTILES] + list(PERCENTILES)).float()
+        lows = torch.cat([stats.min_val.unsqueeze(0), q[:k]])
+        highs = torch.cat([stats.max_val.unsqueeze(0), q[k:]])
+        scales, zero_points = self._range_to_qparams(lows, highs)
+        mse = stats.quantization_mse(scales, zero_points, self.quant_min, self.quant_max)
+        best = mse.argmin(0, keepdim=True)  # first minimum: (min, max) wins ties
+        return scales.gather(0, best)[0], zero_points.gather(0, best)[0]
+
+    def _fake_quantize(self, x: Tensor) -> Tensor:
+        if self.per_channel:
+            return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point,
+                                                          self.observer.channel_axis(x),
+                                                          self.quant_min, self.quant_max)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point,
+                                                     self.quant_min, self.quant_max)
+
+
+@QUANTIZERS.register_module()
+class LSQQuantizer(UniformQuantizer):
+    """Uniform fake quantizer with a learnable step size (LSQ) and, when asymmetric,
+    a learnable zero point (LSQ+), for QAT.
+
+    ``scale`` (and ``zero_point``) are parameters, initialized by calibration with
+    any :class:`UniformQuantizer` method: turning the observer off sets them. The
+    forward and its gradients equal ``torch._fake_quantize_learnable_per_tensor_affine``
+    (``..._per_channel_affine``): straight-through rounding; the zero point is
+    rounded and clamped to the integer range in the forward and gets gradient only
+    from clamped inputs; scale and zero-point gradients are multiplied by
+    ``grad_factor``, by default LSQ's ``1 / sqrt(n * quant_max)`` with ``n`` the
+    number of input elements per scale. Like torch.ao's ``_LearnableFakeQuantize``
+    the scale is kept at or above the float32 eps.
+
+    Args:
+        grad_factor: Fixed gradient factor instead of LSQ's.
+        Others: as :class:`UniformQuantizer`.
+    """
+
+    def __init__(self, bits: int, symmetric: bool = False, per_channel: bool = False,
+                 ch_axis: int = 0, calib: str = 'minmax', static: bool = False,
+                 grad_factor: Optional[float] = None) -> None:
+        super().__init__(bits, symmetric, per_channel, ch_axis, calib, static)
+        if grad_factor is not None and not grad_factor > 0:
+            raise ValueError(f'{self.display_name}: grad_factor must be positive or None, '
+                             f'got {grad_factor!r}')
+        self.grad_factor = grad_factor
+
+    def _config_repr(self) -> str:
+        factor = '' if self.grad_factor is None else f', grad_factor={self.grad_factor}'
+        return super()._config_repr() + factor
+
+    def _init_qparams(self) -> None:
+        self.scale = nn.Parameter(torch.ones(1))
+        if self.symmetric:
+            self.register_buffer('zero_point', torch.zeros(1))
+        else:
+            self.zero_point = nn.Parameter(torch.zeros(1))
+
+    def _fake_quantize(self, x: Tensor) -> Tensor:
+        self.scale.data.clamp_(min=torch.finfo(torch.float32).eps)
+        factor = self.grad_factor
+        if factor is None:
+            per_scale = max(x.numel() // self.scale.numel(), 1)
+            factor = 1.0 / math.sqrt(per_scale * self.quant_max)
+        scale = _GradScale.apply(self.scale, factor)
+        zero_point = self.zero_point
+        if not self.symmetric:
+            zero_point = _GradScale.apply(zero_point, factor)
+        zero_point = _RoundSTE.apply(zero_point, self.quant_min, self.quant_max)
+        ch_axis = self.observer.channel_axis(x) if self.per_channel else None
+        return fake_quantize(x, scale, zero_point, self.quant_min, self.quant_max, ch_axis)
+
+
+@QUANTIZERS.register_module()
+class LogSqrt2Quantizer(QuantizerBase):
+    """Log-sqrt(2) fake quantizer for post-softmax attention (RepQ-ViT).
+
+    Inputs in ``[0, 1]`` go to the nearest (in log domain) of the levels
+    ``2^(-k/2)``, ``k = 0 .. 2^bits - 1``; values below
+    ``2^(-(2^bits - 1/2) / 2)`` become exactly 0, values above 1 become 1. The
+    range is fixed, so calibration only checks the data (finite, not negative);
+    the switches work as for the other quantizers. Straight-through gradient.
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self._observed = False
+
+    def _observe(self, x: Tensor) -> None:
+        min_val = float(x.min())
+        if min_val < 0:
+            raise ValueError('inputs must lie in [0, 1] (post-softmax), got a minimum of '
+                             f'{min_val}')
+        self._observed = True
+
+    def _reset_statistics(self) -> None:
+        self._observed = False
+
+    def _compute_qparams(self) -> Tuple[Tensor, Tensor]:
+        """The fixed range top 1 and no offset."""
+        if not any_rank(self._observed, self.calibrated.device):
+            raise self._no_statistics()
+        return torch.ones(1), torch.zeros(1, dtype=torch.int32)
+
+    def _fake_quantize(self, x: Tensor) -> Tensor:
+        return _LogSqrt2.apply(x, self.bits)
+
+
+def build_quantizer(cfg: QuantizerCfg,
+                    default_args: Optional[Mapping[str, Any]] = None) -> QuantizerBase:
+    """Build a quantizer from a config (``type`` plus arguments) or return a built one.
+
+    ``default_args`` fill the arguments that ``cfg`` does not set (as in mmengine).
+    """
+    if isinstance(cfg, QuantizerBase):
+        return cfg
+    if not isinstance(cfg, Mapping) or 'type' not in cfg:
+        raise TypeError('a quantizer must be a QuantizerBase or a config dict with a '
+                        f"'type' key, got {cfg!r}")
+    args = dict(default_args or {})
+    args.update(cfg)
+    args.pop('_scope_', None)
+    qtype = args.pop('type')
+    cls = qtype
+    if isinstance(qtype, str):
+        try:
+            cls = QUANTIZERS.get(qtype)
+        except RuntimeError:
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, QuantizerBase)):
+        raise KeyError(f'unknown quantizer type {qtype!r}; registered types: '
+                       f'{", ".join(sorted(QUANTIZERS.module_dict))}')
+    return cls(**args)
+
+
+def quantizers_of(model: nn.Module) -> List[QuantizerBase]:
+    """The quantizers of ``model`` in module order (each shared one once)."""
+    return [m for m in model.modules() if isinstance(m, QuantizerBase)]
+
+
+def set_quantizer_names(model: nn.Module) -> None:
+    """Give every quantizer its qualified module name, for error messages."""
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizerBase):
+            module.name = name
+
+
+def enable_calibration(model: nn.Module) -> None:
+    """Observers on, fake quant off: forwards compute the float model and collect
+    statistics, added to any collected before (see ``reset_statistics``)."""
+    set_quantizer_names(model)
+    for quantizer in quantizers_of(model):
+        quantizer.enable_observer()
+        quantizer.disable_fake_quant()
+
+
+def enable_quantization(model: nn.Module, strict: bool = True) -> List[str]:
+    """Observers off (computing qparams from new statistics), then fake quant on.
+
+    An empty calibration must not silently leave a float model: with ``strict``
+    any quantizer with neither statistics nor loaded qparams raises, naming it.
+    With ``strict=False`` such quantizers are allowed when part of the model saw
+    no data by design (e.g. the low-bit branch of a block whose low-bit ratio was
+    0 during calibration): they stay uncalibrated with fake quant on, so they
+    raise if ever reached; if no quantizer at all is calibrated it still raises.
+    A collective under distributed: call it on every rank.
+
+    Returns:
+        The names of the quantizers left uncalibrated (empty when ``strict``).
+    """
+    set_quantizer_names(model)
+    quantizers = quantizers_of(model)
+    for quantizer in quantizers:
+        quantizer.disable_observer()
+    missing = [q.display_name for q in quantizers if not q.is_calibrated]
+    if missing and (strict or len(missing) == len(quantizers)):
+        shown = ', '.join(missing[:5]) + (f' and {len(missing) - 5} more' if len(missing) > 5
+                                          else '')
+        raise RuntimeError(f'{len(missing)} quantizer(s) have no calibration statistics: '
+                           f'{shown}; run forward passes on calibration data after '
+                           'enable_calibration(model)')
+    for quantizer in quantizers:
+        quantizer.enable_fake_quant()
+    return missing
+
+
+def enable_fake_quant(model: nn.Module) -> None:
+    """Fake quant on and observers off, computing nothing: the state of a model
+    built for quantized inference. Its uncalibrated quantizers raise when reached
+    until the model is calibrated or a calibrated checkpoint is loaded."""
+    set_quantizer_names(model)
+    for quantizer in quantizers_of(model):
+        quantizer.disable_observer()
+        quantizer.enable_fake_quant()
+
+
+def disable_quantization(model: nn.Module) -> None:
+    """Observers and fake quant off: the model computes its float function exactly."""
+    for quantizer in quantizers_of(model):
+        quantizer.disable_observer()
+        quantizer.disable_fake_quant()

@@ -1,0 +1,90 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mixaq_mmdet.quantization import LogSqrt2Quantizer, enable_calibration, enable_quantization
+
+BITS = list(range(2, 9))
+
+
+def calibrated(bits: int) -> LogSqrt2Quantizer:
+    q = LogSqrt2Quantizer(bits)
+    q(torch.rand(10, 10).softmax(-1))
+    q.disable_observer()
+    q.enable_fake_quant()
+    return q
+
+
+@pytest.mark.parametrize('bits', BITS)
+def test_exact_zero_below_range(bits):
+    q = calibrated(bits)
+    threshold = 2.0**(-(2**bits - 0.5) / 2)  # geometric midpoint below the last level
+    smallest = 2.0**(-(2**bits - 1) / 2)
+    x = torch.tensor([0.0, threshold * 0.99, threshold * 0.5, 1e-45], dtype=torch.float64)
+    assert q(x.float()).eq(0).all()
+    assert q(torch.tensor([smallest], dtype=torch.float64)).item() == smallest
+    assert q(torch.tensor([threshold * 1.01], dtype=torch.float64)).item() == smallest
+
+
+@pytest.mark.parametrize('bits', BITS)
+def test_levels_and_error_bounds(bits):
+    q = calibrated(bits)
+    # Levels 2^(-k/2) whose cells are normal float32 numbers.
+    ks = torch.arange(0, min(2**bits, 250), dtype=torch.float64)
+    levels = 2.0**(-ks / 2)
+    for ratio in (2.0**-0.24, 2.0**-0.1, 1.0, 2.0**0.1, 2.0**0.24):
+        x = (levels * ratio).clamp(max=1.0).float()
+        out = q(x)
+        assert torch.equal(out, levels.float())
+        # Within a level's cell the relative error is at most 2^(1/4) - 1.
+        assert ((out - x).abs() <= (2.0**0.25 - 1) * x * (1 + 1e-6)).all()
+    assert q(torch.tensor([1.7])).item() == 1.0  # above the range: the top level
+
+
+def test_outputs_are_levels_of_a_softmax():
+    q = calibrated(4)
+    attn = torch.randn(2, 3, 49, 49).mul(3).softmax(-1)
+    out = q(attn)
+    allowed = torch.cat([torch.zeros(1), 2.0**(-torch.arange(16.0) / 2)])
+    assert torch.isin(out, allowed).all()
+    assert out.unique().numel() > 8
+    rel = ((out - attn).abs() / attn)[out > 0]
+    assert rel.max() <= 2.0**0.25 - 1 + 1e-6
+
+
+def test_switches_and_straight_through_gradient():
+    x = torch.rand(20)
+    assert LogSqrt2Quantizer(3)(x) is x
+    model = nn.Sequential()
+    model.add_module('softmax_q', LogSqrt2Quantizer(3))
+    enable_calibration(model)
+    with pytest.raises(RuntimeError, match=r"1 quantizer\(s\) have no calibration statistics: "
+                       r"LogSqrt2Quantizer 'softmax_q'"):
+        enable_quantization(model)
+    with pytest.raises(RuntimeError, match="LogSqrt2Quantizer 'softmax_q': no calibration "
+                       "statistics"):
+        model.softmax_q.calculate_qparams()
+    enable_calibration(model)
+    model(x)
+    enable_quantization(model)
+    x.requires_grad_()
+    out = model(x)
+    assert not torch.equal(out, x)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_bad_input():
+    model = nn.Sequential()
+    model.add_module('attn_q', LogSqrt2Quantizer(4))
+    enable_calibration(model)
+    with pytest.raises(ValueError, match=r"LogSqrt2Quantizer 'attn_q': inputs must lie in "
+                       r"\[0, 1\] \(post-softmax\), got a minimum of -0.5"):
+        model(torch.tensor([0.2, -0.5]))
+    with pytest.raises(ValueError, match=r"LogSqrt2Quantizer 'attn_q': calibration data has 1 "
+                       r"non-finite value\(s\) out of 2 \(first: nan\)"):
+        model(torch.tensor([0.2, math.nan]))
+    with pytest.raises(ValueError, match=r'bits must be an int in \[2, 8\], got 16'):
+        LogSqrt2Quantizer(16)

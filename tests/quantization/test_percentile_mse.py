@@ -1,0 +1,152 @@
+import pytest
+import torch
+
+from mixaq_mmdet.quantization import (PERCENTILES, HistogramObserver, TensorObserver,
+                                      UniformQuantizer)
+
+BITS = list(range(2, 9))
+
+
+def calibrated(x: torch.Tensor, **kwargs) -> UniformQuantizer:
+    """Calibrated in 4 batches, or on the whole tensor when ``static``."""
+    q = UniformQuantizer(**kwargs)
+    for chunk in x.chunk(1 if q.static else 4):
+        q(chunk)
+    q.disable_observer()
+    q.enable_fake_quant()
+    return q
+
+
+def mse(q: UniformQuantizer, x: torch.Tensor) -> float:
+    return (q(x) - x).double().pow(2).mean().item()
+
+
+def student_t(n: int) -> torch.Tensor:
+    return torch.distributions.StudentT(3.0).sample((n, ))
+
+
+@pytest.mark.parametrize('static', [False, True])
+@pytest.mark.parametrize('bits', BITS)
+def test_lower_mse_than_minmax_on_heavy_tails(bits, static):
+    x = student_t(40000)
+    minmax = mse(calibrated(x, bits=bits), x)
+    percentile = mse(calibrated(x, bits=bits, calib='percentile_mse', static=static), x)
+    # Clipping pays at low bit widths; at 7-8 bits (min, max) may be the best candidate.
+    if bits <= 6:
+        assert percentile < 0.9 * minmax
+    else:
+        assert percentile <= minmax
+
+
+@pytest.mark.parametrize('symmetric', [False, True])
+@pytest.mark.parametrize('bits', BITS)
+def test_never_higher_mse_than_minmax_on_gaussian(bits, symmetric):
+    x = torch.randn(30000)
+    minmax = mse(calibrated(x, bits=bits, symmetric=symmetric), x)
+    for static in (False, True):
+        q = calibrated(x, bits=bits, symmetric=symmetric, calib='percentile_mse', static=static)
+        assert mse(q, x) <= minmax
+
+
+def test_per_channel_weight_search_is_per_channel():
+    # Rows 0-3 heavy-tailed (clipping pays), rows 4-7 uniform (little to gain).
+    w = torch.cat([student_t(8 * 512).reshape(4, -1), torch.rand(4, 1024) * 2 - 1])
+    minmax = UniformQuantizer(4, per_channel=True)
+    minmax(w)
+    minmax.disable_observer()
+    minmax.enable_fake_quant()
+    q = UniformQuantizer(4, per_channel=True, calib='percentile_mse', static=True)
+    q(w)
+    q(w)  # the same weight again in the next calibration batch
+    q.disable_observer()
+    q.enable_fake_quant()
+    assert q.scale.shape == (8, )
+    err = (q(w) - w).pow(2).mean(1)
+    err_minmax = (minmax(w) - w).pow(2).mean(1)
+    assert (err[:4] < 0.9 * err_minmax[:4]).all()
+    assert (err[4:] <= err_minmax[4:]).all()
+
+
+def test_histogram_is_independent_of_batching():
+    # Batches of growing magnitude force the range to double (and bins to merge).
+    batches = [torch.randn(3000) * s for s in (1e-3, 0.3, 7.0, 300.0)] + [torch.zeros(10)]
+    split = HistogramObserver(octaves=8, mantissa_bits=3)
+    whole = HistogramObserver(octaves=8, mantissa_bits=3)
+    for x in batches:
+        split.observe(x)
+    whole.observe(torch.cat(batches))
+    assert torch.equal(split.hist, whole.hist)
+    assert torch.equal(split.exponent, whole.exponent)
+    assert split.hist.shape == (1, 2 * (8 * 8 + 1)) and int(split.hist.sum()) == 12010
+    assert split.exponent.item() == 11  # 2**10 < max|x| < 2**11 for this seed
+    assert torch.equal(split.min_val, whole.min_val)
+    # Magnitudes below 2**(11 - 8) share the near-zero bins, zeros included.
+    near_zero = int((torch.cat(batches).abs() < 8).sum())
+    assert int(split.hist[0, 64] + split.hist[0, 65]) == near_zero
+
+    seq = calibrated(torch.cat(batches), bits=8, calib='percentile_mse')
+    one = UniformQuantizer(8, calib='percentile_mse')
+    one(torch.cat(batches))
+    one.disable_observer()
+    assert torch.equal(seq.scale, one.scale) and torch.equal(seq.zero_point, one.zero_point)
+
+
+def test_histogram_statistics_are_accurate():
+    x = student_t(50000).reshape(-1, 5) * torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0])
+    hist = HistogramObserver(per_channel=True, ch_axis=1)
+    exact = TensorObserver(per_channel=True, ch_axis=1)
+    for chunk in x.chunk(3):
+        hist.observe(chunk)
+    exact.observe(x)
+    qs = [1 - p for p in PERCENTILES] + list(PERCENTILES)
+    ref = torch.quantile(x.double(), torch.tensor(qs, dtype=torch.float64), dim=0)
+    assert torch.allclose(exact.quantiles(qs), ref)
+    # Each order statistic is located within its bin, 2**-5 of its magnitude wide.
+    tol = torch.maximum(*(torch.quantile(x.double(), torch.tensor(qs, dtype=torch.float64),
+                                         dim=0, interpolation=i).abs()
+                          for i in ('lower', 'higher'))) / 32
+    assert ((hist.quantiles(qs) - ref).abs() <= tol).all()
+    for bits in (4, 8):
+        q = UniformQuantizer(bits, per_channel=True, ch_axis=1)
+        scale, zp = q._range_to_qparams(ref[:3].float(), ref[3:].float())  # (3, 5) candidates
+        estimate = hist.quantization_mse(scale, zp, q.quant_min, q.quant_max)
+        actual = torch.stack([((torch.fake_quantize_per_channel_affine(
+            x, s, z, 1, q.quant_min, q.quant_max) - x).double()**2).mean(0)
+                              for s, z in zip(scale, zp)])
+        assert estimate.shape == (3, 5)
+        # Few tail samples dominate the clipping error; each is known within 3 %.
+        assert torch.allclose(estimate, actual, rtol=0.1)
+        assert torch.allclose(estimate[0], actual[0], rtol=0.05)  # (0.1 %, 99.9 %): many
+        assert torch.allclose(exact.quantization_mse(scale, zp, q.quant_min, q.quant_max), actual)
+
+
+def test_histogram_memory_is_bounded():
+    obs = HistogramObserver(per_channel=True, ch_axis=-1)
+    assert obs.num_bins == 2050
+    for i in range(20):
+        obs.observe(torch.randn(2, 500, 3) * 4**i)
+    assert obs.hist.shape == (3, 2050) and obs.exponent.shape == (3, )
+    assert int(obs.hist.sum()) == 20 * 1000 * 3
+
+
+def test_static_rejects_a_different_tensor():
+    q = UniformQuantizer(4, calib='percentile_mse', static=True)
+    q.name = 'fc.weight_quantizer'
+    w = torch.randn(4, 4)
+    q(w)
+    q(w.clone())  # equal values are the same weight
+    with pytest.raises(ValueError, match="UniformQuantizer 'fc.weight_quantizer': static "
+                       'statistics keep one tensor'):
+        q(torch.randn(4, 4))
+    q.reset_statistics()
+    q(torch.randn(4, 4))
+    q.disable_observer()
+    assert q.is_calibrated
+
+
+@pytest.mark.parametrize('kwargs', [dict(octaves=0), dict(octaves=65), dict(mantissa_bits=11),
+                                    dict(mantissa_bits=2.0)])
+def test_bad_histogram_settings(kwargs):
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(ValueError, match=f'{name} must be an int in .*, got {value!r}'):
+        HistogramObserver(**kwargs)
