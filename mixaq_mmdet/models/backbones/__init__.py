@@ -1,0 +1,3 @@
+from .mixaq_swin import MixAQSwinTransformer
+
+__all__ = ['MixAQSwinTransformer']

@@ -1,0 +1,185 @@
+"""MixAQSwinTransformer: mmdet's Swin with Two-Branch mixed-precision blocks."""
+import copy
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch.nn as nn
+from mmdet.models.backbones.swin import SwinTransformer
+from mmdet.registry import MODELS
+from mmengine.logging import MMLogger
+from torch import Tensor
+
+from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER,
+                                      DEFAULT_WEIGHT_QUANTIZER, QuantConv2d,
+                                      QuantLinear, disable_quantization,
+                                      enable_fake_quant, quantizers_of)
+from ..layers import TwoBranchSwinBlock, WindowPolicy
+from ..layers.window_policy import check_ratios, normalize_ratios
+
+Ratios = Union[float, Sequence[float]]
+
+DEFAULT_SOFTMAX_QUANTIZER = dict(type='LogSqrt2Quantizer')
+
+
+def _with_bits(cfg: Optional[Mapping], default: Mapping, bits: int,
+               name: str) -> dict:
+    """A quantizer config (``default`` if None) with the backbone's ``bits``."""
+    if cfg is not None and 'bits' in cfg:
+        raise ValueError(f'{name} must not set bits (got bits={cfg["bits"]}): '
+                         'the backbone sets them from w_bits / a_bits')
+    cfg = copy.deepcopy(dict(default if cfg is None else cfg))
+    cfg['bits'] = bits
+    return cfg
+
+
+def _check_bits(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not 2 <= value <= 8:
+        raise ValueError(f'{name} must be an int in [2, 8], got {value!r}')
+    return value
+
+
+@MODELS.register_module()
+class MixAQSwinTransformer(SwinTransformer):
+    """Swin Transformer whose windows run at high or low activation precision.
+
+    Takes every argument of mmdet 3.3.0's ``SwinTransformer`` (same modules, same
+    checkpoint keys) and replaces each ``SwinBlock`` by a
+    :class:`TwoBranchSwinBlock`. Each stage ranks its windows once from its input
+    (:class:`WindowPolicy`); each pair of consecutive blocks (W-MSA + SW-MSA) runs
+    the most important windows in the high-bit branch, a ``low_bit_ratios``
+    fraction in the low-bit branch, and skips a ``prune_ratios`` fraction.
+
+    Args:
+        w_bits: weight bits of every quantized layer.
+        a_bits: (high, low) activation bits; layers outside the Two-Branch blocks
+            (patch embedding, patch merging) use the high bits.
+        low_bit_ratios: fraction of windows computed at low bits, one float for
+            all pairs or a list with one value per pair of consecutive blocks.
+        prune_ratios: fraction of windows that skip the block (identity), same
+            shape; ``low + prune <= 1`` for every pair.
+        window_score: 'l2' (SparseViT's and the paper's) or 'contrast'.
+        window_order: 'importance', 'random' (seeded) or 'reverse' (ablations).
+        window_seed: seed of the 'random' order.
+        quant: with True the backbone is built for quantized inference and
+            raises, naming the quantizer, until it is calibrated (PTQ) or a
+            calibrated checkpoint is loaded; it never runs silently in float.
+            With False every quantizer is off and the backbone computes exactly
+            what mmdet's SwinTransformer computes, whatever the low-bit ratios.
+        weight_quantizer, act_quantizer, softmax_quantizer: quantizer configs
+            without ``bits`` (set from ``w_bits`` / ``a_bits``). Defaults: the PTQ
+            setting (RepQ-ViT): per-channel weights and per-tensor activations
+            calibrated by percentile + MSE, log-sqrt(2) after the softmax.
+        **kwargs: mmdet SwinTransformer's arguments.
+    """
+
+    def __init__(self,
+                 *args,
+                 w_bits: int = 4,
+                 a_bits: Sequence[int] = (8, 4),
+                 low_bit_ratios: Ratios = 0.0,
+                 prune_ratios: Ratios = 0.0,
+                 window_score: str = 'l2',
+                 window_order: str = 'importance',
+                 window_seed: int = 0,
+                 quant: bool = True,
+                 weight_quantizer: Optional[dict] = None,
+                 act_quantizer: Optional[dict] = None,
+                 softmax_quantizer: Optional[dict] = None,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.w_bits = _check_bits(w_bits, 'w_bits')
+        if not isinstance(a_bits, (list, tuple)) or len(a_bits) != 2:
+            raise ValueError('a_bits must be a (high, low) pair of ints in '
+                             f'[2, 8], got {a_bits!r}')
+        high, low = (_check_bits(b, f'a_bits[{i}]') for i, b in enumerate(a_bits))
+        if high < low:
+            raise ValueError(f'a_bits must be (high, low) with high >= low, '
+                             f'got {tuple(a_bits)}')
+        self.a_bits = (high, low)
+        self.window_size = self.stages[0].blocks[0].attn.window_size
+        self.policy = WindowPolicy(self.window_size, window_score, window_order,
+                                   window_seed)
+        depths = [len(stage.blocks) for stage in self.stages]
+        self.pair_index = [[sum((d + 1) // 2 for d in depths[:i]) + j // 2
+                            for j in range(d)] for i, d in enumerate(depths)]
+        self.num_pairs = sum((d + 1) // 2 for d in depths)
+        self.set_ratios(low_bit_ratios, prune_ratios)
+
+        weight_cfg = _with_bits(weight_quantizer, DEFAULT_WEIGHT_QUANTIZER, w_bits,
+                                'weight_quantizer')
+        act_cfgs = {b: _with_bits(act_quantizer, DEFAULT_ACT_QUANTIZER, bits,
+                                  'act_quantizer')
+                    for b, bits in zip(('high', 'low'), self.a_bits)}
+        softmax_cfgs = {b: _with_bits(softmax_quantizer, DEFAULT_SOFTMAX_QUANTIZER,
+                                      bits, 'softmax_quantizer')
+                        for b, bits in zip(('high', 'low'), self.a_bits)}
+        for stage in self.stages:
+            for j, block in enumerate(stage.blocks):
+                stage.blocks[j] = TwoBranchSwinBlock(
+                    block, block.attn.window_size, block.attn.shift_size,
+                    weight_cfg, act_cfgs, softmax_cfgs)
+            if stage.downsample is not None:
+                stage.downsample.reduction = QuantLinear(
+                    stage.downsample.reduction, weight_cfg, act_cfgs['high'])
+        self.patch_embed.projection = QuantConv2d(
+            self.patch_embed.projection, weight_cfg, act_cfgs['high'])
+        self.quant = quant
+        if quant:
+            enable_fake_quant(self)
+        else:
+            disable_quantization(self)
+
+    def set_ratios(self, low_bit_ratios: Ratios, prune_ratios: Ratios) -> None:
+        """Set the per-pair low-bit and prune ratios (validated as in __init__)."""
+        low = normalize_ratios(low_bit_ratios, self.num_pairs, 'low_bit_ratios')
+        prune = normalize_ratios(prune_ratios, self.num_pairs, 'prune_ratios')
+        check_ratios(low, prune)
+        self.low_bit_ratios: List[float] = low
+        self.prune_ratios: List[float] = prune
+
+    def train(self, mode: bool = True) -> 'MixAQSwinTransformer':
+        """mmdet's train() (frozen stages), returning self as torch's does."""
+        super().train(mode)
+        return self
+
+    def init_weights(self) -> None:
+        """mmdet's initialization; the low-branch LayerNorm copies then start
+        equal to the high branch's."""
+        super().init_weights()
+        for module in self.modules():
+            if isinstance(module, TwoBranchSwinBlock):
+                module.norm1_low.load_state_dict(module.norm1.state_dict())
+                module.norm2_low.load_state_dict(module.norm2.state_dict())
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        x, hw_shape = self.patch_embed(x)
+        if self.use_abs_pos_embed:
+            x = x + self.absolute_pos_embed
+        x = self.drop_after_pos(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            shift = max(block.shift_size for block in stage.blocks)
+            orders = self.policy.rank(x, hw_shape, shift)
+            for j, block in enumerate(stage.blocks):
+                pair = self.pair_index[i][j]
+                x = block(x, hw_shape, orders.select(block.shift_size > 0),
+                          self.low_bit_ratios[pair], self.prune_ratios[pair])
+            out, out_hw_shape = x, hw_shape
+            if stage.downsample is not None:
+                x, hw_shape = stage.downsample(x, hw_shape)
+            if i in self.out_indices:
+                out = getattr(self, f'norm{i}')(out)
+                out = out.view(-1, *out_hw_shape, self.num_features[i]) \
+                    .permute(0, 3, 1, 2).contiguous()
+                outs.append(out)
+        return tuple(outs)
+
+    def quantizer_summary(self) -> Dict[str, int]:
+        """Number of quantizers per class, for logs and tests."""
+        counts: Dict[str, int] = {}
+        for q in quantizers_of(self):
+            counts[type(q).__name__] = counts.get(type(q).__name__, 0) + 1
+        return counts
+
+
+__all__ = ['MixAQSwinTransformer', 'DEFAULT_SOFTMAX_QUANTIZER']
