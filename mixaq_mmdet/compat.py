@@ -1,16 +1,22 @@
 """Fixes the pinned stack needs, applied when the package is imported.
 
-torch >= 2.6 defaults ``torch.load(weights_only=True)``, while mmengine 0.10.7 calls
+1. torch >= 2.6 defaults ``torch.load(weights_only=True)``, while mmengine 0.10.7 calls
 ``torch.load`` without the argument: runner checkpoints (``--resume``, ``load_from``,
 ``tools/test.py``) then fail on the numpy arrays and ``HistoryBuffer`` objects kept by
 the message hub. Instead of turning the safety off, the local-file loader registered
 here keeps ``weights_only=True`` and allowlists exactly the types mmengine writes.
 The unpickler calls only allowlisted functions, so ``getattr`` (which pickles
 ``HistoryBuffer``'s statistic methods) can only fetch attributes, never run code.
+
+2. mmengine's ``init_dist`` with the pytorch launcher (``tools/dist_*.sh``) calls
+``torch.cuda.set_device`` unconditionally, which fails on a CPU-only torch. On a
+machine without CUDA the process group is initialized without selecting a device
+(gloo), so distributed calibration and testing run on CPU.
 """
 import os.path as osp
 from typing import Any, Callable, Iterable, List, Optional, Union
 
+import mmengine.dist.utils as mmengine_dist_utils
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
@@ -61,3 +67,19 @@ def load_from_local_weights_only(
 
 CheckpointLoader.register_scheme(
     prefixes='', loader=load_from_local_weights_only, force=True)
+
+
+_mmengine_init_dist_pytorch = mmengine_dist_utils._init_dist_pytorch
+
+
+def init_dist_pytorch_without_cuda(backend: str, init_backend: str = 'torch',
+                                   **kwargs) -> None:
+    """mmengine's pytorch-launcher initialization, minus the CUDA device choice
+    when there is no CUDA."""
+    if torch.cuda.is_available() or init_backend != 'torch':
+        _mmengine_init_dist_pytorch(backend, init_backend=init_backend, **kwargs)
+        return
+    torch.distributed.init_process_group(backend=backend, **kwargs)
+
+
+mmengine_dist_utils._init_dist_pytorch = init_dist_pytorch_without_cuda

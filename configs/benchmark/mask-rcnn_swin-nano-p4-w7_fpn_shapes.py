@@ -40,6 +40,10 @@ optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05))
 default_hooks = dict(
     logger=dict(interval=25),
     checkpoint=dict(interval=1, max_keep_ckpts=1))
+# CPU-friendly distributed settings: gloo, and DDP without a CUDA device id
+# (device_ids=None also works with one GPU per process).
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
+model_wrapper_cfg = dict(
+    type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False)
 randomness = dict(seed=0)
 auto_scale_lr = dict(enable=False, base_batch_size=4)
