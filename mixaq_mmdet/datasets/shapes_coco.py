@@ -3,7 +3,9 @@
 The pictures are built like natural photographs in the one respect MixA-Q relies on,
 activation sparsity: most of the area is low-detail background (smooth gradients,
 mild noise, large soft structures, some unannotated clutter) while the annotated
-objects carry texture and sharp edges and cover a minority of the image.
+objects carry texture and sharp edges and cover a minority of the image. Each class
+has a shape and a texture family of its own, as object classes in photographs
+differ in both.
 
 Every image is drawn from its own random stream, seeded by ``(seed, split, index)``,
 so the val split does not change when the train split grows and a rerun writes the
@@ -20,6 +22,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 SHAPES_CLASSES: Tuple[str, ...] = ('disc', 'square', 'triangle', 'star')
+TEXTURES: Tuple[str, ...] = ('stripes', 'checker', 'dots', 'grid')
 SPLIT_IDS = {'train': 0, 'val': 1}
 
 
@@ -87,26 +90,32 @@ def _shape_polygon(rng: np.random.Generator, cls: str, center: np.ndarray,
     return pts @ rot.T + center
 
 
-def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A high-contrast texture (h, w, 3) in [0, 255]: stripes, checker or dots.
+def _texture(rng: np.random.Generator, h: int, w: int, cls: int) -> np.ndarray:
+    """A high-contrast texture (h, w, 3) in [0, 255] of the class's family.
 
-    The texture is drawn independently of the class, so the detector has to learn
-    shapes, not textures.
+    Each class has its own family (stripes, checker, dots, grid) with random
+    orientation, frequency and colours, so objects carry detail that the
+    low-detail background lacks, and class evidence lies in texture and shape.
     """
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    kind = rng.integers(3)
-    if kind == 0:
-        theta = rng.uniform(0, np.pi)
-        freq = rng.uniform(0.35, 0.9)
-        pattern = np.sin(freq * (xx * np.cos(theta) + yy * np.sin(theta))) > 0
-    elif kind == 1:
-        cell = int(rng.integers(3, 8))
-        pattern = ((xx // cell + yy // cell) % 2) == 0
-    else:
-        period = int(rng.integers(5, 10))
+    theta = rng.uniform(0, np.pi)
+    u = xx * np.cos(theta) + yy * np.sin(theta)
+    v = -xx * np.sin(theta) + yy * np.cos(theta)
+    kind = TEXTURES[cls]
+    if kind == 'stripes':
+        pattern = np.sin(rng.uniform(0.35, 0.9) * u) > 0
+    elif kind == 'checker':
+        cell = rng.uniform(3, 8)
+        pattern = ((np.floor(u / cell) + np.floor(v / cell)) % 2) == 0
+    elif kind == 'dots':
+        period = rng.uniform(5, 10)
         radius = period * rng.uniform(0.25, 0.4)
-        pattern = (((xx % period) - period / 2)**2 +
-                   ((yy % period) - period / 2)**2) < radius**2
+        pattern = (((u % period) - period / 2)**2 +
+                   ((v % period) - period / 2)**2) < radius**2
+    else:  # grid
+        period = rng.uniform(5, 10)
+        width = rng.uniform(1.2, 2.2)
+        pattern = ((u % period) < width) | ((v % period) < width)
     c1 = rng.uniform(0, 255, size=3)
     c2 = np.clip(255 - c1 + rng.normal(0, 30, size=3), 0, 255)
     return np.where(pattern[..., None], c1, c2).astype(np.float32)
@@ -177,7 +186,7 @@ def render_image(rng: np.random.Generator, spec: ShapesCocoSpec
         mask = mask.astype(bool)
         if not mask.any():
             continue
-        tex = _texture(rng, h, w)
+        tex = _texture(rng, h, w, cls)
         img[mask] = tex[mask]
         full_masks.append(mask)
         labels.append(cls)
