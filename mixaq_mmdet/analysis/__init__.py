@@ -1,0 +1,20 @@
+"""Analysis: BitOPs accounting, and window importance (which windows a Swin stage
+ranks high, how well the scores find objects, pictures of the groups)."""
+from .bitops import (SCOPES, BitOpsReport, SpeedupStats, average_speedup,
+                     count_bitops, layer_bits, quantizer_bits)
+from .detector import load_detector
+from .plots import plot_pareto
+from .window_maps import (GROUP_HIGH, GROUP_LOW, GROUP_NAMES, GROUP_PRUNED,
+                          PARTITIONS, block_geometry, check_swin,
+                          draw_window_groups, roc_auc, stage_inputs,
+                          stage_strides, window_group_maps,
+                          window_map_to_tokens, window_object_labels)
+
+__all__ = [
+    'load_detector', 'stage_inputs', 'stage_strides', 'block_geometry',
+    'check_swin', 'window_object_labels', 'roc_auc', 'window_group_maps',
+    'window_map_to_tokens', 'draw_window_groups', 'PARTITIONS', 'GROUP_HIGH',
+    'GROUP_LOW', 'GROUP_PRUNED', 'GROUP_NAMES',
+    'count_bitops', 'average_speedup', 'BitOpsReport', 'SpeedupStats',
+    'layer_bits', 'quantizer_bits', 'SCOPES', 'plot_pareto'
+]
