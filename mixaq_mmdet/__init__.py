@@ -6,6 +6,6 @@ Importing the package registers everything a config can name (through
 :mod:`mixaq_mmdet.compat`.
 """
 from . import compat  # noqa: F401
-from . import models, quantization  # noqa: F401
+from . import engine, models, quantization  # noqa: F401
 
 __version__ = '0.1.0'

@@ -113,6 +113,8 @@ class MixAQSwinTransformer(SwinTransformer):
         softmax_cfgs = {b: _with_bits(softmax_quantizer, DEFAULT_SOFTMAX_QUANTIZER,
                                       bits, 'softmax_quantizer')
                         for b, bits in zip(('high', 'low'), self.a_bits)}
+        self.weight_quantizer_cfg = weight_cfg
+        self.act_quantizer_cfgs = act_cfgs
         for stage in self.stages:
             for j, block in enumerate(stage.blocks):
                 stage.blocks[j] = TwoBranchSwinBlock(

@@ -1,0 +1,4 @@
+# Uniform PTQ, W4A6.
+_base_ = './ptq_uniform_w4a8_shapes.py'
+
+model = dict(backbone=dict(w_bits=4, a_bits=(6, 6)))
