@@ -1,27 +1,51 @@
 """The main job on the embedded benchmark (``make demo``).
 
-Generates the benchmark data if absent, trains the FP model unless its checkpoint
-is already there (an interrupted run resumes), evaluates it with COCO mAP, writes
-``<work-dir>/results.json`` (a list of rows) and prints the results table.
+1. generates the benchmark data if absent;
+2. trains the FP model unless its checkpoint is there (an interrupted run resumes);
+3. runs the PTQ sweep: every config of ``ROWS`` calibrated on training images
+   and evaluated with COCO mAP on the val split;
+4. writes ``<work-dir>/results.json`` (a list of rows) and ``<work-dir>/pareto.png``
+   and prints the results table.
+
+Rows whose merged config and FP checkpoint are unchanged are taken from the
+previous results.json, so a rerun only computes what changed.
 
     python tools/run_demo.py [--work-dir work_dirs/demo] [--data-root data/shapes_coco]
 """
 import argparse
+import hashlib
 import json
 import os
 import os.path as osp
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from mmengine.config import Config
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
+from mixaq_mmdet.analysis import count_bitops, plot_pareto
 from mixaq_mmdet.datasets import generate
 from mixaq_mmdet.utils import load_runner_config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-FP_CONFIG = osp.join(REPO, 'configs/benchmark/mask-rcnn_swin-nano-p4-w7_fpn_shapes.py')
+BENCH = osp.join(REPO, 'configs/benchmark')
+FP_CONFIG = osp.join(BENCH, 'mask-rcnn_swin-nano-p4-w7_fpn_shapes.py')
+BASE_ROW = 'uniform_w4a8'
+IMG_SHAPE = (320, 320)
+ROWS: Tuple[Tuple[str, str], ...] = (
+    ('fp', FP_CONFIG),
+    ('uniform_w8a8', 'ptq/ptq_uniform_w8a8_shapes.py'),
+    ('uniform_w4a8', 'ptq/ptq_uniform_w4a8_shapes.py'),
+    ('uniform_w4a6', 'ptq/ptq_uniform_w4a6_shapes.py'),
+    ('uniform_w4a4', 'ptq/ptq_uniform_w4a4_shapes.py'),
+    ('mixaq_w4a8a4', 'ptq/ptq_mixaq_w4a8a4_shapes.py'),
+    ('mixaq_w4a8a4_contrast', 'ptq/ptq_mixaq_w4a8a4_contrast_shapes.py'),
+    ('mixaq_w4a8a4_random', 'ptq/ptq_mixaq_w4a8a4_random_shapes.py'),
+    ('mixaq_w4a8a4_reverse', 'ptq/ptq_mixaq_w4a8a4_reverse_shapes.py'),
+    ('mixaq_w4a8a4_prune', 'ptq/ptq_mixaq_w4a8a4_prune_shapes.py'),
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,6 +58,10 @@ def parse_args() -> argparse.Namespace:
                         help='val images to generate if the data is absent')
     parser.add_argument('--max-epochs', type=int, default=None,
                         help='override the FP config (a quick run)')
+    parser.add_argument('--rows', nargs='+', choices=[name for name, _ in ROWS],
+                        help='only these rows (default: all)')
+    parser.add_argument('--calib-images', type=int, default=None,
+                        help="override the PTQ configs' calibration size")
     return parser.parse_args()
 
 
@@ -50,8 +78,9 @@ def ensure_data(data_root: str, num_train: int, num_val: int) -> None:
 
 
 def benchmark_config(config: str, work_dir: str, data_root: str,
-                     max_epochs: int = None) -> Config:
-    """The benchmark config pointed at ``data_root`` and ``work_dir``."""
+                     max_epochs: Optional[int] = None,
+                     calib_images: Optional[int] = None) -> Config:
+    """A benchmark config pointed at ``data_root`` and ``work_dir``."""
     data_root = data_root.rstrip('/') + '/'
     options = {
         'train_dataloader.dataset.data_root': data_root,
@@ -64,7 +93,12 @@ def benchmark_config(config: str, work_dir: str, data_root: str,
         options['train_cfg.max_epochs'] = max_epochs
         options['train_cfg.val_interval'] = max_epochs
         options['param_scheduler.1.end'] = max_epochs
-    return load_runner_config(config, work_dir=work_dir, cfg_options=options)
+    cfg = load_runner_config(config, work_dir=work_dir, cfg_options=options)
+    if cfg.test_cfg.get('type') == 'PTQLoop':
+        cfg.test_cfg.calib_dataloader.dataset.data_root = data_root
+        if calib_images is not None:
+            cfg.test_cfg.calib_images = calib_images
+    return cfg
 
 
 def ensure_fp_checkpoint(cfg: Config) -> str:
@@ -82,29 +116,71 @@ def ensure_fp_checkpoint(cfg: Config) -> str:
     return final
 
 
-def evaluate(cfg: Config, checkpoint: str) -> Dict[str, float]:
-    """COCO metrics of ``checkpoint`` on the test split."""
+def fingerprint(cfg: Config, checkpoint: str) -> str:
+    """Identifies a row's inputs: the merged config and the FP checkpoint."""
+    digest = hashlib.sha256(cfg.pretty_text.encode())
+    digest.update(f'{checkpoint}:{os.stat(checkpoint).st_mtime_ns}'.encode())
+    return digest.hexdigest()[:16]
+
+
+def run_row(name: str, cfg: Config, checkpoint: str) -> Dict:
+    """Evaluate one configuration (PTQ rows calibrate first)."""
     cfg = cfg.copy()
     cfg.load_from = checkpoint
     cfg.resume = False
-    cfg.work_dir = osp.join(cfg.work_dir, 'test')
-    return Runner.from_cfg(cfg).test()
+    if 'train_cfg' in cfg and cfg.test_cfg.get('type') != 'PTQLoop':
+        cfg.work_dir = osp.join(cfg.work_dir, 'test')
+    runner = Runner.from_cfg(cfg)
+    start = time.time()
+    metrics = runner.test()
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    report = count_bitops(model, IMG_SHAPE)
+    backbone = model.backbone
+    quantized = cfg.test_cfg.get('type') == 'PTQLoop'
+    row = dict(
+        name=name,
+        bbox_mAP=round(100 * metrics['coco/bbox_mAP'], 2),
+        segm_mAP=round(100 * metrics['coco/segm_mAP'], 2),
+        bitops_G=round(report.bitops / 1e9, 4),
+        w_bits=backbone.w_bits if quantized else 32,
+        act_bits=round(report.act_bits, 3),
+        a_bits=list(backbone.a_bits) if quantized else [32, 32],
+        low_bit_ratios=backbone.low_bit_ratios if quantized else None,
+        prune_ratios=backbone.prune_ratios if quantized else None,
+        window_score=backbone.policy.score if quantized else None,
+        window_order=backbone.policy.order if quantized else None,
+        calib_images=runner.test_loop.num_calib_images if quantized else 0,
+        scope=cfg.test_cfg.scope if quantized else None,
+        img_shape=list(IMG_SHAPE),
+        eval_seconds=round(time.time() - start, 1))
+    return row
 
 
-def result_row(name: str, metrics: Dict[str, float]) -> Dict:
-    """A results row; mAP in points (COCO mAP@[.5:.95] x 100)."""
-    return dict(name=name,
-                bbox_mAP=round(100 * metrics['coco/bbox_mAP'], 2),
-                segm_mAP=round(100 * metrics['coco/segm_mAP'], 2))
-
-
-def format_table(rows: List[Dict]) -> str:
-    header = f"{'name':<24}{'bbox mAP':>10}{'segm mAP':>10}"
-    lines = [header, '-' * len(header)]
+def add_speedups(rows: List[Dict]) -> None:
+    """Speedup of every row over the uniform W4A8 row's BitOPs (the PTQ base)."""
+    base = next((r for r in rows if r['name'] == BASE_ROW), None)
     for row in rows:
-        lines.append(f"{row['name']:<24}{row['bbox_mAP']:>10.2f}"
-                     f"{row['segm_mAP']:>10.2f}")
+        row['speedup'] = round(base['bitops_G'] / row['bitops_G'], 3) \
+            if base else None
+
+
+def format_table(rows: Sequence[Dict]) -> str:
+    header = (f"{'name':<24}{'bbox mAP':>9}{'segm mAP':>9}{'speedup':>9}"
+              f"{'W':>4}{'A eff':>7}  {'low / prune ratios':<20}{'calib':>6}")
+    lines = [header, '-' * len(header)]
+    for r in rows:
+        ratios = '-' if r['low_bit_ratios'] is None else \
+            f"{_ratio(r['low_bit_ratios'])} / {_ratio(r['prune_ratios'])}"
+        speedup = '-' if r.get('speedup') is None else f"{r['speedup']:.3f}x"
+        lines.append(f"{r['name']:<24}{r['bbox_mAP']:>9.2f}{r['segm_mAP']:>9.2f}"
+                     f"{speedup:>9}{r['w_bits']:>4}{r['act_bits']:>7.2f}  "
+                     f"{ratios:<20}{r['calib_images']:>6}")
     return '\n'.join(lines)
+
+
+def _ratio(values: Sequence[float]) -> str:
+    return f'{values[0]:g}' if len(set(values)) == 1 else \
+        ','.join(f'{v:g}' for v in values)
 
 
 def main() -> None:
@@ -113,15 +189,43 @@ def main() -> None:
     fp_cfg = benchmark_config(FP_CONFIG, osp.join(args.work_dir, 'fp'),
                               args.data_root, args.max_epochs)
     checkpoint = ensure_fp_checkpoint(fp_cfg)
-    rows = [result_row('fp', evaluate(fp_cfg, checkpoint))]
-    os.makedirs(args.work_dir, exist_ok=True)
     out = osp.join(args.work_dir, 'results.json')
+    previous = {r['name']: r for r in json.load(open(out))} \
+        if osp.isfile(out) else {}
+    rows = []
+    for name, config in ROWS:
+        if args.rows and name not in args.rows:
+            continue
+        cfg = fp_cfg if name == 'fp' else benchmark_config(
+            osp.join(BENCH, config), osp.join(args.work_dir, name),
+            args.data_root, calib_images=args.calib_images)
+        key = fingerprint(cfg, checkpoint)
+        if previous.get(name, {}).get('fingerprint') == key:
+            print(f'[demo] {name}: unchanged, taken from {out}')
+            rows.append(previous[name])
+            continue
+        print(f'[demo] {name}: evaluating {osp.relpath(cfg.filename, REPO)}')
+        row = run_row(name, cfg, checkpoint)
+        row['config'] = osp.relpath(cfg.filename, REPO)
+        row['fingerprint'] = key
+        rows.append(row)
+        add_speedups(rows)
+        os.makedirs(args.work_dir, exist_ok=True)
+        with open(out, 'w') as f:
+            json.dump(rows, f, indent=2)
+    add_speedups(rows)
     with open(out, 'w') as f:
         json.dump(rows, f, indent=2)
-    print(f'\n[demo] results ({FP_CONFIG.replace(REPO + "/", "")}, '
-          f'val split of {args.data_root}):')
+    plot_rows = [r for r in rows if r['name'] != 'fp' and r.get('speedup')]
+    if plot_rows:
+        plot_pareto(plot_rows, osp.join(args.work_dir, 'pareto.png'),
+                    title='PTQ on the embedded benchmark (val, 320x320)')
+    print(f'\n[demo] results on the val split of {args.data_root} '
+          f'(speedup: BitOPs of {BASE_ROW} / BitOPs of the row, backbone, '
+          f'{IMG_SHAPE[0]}x{IMG_SHAPE[1]}):')
     print(format_table(rows))
-    print(f'[demo] written: {out}')
+    print(f'[demo] written: {out}' + (
+        f", {osp.join(args.work_dir, 'pareto.png')}" if plot_rows else ''))
 
 
 if __name__ == '__main__':

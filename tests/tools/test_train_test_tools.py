@@ -64,16 +64,26 @@ def test_test_tool_rejects_missing_checkpoint(tmp_path):
     assert f'checkpoint {tmp_path}/none.pth does not exist' in proc.stderr
 
 
-def test_demo_writes_results(tiny_shapes, tmp_path):
+def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     work_dir = str(tmp_path / 'demo')
-    proc = run_tool(['tools/run_demo.py', '--work-dir', work_dir,
-                     '--data-root', tiny_shapes, '--max-epochs', '1'])
-    rows = json.load(open(osp.join(work_dir, 'results.json')))
-    assert [r['name'] for r in rows] == ['fp']
-    assert 0 <= rows[0]['bbox_mAP'] <= 100 and 0 <= rows[0]['segm_mAP'] <= 100
-    assert 'bbox mAP' in proc.stdout and 'fp' in proc.stdout
-    # second run: cached checkpoint, no training
-    proc = run_tool(['tools/run_demo.py', '--work-dir', work_dir,
-                     '--data-root', tiny_shapes, '--max-epochs', '1'])
-    assert '(cached)' in proc.stdout
-    assert json.load(open(osp.join(work_dir, 'results.json'))) == rows
+    args = ['tools/run_demo.py', '--work-dir', work_dir, '--data-root', tiny_shapes,
+            '--max-epochs', '1', '--calib-images', '4',
+            '--rows', 'fp', 'uniform_w4a8', 'mixaq_w4a8a4']
+    proc = run_tool(args)
+    rows = {r['name']: r for r in json.load(open(osp.join(work_dir, 'results.json')))}
+    assert list(rows) == ['fp', 'uniform_w4a8', 'mixaq_w4a8a4']
+    for row in rows.values():
+        assert 0 <= row['bbox_mAP'] <= 100 and 0 <= row['segm_mAP'] <= 100
+    assert rows['uniform_w4a8']['speedup'] == 1.0
+    assert rows['fp']['speedup'] == pytest.approx(4 * 8 / (32 * 32), rel=1e-3)
+    mixaq = rows['mixaq_w4a8a4']
+    assert 1.3 < mixaq['speedup'] < 1.4
+    assert mixaq['low_bit_ratios'] == [0.5] * 4 and mixaq['a_bits'] == [8, 4]
+    assert 4 < mixaq['act_bits'] < 8 and mixaq['calib_images'] == 4
+    assert mixaq['scope'] == 'backbone' and mixaq['window_score'] == 'l2'
+    assert osp.getsize(osp.join(work_dir, 'pareto.png')) > 10_000
+    assert re.search(r'mixaq_w4a8a4\s+[0-9.]+\s+[0-9.]+\s+1\.3[0-9]+x', proc.stdout)
+    # a rerun trains nothing and reuses every unchanged row
+    proc = run_tool(args)
+    assert '(cached)' in proc.stdout and proc.stdout.count('unchanged') == 3
+    assert json.load(open(osp.join(work_dir, 'results.json'))) == list(rows.values())
