@@ -62,24 +62,36 @@ class _GradScale(torch.autograd.Function):
 
 
 class _LogSqrt2(torch.autograd.Function):
-    """Log-sqrt(2) quantization of values in [0, 1], straight-through gradient."""
+    """Log-sqrt(2) quantization of values in [0, 1], straight-through gradient.
+
+    ``k = round(-2 log2 x)`` is the number of rounding boundaries
+    ``2^(-(j + 1/2) / 2)``, ``j = 0 .. 2^bits - 1``, that are ``>= x``: one
+    ``searchsorted`` in the input's dtype instead of a float64 logarithm. The
+    output is the level ``2^(-k/2)``, or 0 for ``k = 2^bits`` (below the range).
+    """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, bits: int) -> Tensor:
-        levels = 2**bits
-        xd = x.double()
-        k = torch.round(-2 * torch.log2(xd))
-        below_range = k >= levels
-        k = k.clamp(0, levels - 1)
-        odd = torch.remainder(k, 2) == 1
-        # 2^(-k/2) = 2^(-ceil(k/2)) * sqrt(2)^(k odd), exact powers of two in float64.
-        value = pow2_exact(-torch.ceil(k / 2))
-        value = torch.where(odd, value * math.sqrt(2.0), value)
-        return torch.where(below_range, 0.0, value).to(x.dtype)
+        boundaries, levels = _log_sqrt2_tables(bits, x.dtype, x.device)
+        k = len(boundaries) - torch.searchsorted(boundaries, x.contiguous())
+        return levels[k]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
         return grad, None
+
+
+def _log_sqrt2_tables(bits: int, dtype: torch.dtype,
+                      device: torch.device) -> Tuple[Tensor, Tensor]:
+    """Ascending rounding boundaries and the levels ``2^(-k/2)`` plus a final 0."""
+    n = 2**bits
+    j = torch.arange(n, dtype=torch.float64)
+    boundaries = torch.pow(2.0, -(j + 0.5) / 2).flip(0)
+    odd = torch.remainder(j, 2) == 1
+    sqrt2 = torch.where(odd, torch.full_like(j, math.sqrt(2.0)), torch.ones_like(j))
+    levels = torch.cat([pow2_exact(-torch.ceil(j / 2)) * sqrt2,
+                        torch.zeros(1, dtype=torch.float64)])
+    return boundaries.to(device, dtype), levels.to(device, dtype)
 
 
 def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
