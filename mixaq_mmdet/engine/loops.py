@@ -17,11 +17,17 @@ from mmengine.utils import ProgressBar
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mixaq_mmdet.quantization import (QuantizerBase, enable_calibration,
-                                      enable_fake_quant, enable_quantization,
-                                      quantize_layers, quantizers_of)
+from mixaq_mmdet.quantization import (QuantizerBase, disable_quantization,
+                                      enable_calibration, enable_fake_quant,
+                                      enable_quantization, quantize_layers,
+                                      quantizers_of)
+from mixaq_mmdet.quantization.reparam import (record_channel_ranges,
+                                              reparameterize)
 
 PTQ_SCOPES = ('backbone', 'detector')
+#: State that MixA-Q adds to a float detector (low-branch LayerNorm copies, the
+#: padding value of a folded reparameterization): absent from FP checkpoints.
+MIXAQ_ONLY_KEYS = ('_low.', '.reparam_pad')
 
 
 @LOOPS.register_module()
@@ -46,6 +52,10 @@ class PTQLoop(TestLoop):
             with the test pipeline (no augmentation).
         calib_images: number of calibration images, over all ranks.
         calib_seed: seed of the calibration sampler (which images are drawn).
+        reparam: fold RepQ-ViT's scale reparameterization of post-LayerNorm
+            activations before calibrating (see
+            :mod:`mixaq_mmdet.quantization.reparam`): one extra pass over the
+            calibration images records per-channel ranges.
         scope: 'backbone' quantizes what the model config quantizes (the MixA-Q
             backbone: the paper's BitOPs scope); 'detector' also quantizes every
             Conv2d / Linear of the neck and heads (RepQ-ViT's protocol;
@@ -62,6 +72,7 @@ class PTQLoop(TestLoop):
                  calib_dataloader: Union[DataLoader, Dict],
                  calib_images: int = 32,
                  calib_seed: int = 0,
+                 reparam: bool = True,
                  scope: str = 'backbone',
                  save_calibrated: bool = True,
                  fp16: bool = False) -> None:
@@ -72,6 +83,7 @@ class PTQLoop(TestLoop):
         if scope not in PTQ_SCOPES:
             raise ValueError(f'scope must be one of {PTQ_SCOPES}, got {scope!r}')
         self.calib_images = calib_images
+        self.reparam = reparam
         self.scope = scope
         self.save_calibrated = save_calibrated
         self.calib_dataloader = build_calib_dataloader(runner, calib_dataloader,
@@ -117,7 +129,8 @@ class PTQLoop(TestLoop):
                 path = osp.join(self.runner.work_dir, 'calibrated.pth')
                 save_checkpoint(
                     dict(meta=dict(calib_images=self.num_calib_images,
-                                   fp_checkpoint=checkpoint, scope=self.scope),
+                                   fp_checkpoint=checkpoint, scope=self.scope,
+                                   reparam=self.reparam),
                          state_dict=weights_to_cpu(get_state_dict(model))), path)
                 print_log(f'PTQ: calibrated checkpoint saved to {path}',
                           logger='current')
@@ -125,27 +138,58 @@ class PTQLoop(TestLoop):
 
     @torch.no_grad()
     def calibrate(self) -> int:
-        """Observe ``calib_images`` training images, then compute the qparams.
+        """Reparameterize (if enabled), observe ``calib_images`` training images,
+        then compute the qparams.
 
         Returns:
             The number of images this rank observed.
         """
         model = self.model
         model.eval()
-        world_size = get_world_size()
-        target = math.ceil(self.calib_images / world_size)
         available = len(self.calib_dataloader.dataset)
         if available < self.calib_images:
             print_log(f'PTQ: {self.calib_images} calibration images asked, the '
                       f'calibration set has only {available}; using {available}',
                       logger='current', level=logging.WARNING)
+        if self.reparam:
+            if not hasattr(model.backbone, 'reparam_targets'):
+                raise ValueError(
+                    f'reparam=True needs a backbone that lists its post-LayerNorm '
+                    f'activations (MixAQSwinTransformer); '
+                    f'{type(model.backbone).__name__} does not: set '
+                    'test_cfg.reparam=False')
+            targets = model.backbone.reparam_targets()
+            disable_quantization(model)
+            with record_channel_ranges(targets) as ranges:
+                self._observe_images('ranges for scale reparameterization')
+            reparameterize(targets, ranges)
         enable_calibration(model)
+        seen = self._observe_images('calibration')
+        unreached = enable_quantization(model, strict=False)
+        self.num_calib_images = int(all_reduce_sum(seen))
+        check_same_qparams_on_all_ranks(model)
+        calibrated = sum(q.is_calibrated for q in quantizers_of(model))
+        print_log(f'PTQ: calibrated {calibrated} quantizers on '
+                  f'{self.num_calib_images} images ({self.scope} scope, '
+                  f'reparam={self.reparam})', logger='current')
+        if unreached:
+            print_log(f'PTQ: {len(unreached)} quantizers saw no data at these '
+                      'ratios (e.g. low-bit branches of pairs with low ratio 0); '
+                      'they stay uncalibrated and raise if used',
+                      logger='current')
+        return seen
+
+    def _observe_images(self, what: str) -> int:
+        """Run this rank's share of the calibration images through the model."""
+        world_size = get_world_size()
+        target = math.ceil(self.calib_images / world_size)
+        available = math.ceil(len(self.calib_dataloader.dataset) / world_size)
+        print_log(f'PTQ: {what}', logger='current')
+        bar = ProgressBar(min(target, available)) if is_main_process() else None
         seen = 0
-        bar = ProgressBar(min(target, math.ceil(available / world_size))) \
-            if is_main_process() else None
         for data_batch in self.calib_dataloader:
             batch = _take(data_batch, target - seen)
-            model.test_step(batch)
+            self.model.test_step(batch)
             seen += len(batch['inputs'])
             if bar is not None:
                 for _ in range(len(batch['inputs'])):
@@ -154,18 +198,6 @@ class PTQLoop(TestLoop):
                 break
         if bar is not None:
             print()
-        unreached = enable_quantization(model, strict=False)
-        self.num_calib_images = int(all_reduce_sum(seen))
-        check_same_qparams_on_all_ranks(model)
-        calibrated = sum(q.is_calibrated for q in quantizers_of(model))
-        print_log(f'PTQ: calibrated {calibrated} quantizers on '
-                  f'{self.num_calib_images} images ({self.scope} scope)',
-                  logger='current')
-        if unreached:
-            print_log(f'PTQ: {len(unreached)} quantizers saw no data at these '
-                      'ratios (e.g. low-bit branches of pairs with low ratio 0); '
-                      'they stay uncalibrated and raise if used',
-                      logger='current')
         return seen
 
 
@@ -239,7 +271,8 @@ def check_float_checkpoint(model: nn.Module, checkpoint: str) -> None:
     quant_prefixes = tuple(f'{name}.' for name, m in model.named_modules()
                            if isinstance(m, QuantizerBase))
     expected = [k for k in model.state_dict()
-                if not k.startswith(quant_prefixes) and '_low.' not in k]
+                if not k.startswith(quant_prefixes)
+                and not any(m in k for m in MIXAQ_ONLY_KEYS)]
     missing = [k for k in expected if k not in state]
     if missing:
         raise ValueError(

@@ -1,5 +1,6 @@
 """Fake quantization for MixA-Q: quantizers, their statistics and quantized layers."""
 from .convert import quantize_layers
+from .reparam import ReparamTarget, reparameterize
 from .layers import QuantConv2d, QuantLinear, QuantMatMul
 from .observers import HistogramObserver, MinMaxObserver, TensorObserver
 from .quantizers import (CALIB_METHODS, DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER,
@@ -9,7 +10,7 @@ from .quantizers import (CALIB_METHODS, DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QU
                          quantizers_of, set_quantizer_names)
 
 __all__ = [
-    'quantize_layers', 'QuantizerBase', 'UniformQuantizer', 'LSQQuantizer', 'LogSqrt2Quantizer',
+    'quantize_layers', 'ReparamTarget', 'reparameterize', 'QuantizerBase', 'UniformQuantizer', 'LSQQuantizer', 'LogSqrt2Quantizer',
     'QuantLinear', 'QuantConv2d', 'QuantMatMul', 'MinMaxObserver', 'HistogramObserver',
     'TensorObserver', 'QuantizerCfg', 'build_quantizer', 'fake_quantize',
     'enable_calibration', 'enable_fake_quant', 'enable_quantization', 'disable_quantization',

@@ -295,3 +295,24 @@ def test_set_ratios_validates_like_the_constructor():
     assert model.low_bit_ratios == [0.3] * 4
     model.set_ratios([0.1, 0.2, 0.3, 0.4], 0.0)
     assert model.low_bit_ratios == [0.1, 0.2, 0.3, 0.4]
+
+
+def test_scale_reparameterization_keeps_the_float_function():
+    from mixaq_mmdet.quantization.reparam import record_channel_ranges, reparameterize
+    ref, model = _pair(low_bit_ratios=0.5)
+    for module in model.modules():  # give the LN copies different affines
+        if isinstance(module, TwoBranchSwinBlock):
+            module.norm1_low.weight.data.mul_(1.5)
+    x = torch.randn(2, 3, 97, 131)  # padding in every stage
+    with torch.no_grad():
+        before = model(x)
+        targets = model.reparam_targets()
+        assert len(targets) == 2 * sum(NANO['depths']) + 3
+        with record_channel_ranges(targets) as ranges:
+            model(torch.randn(2, 3, 97, 131))
+        reparameterize(targets, ranges)
+        block = model.stages[0].blocks[0]
+        assert block.reparam_pad.abs().sum() > 0
+        assert not torch.equal(block.attn.w_msa.qkv.weight,
+                               ref.stages[0].blocks[0].attn.w_msa.qkv.weight)
+        assert _max_diff(before, model(x)) <= 1e-4

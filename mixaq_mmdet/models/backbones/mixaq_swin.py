@@ -12,6 +12,7 @@ from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER,
                                       DEFAULT_WEIGHT_QUANTIZER, QuantConv2d,
                                       QuantLinear, disable_quantization,
                                       enable_fake_quant, quantizers_of)
+from mixaq_mmdet.quantization.reparam import ReparamTarget
 from ..layers import TwoBranchSwinBlock, WindowPolicy
 from ..layers.window_policy import check_ratios, normalize_ratios
 
@@ -175,6 +176,22 @@ class MixAQSwinTransformer(SwinTransformer):
                     .permute(0, 3, 1, 2).contiguous()
                 outs.append(out)
         return tuple(outs)
+
+    def reparam_targets(self) -> List[ReparamTarget]:
+        """The post-LayerNorm activations RepQ-ViT reparameterizes: the inputs
+        of qkv and fc1 (both branches' LayerNorm copies feed the shared layer)
+        and of each patch merging's reduction."""
+        targets = []
+        for stage in self.stages:
+            for block in stage.blocks:
+                targets.append(ReparamTarget([block.norm1, block.norm1_low],
+                                             block.attn.w_msa.qkv, block))
+                targets.append(ReparamTarget([block.norm2, block.norm2_low],
+                                             block.ffn.layers[0][0]))
+            if stage.downsample is not None and stage.downsample.norm is not None:
+                targets.append(ReparamTarget([stage.downsample.norm],
+                                             stage.downsample.reduction))
+        return targets
 
     def quantizer_summary(self) -> Dict[str, int]:
         """Number of quantizers per class, for logs and tests."""

@@ -54,7 +54,9 @@ class TwoBranchSwinBlock(nn.Module):
     ``attn.w_msa.relative_position_bias_table``, ``norm2``, ``ffn.layers.0.0``,
     ``ffn.layers.1``). ``norm1``/``norm2`` serve the high branch; ``norm1_low`` and
     ``norm2_low`` are the low branch's copies, filled from ``norm1``/``norm2`` when a
-    checkpoint without them (mmdet's layout) is loaded.
+    checkpoint without them (mmdet's layout) is loaded. ``reparam_pad`` is the
+    value of padding tokens after ``norm1`` (0, as in mmdet, until a scale
+    reparameterization is folded in).
 
     Args:
         block: the mmdet block to take over.
@@ -80,6 +82,10 @@ class TwoBranchSwinBlock(nn.Module):
         self.norm2 = block.norm2
         self.norm1_low = copy.deepcopy(block.norm1)
         self.norm2_low = copy.deepcopy(block.norm2)
+        # What a zero (padding) token becomes after norm1: 0, or the image of 0
+        # under a folded scale reparameterization (see quantization/reparam.py).
+        self.register_buffer('reparam_pad',
+                             torch.zeros(block.norm1.normalized_shape))
         self.attn = nn.Module()
         self.attn.w_msa = nn.Module()
         self.attn.w_msa.relative_position_bias_table = (
@@ -169,7 +175,7 @@ class TwoBranchSwinBlock(nn.Module):
         norm1, norm2 = self.branch_norms(branch)
         quant = self.branches[branch]
         x = windows.reshape(b * k, n, c)
-        y = norm1(x) * valid.reshape(b * k, n, 1)
+        y = torch.where(valid.reshape(b * k, n, 1) > 0, norm1(x), self.reparam_pad)
         y = self._attention(y, None if mask is None else mask.flatten(0, 1),
                             quant)
         x = x + drop_path_per_image(self.attn_drop_path, y.view(b, k, n, c)
