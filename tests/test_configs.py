@@ -113,3 +113,26 @@ def test_benchmark_dataset_loads_masks(tiny_shapes):
         ys, xs = mask.nonzero()
         assert xs.min() >= int(box[0]) - 1 and xs.max() <= int(box[2]) + 1
         assert ys.min() >= int(box[1]) - 1 and ys.max() <= int(box[3]) + 1
+
+
+@pytest.mark.parametrize('name, speedup', [
+    ('ptq_uniform_w8a8_swin-t_coco.py', 0.52),
+    ('ptq_uniform_w4a8_swin-t_coco.py', 1.00),
+    ('ptq_uniform_w4a4_swin-t_coco.py', 2.06),
+    ('ptq_mixaq_w4a8a4-1.24x_swin-t_coco.py', 1.24),
+    ('ptq_mixaq_w4a8a4-1.35x_swin-t_coco.py', 1.35),
+    ('ptq_mixaq_w4a8a4-prune-1.52x_swin-t_coco.py', 1.52),
+])
+def test_coco_ptq_configs_have_their_stated_speedup(name, speedup):
+    import os.path as osp
+
+    from mixaq_mmdet.analysis import count_bitops
+    from .conftest import REPO
+    ptq = osp.join(REPO, 'configs/mixaq/ptq')
+    base = MODELS.build(_cfg(osp.join(ptq, 'ptq_uniform_w4a8_swin-t_coco.py')).model.backbone)
+    cfg = _cfg(osp.join(ptq, name))
+    assert cfg.test_cfg.type == 'PTQLoop' and cfg.test_cfg.calib_images == 32
+    assert cfg.test_cfg.calib_dataloader.dataset.ann_file.endswith('instances_train2017.json')
+    backbone = MODELS.build(cfg.model.backbone)
+    ratio = count_bitops(base, (800, 1333)).bitops / count_bitops(backbone, (800, 1333)).bitops
+    assert ratio == pytest.approx(speedup, abs=0.006)

@@ -1,0 +1,38 @@
+# PTQ of mmdet's Swin-T Mask R-CNN on COCO, uniform W4A8 (RepQ-ViT's setting,
+# the PTQ base of MixA-Q). Calibrates on 32 train2017 images:
+#   python tools/test.py configs/mixaq/ptq/ptq_uniform_w4a8_swin-t_coco.py \
+#       mask_rcnn_swin-t-p4-w7_fpn_1x_coco.pth
+# Other bit settings inherit this file and change a few lines.
+_base_ = '../mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+
+model = dict(
+    backbone=dict(
+        type='MixAQSwinTransformer',
+        w_bits=4,
+        a_bits=(8, 8),
+        low_bit_ratios=0.0,
+        prune_ratios=0.0,
+        window_score='l2',
+        window_order='importance',
+        quant=True))
+
+calib_dataloader = dict(
+    batch_size=1,
+    num_workers=2,
+    persistent_workers=False,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(
+        type={{_base_.dataset_type}},
+        data_root={{_base_.data_root}},
+        ann_file='annotations/instances_train2017.json',
+        data_prefix=dict(img='train2017/'),
+        test_mode=True,
+        pipeline={{_base_.test_pipeline}}))
+test_cfg = dict(
+    _delete_=True,
+    type='PTQLoop',
+    calib_dataloader=calib_dataloader,
+    calib_images=32,
+    calib_seed=0,
+    scope='backbone')
+custom_hooks = [dict(type='BitOpsHook', scope='backbone')]
