@@ -1,12 +1,10 @@
 """Train a detector: ``python tools/train.py CONFIG [options]`` (mmdet's CLI)."""
 import argparse
-import os
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
-from mmengine.config import DictAction
 
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
-from mixaq_mmdet.utils import build_runner, load_runner_config
+from mixaq_mmdet.utils import build_runner, load_runner_config, parse_runner_args
 
 
 def parse_args() -> argparse.Namespace:
@@ -21,14 +19,7 @@ def parse_args() -> argparse.Namespace:
         '--resume', nargs='?', type=str, const='auto',
         help='resume from this checkpoint, or, without a path, from the latest '
         'checkpoint in the work directory')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value pairs')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_runner_args(parser)
 
 
 def main() -> None:

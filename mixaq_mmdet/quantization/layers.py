@@ -30,7 +30,30 @@ def _take_param(param: Optional[nn.Parameter], share: bool) -> Optional[nn.Param
     return nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
 
 
-class QuantLinear(nn.Linear):
+class _QuantLayerMixin:
+    """What :class:`QuantLinear` and :class:`QuantConv2d` share."""
+
+    def _adopt(self, layer: nn.Module, weight_quantizer: QuantizerCfg,
+               input_quantizer: Optional[QuantizerCfg], share_params: bool) -> None:
+        self.weight = _take_param(layer.weight, share_params)
+        self.bias = _take_param(layer.bias, share_params)
+        self.weight_quantizer = _build_weight_quantizer(weight_quantizer)
+        self.input_quantizer = _build_optional(input_quantizer)
+
+    @classmethod
+    def from_float(cls, layer: nn.Module,
+                   weight_quantizer: QuantizerCfg = DEFAULT_WEIGHT_QUANTIZER,
+                   input_quantizer: Optional[QuantizerCfg] = DEFAULT_ACT_QUANTIZER,
+                   share_params: bool = True):
+        """Quantized copy of ``layer``, by default in the PTQ setting (W4 per
+        channel, A8 per tensor, percentile/MSE ranges)."""
+        return cls(layer, weight_quantizer, input_quantizer, share_params)
+
+    def _quantized_input(self, x: Tensor) -> Tensor:
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+
+class QuantLinear(_QuantLayerMixin, nn.Linear):
     """``nn.Linear`` with a fake-quantized weight and, optionally, input.
 
     A subclass of ``nn.Linear`` (as torch.ao's QAT ``Linear``), so initialization
@@ -54,27 +77,14 @@ class QuantLinear(nn.Linear):
             raise TypeError(f'QuantLinear needs a float nn.Linear, got {type(linear).__name__}')
         super().__init__(linear.in_features, linear.out_features, linear.bias is not None,
                          device='meta')
-        self.weight = _take_param(linear.weight, share_params)
-        self.bias = _take_param(linear.bias, share_params)
-        self.weight_quantizer = _build_weight_quantizer(weight_quantizer)
-        self.input_quantizer = _build_optional(input_quantizer)
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear,
-                   weight_quantizer: QuantizerCfg = DEFAULT_WEIGHT_QUANTIZER,
-                   input_quantizer: Optional[QuantizerCfg] = DEFAULT_ACT_QUANTIZER,
-                   share_params: bool = True) -> 'QuantLinear':
-        """Quantized copy of ``linear``, by default in the PTQ setting (W4 per
-        channel, A8 per tensor, percentile/MSE ranges)."""
-        return cls(linear, weight_quantizer, input_quantizer, share_params)
+        self._adopt(linear, weight_quantizer, input_quantizer, share_params)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+        return F.linear(self._quantized_input(x), self.weight_quantizer(self.weight),
+                        self.bias)
 
 
-class QuantConv2d(nn.Conv2d):
+class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
     """``nn.Conv2d`` with a fake-quantized weight and, optionally, input.
 
     Same arguments and conventions as :class:`QuantLinear`; per-channel weight
@@ -88,23 +98,11 @@ class QuantConv2d(nn.Conv2d):
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                          conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                          conv.padding_mode, device='meta')
-        self.weight = _take_param(conv.weight, share_params)
-        self.bias = _take_param(conv.bias, share_params)
-        self.weight_quantizer = _build_weight_quantizer(weight_quantizer)
-        self.input_quantizer = _build_optional(input_quantizer)
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d,
-                   weight_quantizer: QuantizerCfg = DEFAULT_WEIGHT_QUANTIZER,
-                   input_quantizer: Optional[QuantizerCfg] = DEFAULT_ACT_QUANTIZER,
-                   share_params: bool = True) -> 'QuantConv2d':
-        """Quantized copy of ``conv``, by default in the PTQ setting."""
-        return cls(conv, weight_quantizer, input_quantizer, share_params)
+        self._adopt(conv, weight_quantizer, input_quantizer, share_params)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return self._conv_forward(x, self.weight_quantizer(self.weight), self.bias)
+        return self._conv_forward(self._quantized_input(x),
+                                  self.weight_quantizer(self.weight), self.bias)
 
 
 class QuantMatMul(nn.Module):
