@@ -4,13 +4,14 @@ The pictures are built like natural photographs in the one respect MixA-Q relies
 activation sparsity: most of the area is low-detail background (smooth gradients,
 mild noise, large soft structures, some unannotated clutter) while the annotated
 objects carry texture and sharp edges and cover a minority of the image. Each class
-has a shape and a texture family of its own, as object classes in photographs
-differ in both.
+has a shape, a texture family and a typical hue of its own, as object classes in
+photographs differ in all three.
 
 Every image is drawn from its own random stream, seeded by ``(seed, split, index)``,
 so the val split does not change when the train split grows and a rerun writes the
 same JSON and the same pixels.
 """
+import colorsys
 import json
 import os
 import os.path as osp
@@ -23,6 +24,7 @@ from pycocotools import mask as mask_utils
 
 SHAPES_CLASSES: Tuple[str, ...] = ('disc', 'square', 'triangle', 'star')
 TEXTURES: Tuple[str, ...] = ('stripes', 'checker', 'dots', 'grid')
+CLASS_HUES: Tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
 SPLIT_IDS = {'train': 0, 'val': 1}
 
 
@@ -94,8 +96,9 @@ def _texture(rng: np.random.Generator, h: int, w: int, cls: int) -> np.ndarray:
     """A high-contrast texture (h, w, 3) in [0, 255] of the class's family.
 
     Each class has its own family (stripes, checker, dots, grid) with random
-    orientation, frequency and colours, so objects carry detail that the
-    low-detail background lacks, and class evidence lies in texture and shape.
+    orientation and frequency, in a bright and a dark shade of a hue typical of
+    the class (+-20 degrees), so objects carry detail that the low-detail
+    background lacks, and class evidence lies in shape, texture and colour.
     """
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     theta = rng.uniform(0, np.pi)
@@ -116,9 +119,16 @@ def _texture(rng: np.random.Generator, h: int, w: int, cls: int) -> np.ndarray:
         period = rng.uniform(5, 10)
         width = rng.uniform(1.2, 2.2)
         pattern = ((u % period) < width) | ((v % period) < width)
-    c1 = rng.uniform(0, 255, size=3)
-    c2 = np.clip(255 - c1 + rng.normal(0, 30, size=3), 0, 255)
-    return np.where(pattern[..., None], c1, c2).astype(np.float32)
+    hue = (CLASS_HUES[cls] + rng.uniform(-20, 20)) % 360
+    bright = _hsv_to_bgr(hue, rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
+    dark = _hsv_to_bgr(hue, rng.uniform(0.6, 1.0), rng.uniform(0.15, 0.35))
+    return np.where(pattern[..., None], bright, dark).astype(np.float32)
+
+
+def _hsv_to_bgr(hue: float, sat: float, val: float) -> np.ndarray:
+    """One colour, hue in degrees, as BGR in [0, 255]."""
+    r, g, b = colorsys.hsv_to_rgb(hue / 360, sat, val)
+    return np.array([b, g, r]) * 255
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
