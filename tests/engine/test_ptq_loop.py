@@ -202,3 +202,29 @@ def test_detector_scope_quantizes_neck_and_heads(tiny_shapes, fp_checkpoint, tmp
     assert type(model.roi_head.mask_head.upsample).__name__ == 'ConvTranspose2d'
     assert model.neck.lateral_convs[0].conv.input_quantizer.is_calibrated
     assert model.rpn_head.rpn_conv.weight_quantizer.bits == 4
+
+
+@pytest.fixture(scope='module')
+def trained_small(tmp_path_factory):
+    """A briefly trained benchmark model (96 train / 24 val images, 8 epochs)."""
+    root = str(tmp_path_factory.mktemp('shapes_small'))
+    generate(root, num_train=96, num_val=24, seed=1)
+    work_dir = str(tmp_path_factory.mktemp('train_small'))
+    run_tool(['tools/train.py', FP_BENCH_CONFIG, '--work-dir', work_dir, '--cfg-options',
+              *data_root_options(root), 'train_cfg.max_epochs=8', 'train_cfg.val_interval=8',
+              'param_scheduler.1.end=8', 'default_hooks.checkpoint.interval=8'],
+             timeout=1200)
+    return root, osp.join(work_dir, 'epoch_8.pth')
+
+
+def test_w8a8_ptq_stays_within_one_point_of_fp(trained_small, tmp_path):
+    root, checkpoint = trained_small
+    fp = run_tool(['tools/test.py', FP_BENCH_CONFIG, checkpoint, '--work-dir',
+                   str(tmp_path / 'fp'), '--cfg-options', *data_root_options(root)])
+    q = run_tool(['tools/test.py', osp.join(PTQ, 'ptq_uniform_w8a8_shapes.py'), checkpoint,
+                  '--work-dir', str(tmp_path / 'w8a8'), '--cfg-options',
+                  *_ptq_options(root, calib_images=16)])
+    fp_map = _metrics(fp.stdout + fp.stderr)['coco/bbox_mAP']
+    q_map = _metrics(q.stdout + q.stderr)['coco/bbox_mAP']
+    assert fp_map > 0.05, f'the briefly trained model must detect something ({fp_map})'
+    assert abs(fp_map - q_map) <= 0.01, (fp_map, q_map)

@@ -58,7 +58,8 @@ def test_keys_are_mmdets_and_norm_copies_are_filled():
     keys = set(model.state_dict())
     assert ref_keys <= keys
     extra = keys - ref_keys
-    assert all('quantizer' in k or 'branches.' in k or '_low.' in k for k in extra)
+    assert all('quantizer' in k or 'branches.' in k or '_low.' in k or 'reparam_pad' in k
+               for k in extra)
     block = model.stages[1].blocks[1]
     assert isinstance(block, TwoBranchSwinBlock)
     torch.testing.assert_close(block.norm1_low.weight, block.norm1.weight, rtol=0, atol=0)
