@@ -17,7 +17,8 @@ class BitOpsHook(Hook):
     :func:`mixaq_mmdet.analysis.count_bitops`) is computed at the real network
     input size of every evaluated image (after resize and padding) and averaged;
     it is added to the metrics as ``mixaq/bitops_speedup`` (mean over images),
-    ``mixaq/bitops_speedup_pooled`` (summed BitOPs) and ``mixaq/act_bits``.
+    ``mixaq/bitops_speedup_pooled`` (summed BitOPs) and ``mixaq/act_bits`` (at
+    the first evaluated size).
     Runs before the logger hook, so the values are printed with the mAP.
 
     Args:
@@ -47,7 +48,14 @@ class BitOpsHook(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) \
             else runner.model
         stats = average_speedup(model, shapes, self.scope)
-        metrics['mixaq/bitops_speedup'] = round(stats.mean, 4)
-        metrics['mixaq/bitops_speedup_pooled'] = round(stats.pooled, 4)
-        metrics['mixaq/act_bits'] = round(
-            count_bitops(model, shapes[0], self.scope).act_bits, 3)
+        values = {
+            'mixaq/bitops_speedup': round(stats.mean, 4),
+            'mixaq/bitops_speedup_pooled': round(stats.pooled, 4),
+            'mixaq/act_bits': round(
+                count_bitops(model, shapes[0], self.scope).act_bits, 3),
+        }
+        metrics.update(values)
+        # RuntimeInfoHook has already copied the metrics into the message hub,
+        # from which the logger prints: add ours there too.
+        for key, value in values.items():
+            runner.message_hub.update_scalar(f'test/{key}', value)

@@ -58,7 +58,7 @@ def test_ptq_calibrates_saves_and_reevaluates_identically(tiny_shapes, fp_checkp
                       str(tmp_path / 'a'), '--out', str(tmp_path / 'a.pkl'),
                       '--cfg-options', *_ptq_options(tiny_shapes)])
     log = first.stdout + first.stderr
-    assert 'PTQ: calibrated' in log and 'on 4 images (backbone scope)' in log
+    assert 'PTQ: calibrated' in log and 'on 4 images (backbone scope, reparam=True)' in log
     # BitOpsHook: the speedup at the evaluated sizes, logged with the mAP
     speedup = re.search(r'mixaq/bitops_speedup: ([0-9.]+)', log)
     assert speedup and 1.3 < float(speedup.group(1)) < 1.4
@@ -108,7 +108,7 @@ def test_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoint, tmp_path)
                            '--work-dir', str(tmp_path / 'two'), '--cfg-options', *options],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'on 8 images (backbone scope)' in proc.stdout + proc.stderr
+    assert 'on 8 images (backbone scope, reparam=True)' in proc.stdout + proc.stderr
     one = _qparams(tmp_path / 'one' / 'calibrated.pth')
     two = _qparams(tmp_path / 'two' / 'calibrated.pth')
     assert one.keys() == two.keys() and len(one) > 100
