@@ -13,6 +13,7 @@ previous results.json, so a rerun only computes what changed.
     python tools/run_demo.py [--work-dir work_dirs/demo] [--data-root data/shapes_coco]
 """
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -109,9 +110,10 @@ def ensure_fp_checkpoint(cfg: Config) -> str:
         return final
     print(f'[demo] FP model: training into {cfg.work_dir} '
           '(about 12 minutes on 2 cores)')
-    cfg.resume = True  # continue an interrupted run from its last checkpoint
+    train_cfg = copy.deepcopy(cfg)
+    train_cfg.resume = True  # continue an interrupted run from its last checkpoint
     start = time.time()
-    Runner.from_cfg(cfg).train()
+    Runner.from_cfg(train_cfg).train()
     print(f'[demo] FP model trained in {(time.time() - start) / 60:.1f} min')
     return final
 
@@ -125,7 +127,7 @@ def fingerprint(cfg: Config, checkpoint: str) -> str:
 
 def run_row(name: str, cfg: Config, checkpoint: str) -> Dict:
     """Evaluate one configuration (PTQ rows calibrate first)."""
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     cfg.load_from = checkpoint
     cfg.resume = False
     if 'train_cfg' in cfg and cfg.test_cfg.get('type') != 'PTQLoop':
@@ -150,7 +152,7 @@ def run_row(name: str, cfg: Config, checkpoint: str) -> Dict:
         window_score=backbone.policy.score if quantized else None,
         window_order=backbone.policy.order if quantized else None,
         calib_images=runner.test_loop.num_calib_images if quantized else 0,
-        scope=cfg.test_cfg.scope if quantized else None,
+        scope=cfg.test_cfg['scope'] if quantized else None,  # .scope is ConfigDict's own
         img_shape=list(IMG_SHAPE),
         eval_seconds=round(time.time() - start, 1))
     return row

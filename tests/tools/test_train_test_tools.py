@@ -75,7 +75,9 @@ def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     for row in rows.values():
         assert 0 <= row['bbox_mAP'] <= 100 and 0 <= row['segm_mAP'] <= 100
     assert rows['uniform_w4a8']['speedup'] == 1.0
-    assert rows['fp']['speedup'] == pytest.approx(4 * 8 / (32 * 32), rel=1e-3)
+    # FP is 32x32 everywhere; W4A8 is 4x8 in linear layers and 8x8 in the two
+    # attention products: the FP row lies between those two ratios
+    assert 4 * 8 / (32 * 32) < rows['fp']['speedup'] < 8 * 8 / (32 * 32)
     mixaq = rows['mixaq_w4a8a4']
     assert 1.3 < mixaq['speedup'] < 1.4
     assert mixaq['low_bit_ratios'] == [0.5] * 4 and mixaq['a_bits'] == [8, 4]
