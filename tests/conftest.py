@@ -6,7 +6,7 @@ from typing import List
 
 import pytest
 
-from mixaq_mmdet.datasets import ShapesCocoSpec, generate
+from mixaq_mmdet.datasets import generate
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FP_BENCH_CONFIG = osp.join(

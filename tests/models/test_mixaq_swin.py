@@ -11,8 +11,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
-from mixaq_mmdet.quantization import (LogSqrt2Quantizer, UniformQuantizer,
-                                      enable_calibration, enable_quantization,
+from mixaq_mmdet.quantization import (enable_calibration, enable_quantization,
                                       quantizers_of)
 
 NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),

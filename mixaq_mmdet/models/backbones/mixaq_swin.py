@@ -2,10 +2,8 @@
 import copy
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import torch.nn as nn
 from mmdet.models.backbones.swin import SwinTransformer
 from mmdet.registry import MODELS
-from mmengine.logging import MMLogger
 from torch import Tensor
 
 from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER,
