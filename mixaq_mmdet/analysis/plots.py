@@ -1,5 +1,5 @@
 """Plots of the results table."""
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import matplotlib
 
@@ -20,12 +20,29 @@ def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
     if uniform:
         ax.plot([r[x] for r in uniform], [r[y] for r in uniform], '--',
                 color='grey', label='uniform PTQ')
-    for row in rows:
-        kind = row['name'].split('_')[0]
-        marker = dict(uniform='s', mixaq='o').get(kind, 'D')
-        ax.scatter(row[x], row[y], marker=marker, s=40, zorder=3)
-        ax.annotate(row['name'], (row[x], row[y]), textcoords='offset points',
-                    xytext=(4, 4), fontsize=7)
+    xs, ys = [r[x] for r in rows], [r[y] for r in rows]
+    x_span = (max(xs) - min(xs)) or 1.0
+    y_step = ((max(ys) - min(ys)) or 1.0) * 0.05
+    clusters: List[List[Dict]] = []
+    for row in sorted(rows, key=lambda r: (r[x], -r[y])):
+        if clusters and row[x] - clusters[-1][-1][x] < 0.1 * x_span:
+            clusters[-1].append(row)
+        else:
+            clusters.append([row])
+    for cluster in clusters:
+        # a cluster's labels form a column, so close points do not overprint
+        top = max(r[y] for r in cluster) + (0.8 * y_step if len(cluster) == 1 else 0)
+        for level, row in enumerate(sorted(cluster, key=lambda r: -r[y])):
+            kind = row['name'].split('_')[0]
+            marker = dict(uniform='s', mixaq='o').get(kind, 'D')
+            ax.scatter(row[x], row[y], marker=marker, s=40, zorder=3)
+            ax.annotate(f"{row['name']} ({row[y]:.1f})", (row[x], row[y]),
+                        xytext=(cluster[-1][x] + (0.03 if len(cluster) > 1
+                                                  else -0.02) * x_span,
+                                top - level * y_step),
+                        fontsize=7, va='center',
+                        arrowprops=dict(arrowstyle='-', lw=0.4, color='grey')
+                        if len(cluster) > 1 else None)
     ax.set_xlabel('BitOPs speedup over uniform W4A8' if x == 'speedup' else x)
     ax.set_ylabel(y.replace('_', ' '))
     ax.set_title(title)
