@@ -240,12 +240,9 @@ def check_same_qparams_on_all_ranks(model: nn.Module) -> None:
     whose ranks disagree)."""
     if get_world_size() == 1:
         return
-    local = torch.stack([
-        torch.cat([b.detach().double().flatten().cpu()
-                   for b in q.buffers()]).sum() for q in quantizers_of(model)
-        if q.is_calibrated
-    ]) if any(q.is_calibrated for q in quantizers_of(model)) \
-        else torch.zeros(1, dtype=torch.float64)
+    sums = [torch.cat([b.detach().double().flatten().cpu() for b in q.buffers()]).sum()
+            for q in quantizers_of(model) if q.is_calibrated]
+    local = torch.stack(sums) if sums else torch.zeros(1, dtype=torch.float64)
     reference = local.clone()
     broadcast(reference, src=0)
     if not torch.equal(local, reference):

@@ -247,12 +247,8 @@ class TwoBranchSwinBlock(nn.Module):
 
 def drop_path_per_image(drop_path: nn.Module, x: Tensor) -> Tensor:
     """Apply a DropPath (B, k, N, C) with one keep/drop draw per image, as
-    mmdet's block does on (B, L, C) tokens."""
-    if not drop_path.training or not isinstance(drop_path, nn.Module) or \
-            getattr(drop_path, 'drop_prob', 0.0) == 0.0:
-        return x
-    b = x.shape[0]
-    return drop_path(x.reshape(b, -1)).view_as(x)
+    mmdet's block does on (B, L, C) tokens (the identity in eval mode)."""
+    return drop_path(x.reshape(x.shape[0], -1)).view_as(x)
 
 
 def partition_windows(x: Tensor, window_size: int) -> Tensor:
