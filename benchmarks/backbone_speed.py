@@ -41,7 +41,7 @@ from mmdet.models.backbones import SwinTransformer
 from mixaq_mmdet.models.backbones import MixAQSwinTransformer
 from mixaq_mmdet.quantization import (CALIB_METHODS, DEFAULT_ACT_QUANTIZER,
                                       DEFAULT_WEIGHT_QUANTIZER,
-                                      enable_calibration, enable_quantization)
+                                      enable_calibration, finish_calibration)
 
 SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
               window_size=7)
@@ -134,7 +134,7 @@ def build_models(arch: dict, calib_shape: Tuple[int, int], calib: str,
     enable_calibration(quant_model)
     with torch.no_grad():
         quant_model(torch.randn(1, 3, *calib_shape, device=device))
-    enable_quantization(quant_model)
+    finish_calibration(quant_model)
     return models
 
 

@@ -36,7 +36,7 @@ from mmdet.models.backbones.swin import SwinTransformer
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 from torch.nn.modules.utils import _pair
 
-from mixaq_mmdet.models.backbones import MixAQSwinTransformer
+from mixaq_mmdet.models import MixAQSwinTransformer, quant_scope
 from mixaq_mmdet.models.layers import TwoBranchSwinBlock, group_sizes
 from mixaq_mmdet.quantization import QuantizerBase
 from .window_maps import block_geometry
@@ -312,23 +312,30 @@ def _head_costs(detector: nn.Module, backbone: SwinTransformer,
     parts = dict(heads) if neck is None else dict(neck=neck, **heads)
     costs = {name: _Cost() for name in parts}
 
-    def count(cost: _Cost):
-        def hook(layer: nn.Module, args: tuple, out: torch.Tensor) -> None:
-            if isinstance(layer, nn.Conv2d):
-                fan_in = layer.in_channels // layer.groups * math.prod(
-                    layer.kernel_size)
-            else:
-                fan_in = layer.in_features
-            cost.add(out.numel() * fan_in, *layer_bits(layer))
-        return hook
+    layers = {layer: name for name, part in parts.items() for layer in part.modules()
+              if isinstance(layer, (nn.Conv2d, nn.Linear))}
+    # Bits as the model computes now; the counting forward itself runs with the
+    # quantizers as identities (no statistics from the zeros, no calibration needed).
+    bits = {layer: layer_bits(layer) for layer in layers}
 
-    handles = [layer.register_forward_hook(count(costs[name]))
-               for name, part in parts.items() for layer in part.modules()
-               if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    def hook(layer: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if isinstance(layer, nn.Conv2d):
+            fan_in = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+        else:
+            fan_in = layer.in_features
+        costs[layers[layer]].add(out.numel() * fan_in, *bits[layer])
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
     modes = {m: m.training for part in parts.values() for m in part.modules()}
+    switches = {q: (q.observer_enabled, q.fake_quant_enabled)
+                for part in parts.values() for q in part.modules()
+                if isinstance(q, QuantizerBase)}
     try:
         for part in parts.values():
             part.eval()  # no BatchNorm statistics from the zero features
+        for quantizer in switches:
+            quantizer.disable_observer()
+            quantizer.disable_fake_quant()
         if neck is not None:
             feats = neck(feats)
         for head in heads.values():
@@ -338,12 +345,15 @@ def _head_costs(detector: nn.Module, backbone: SwinTransformer,
             handle.remove()
         for module, training in modes.items():
             module.training = training
+        for quantizer, (observer, fake_quant) in switches.items():
+            quantizer.enable_observer(observer)
+            quantizer.enable_fake_quant(fake_quant)
     return costs
 
 
 def count_bitops(model: nn.Module,
                  img_shape: Sequence[int],
-                 scope: str = 'backbone') -> BitOpsReport:
+                 scope: Optional[str] = None) -> BitOpsReport:
     """Count the BitOPs of ``model`` on one (H, W) network input.
 
     Args:
@@ -351,21 +361,26 @@ def count_bitops(model: nn.Module,
             32 bits) or a detector whose ``.backbone`` is one of them.
         img_shape: (H, W) of the network input, i.e. the image after resize and
             the data preprocessor's padding (what the backbone receives).
-        scope: 'backbone' counts the backbone only, the paper's scope. 'detector'
+        scope: None: the model's quantization scope (see
+            :func:`~mixaq_mmdet.models.quant_scope`; 'backbone' for a model that
+            quantizes only its backbone). 'backbone' counts the backbone only,
+            the paper's scope. 'detector'
             also counts the Conv2d and Linear layers of the neck and of the dense
             heads (``rpn_head``, or a single-stage detector's ``bbox_head``),
             hooked during one forward of zero features of the backbone's output
-            shapes (the backbone itself is not run, so an uncalibrated quantized
-            model can be counted). The RoI heads are left out: their cost
-            depends on the number of proposals each image keeps. Quantizers in
-            the neck or heads should be calibrated or off, as they see that
-            forward.
+            shapes, with their quantizers switched to identities for that
+            forward (the backbone itself is not run, so an uncalibrated
+            quantized model can be counted, and no statistics are collected).
+            The RoI heads are left out: their cost depends on the number of
+            proposals each image keeps.
 
     Returns:
         The :class:`BitOpsReport` of the model's current ratios and quantizer
         states.
     """
     hw = _check_img_shape(img_shape)
+    if scope is None:
+        scope = quant_scope(model)
     backbone, detector = _split_model(model, scope)
     per_stage, total, uniform, grids = _backbone_costs(backbone, hw)
     parts = {'backbone': total.bitops}
@@ -382,8 +397,9 @@ def count_bitops(model: nn.Module,
 
 def average_speedup(model: nn.Module,
                     img_shapes: Iterable[Sequence[int]],
-                    scope: str = 'backbone') -> SpeedupStats:
-    """Speedup of ``model``'s configuration over a set of images' sizes.
+                    scope: Optional[str] = None) -> SpeedupStats:
+    """Speedup of ``model``'s configuration over a set of images' sizes
+    (``scope`` as in :func:`count_bitops`).
 
     Returns:
         ``SpeedupStats(mean, pooled, num_images)``: ``mean`` is the mean over

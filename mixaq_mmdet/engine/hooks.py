@@ -6,7 +6,7 @@ from mmengine.dist import all_gather_object
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from mixaq_mmdet.analysis import average_speedup, count_bitops
+from mixaq_mmdet.analysis import SCOPES, average_speedup, count_bitops
 
 
 @HOOKS.register_module()
@@ -22,12 +22,17 @@ class BitOpsHook(Hook):
     Runs before the logger hook, so the values are printed with the mAP.
 
     Args:
-        scope: 'backbone' (the paper's) or 'detector'.
+        scope: what to count: None (default) the model's quantization scope
+            (the backbone, or the detector when its neck and heads are
+            quantized, see :func:`~mixaq_mmdet.models.quant_scope`); or
+            'backbone' / 'detector' explicitly.
     """
 
     priority = 'NORMAL'
 
-    def __init__(self, scope: str = 'backbone') -> None:
+    def __init__(self, scope: Optional[str] = None) -> None:
+        if scope is not None and scope not in SCOPES:
+            raise ValueError(f'scope must be None or one of {SCOPES}, got {scope!r}')
         self.scope = scope
         self._shapes: List[Tuple[int, int]] = []
 

@@ -3,31 +3,38 @@ import copy
 import logging
 import math
 import os.path as osp
-from typing import Dict, List, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from mmdet.registry import DATASETS, LOOPS
 from mmengine.dist import (all_reduce, broadcast, get_rank, get_world_size,
                            is_main_process)
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import CheckpointLoader, TestLoop, save_checkpoint
 from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
+from mmengine.runner.loops import _parse_losses
 from mmengine.utils import ProgressBar
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mixaq_mmdet.models import quant_scope, quant_setting
 from mixaq_mmdet.quantization import (QuantizerBase, disable_quantization,
                                       enable_calibration, enable_fake_quant,
-                                      enable_quantization, quantize_layers,
-                                      quantizers_of)
-from mixaq_mmdet.quantization.reparam import (record_channel_ranges,
+                                      finish_calibration, quantizers_of)
+from mixaq_mmdet.quantization.reparam import (record_channel_statistics,
                                               reparameterize)
 
-PTQ_SCOPES = ('backbone', 'detector')
 #: State that MixA-Q adds to a float detector (low-branch LayerNorm copies, the
 #: padding value of a folded reparameterization): absent from FP checkpoints.
 MIXAQ_ONLY_KEYS = ('_low.', '.reparam_pad')
+#: Key of the MixA-Q setting in a checkpoint's ``meta``.
+META_KEY = 'mixaq'
+#: Settings a calibrated checkpoint must share with the model that evaluates it.
+#: The ratios may differ: they change at run time (set_ratios), and a branch
+#: that was never calibrated raises when reached.
+STRICT_SETTINGS = ('w_bits', 'a_bits', 'quant_scope', 'window_score', 'window_order',
+                   'window_seed', 'reparam')
 
 
 @LOOPS.register_module()
@@ -36,31 +43,32 @@ class PTQLoop(TestLoop):
 
     Used as ``test_cfg``; ``tools/test.py CONFIG FP_CHECKPOINT`` runs it. The runner
     loads the checkpoint before :meth:`run`: an FP checkpoint (no quantizer state)
-    is calibrated, saved as ``<work_dir>/calibrated.pth`` and evaluated; a
-    calibrated checkpoint is evaluated as it is, without recalibration.
+    is calibrated, saved as ``<work_dir>/calibrated.pth`` with the MixA-Q setting
+    in its ``meta`` and evaluated; a calibrated checkpoint is checked against the
+    model (:func:`check_calibrated_checkpoint`) and evaluated as it is.
 
-    Calibration runs the model in float with every quantizer observing (each
-    branch of a Two-Branch block sees the windows of its own group at the
-    configured ratios), then computes the qparams, all-reduced over ranks so that
-    every rank holds the same ones.
+    Calibration runs after the ``before_test`` / ``before_test_epoch`` hooks (a
+    hook that swaps in EMA weights acts before the fold), with the model in float
+    and every quantizer observing (each branch of a Two-Branch block sees the
+    windows of its own group at the configured ratios). Only what holds
+    quantizers is run: the backbone for the 'backbone' quantization scope, the
+    whole detector for 'detector' (the scope is the model's, see
+    :class:`~mixaq_mmdet.models.detectors.QuantizedDetector`). The qparams are
+    all-reduced over ranks so that every rank holds the same ones.
 
     Args:
         runner: the runner.
         dataloader: test dataloader (config or object).
         evaluator: test evaluator.
         calib_dataloader: dataloader of the calibration images: the TRAIN split
-            with the test pipeline (no augmentation).
+            with the test pipeline (no augmentation). Built only when the loop
+            calibrates.
         calib_images: number of calibration images, over all ranks.
         calib_seed: seed of the calibration sampler (which images are drawn).
         reparam: fold RepQ-ViT's scale reparameterization of post-LayerNorm
             activations before calibrating (see
             :mod:`mixaq_mmdet.quantization.reparam`): one extra pass over the
-            calibration images records per-channel ranges.
-        scope: 'backbone' quantizes what the model config quantizes (the MixA-Q
-            backbone: the paper's BitOPs scope); 'detector' also quantizes every
-            Conv2d / Linear of the neck and heads (RepQ-ViT's protocol;
-            ConvTranspose2d stays float), at the backbone's weight bits and high
-            activation bits.
+            calibration images collects per-channel statistics.
         save_calibrated: write the calibrated checkpoint.
         fp16: as in TestLoop.
     """
@@ -73,43 +81,45 @@ class PTQLoop(TestLoop):
                  calib_images: int = 32,
                  calib_seed: int = 0,
                  reparam: bool = True,
-                 scope: str = 'backbone',
                  save_calibrated: bool = True,
-                 fp16: bool = False) -> None:
+                 fp16: bool = False,
+                 scope: Optional[str] = None) -> None:
+        if scope is not None:
+            raise ValueError(
+                f"test_cfg.scope={scope!r}: the quantization scope is a property of the "
+                "model: set model=dict(type='QuantizedDetector', detector='MaskRCNN', "
+                f"quant_scope={scope!r}, ...) and remove scope from test_cfg")
         super().__init__(runner, dataloader, evaluator, fp16)
         if isinstance(calib_images, bool) or not isinstance(calib_images, int) \
                 or calib_images < 1:
             raise ValueError(f'calib_images must be a positive int, got {calib_images!r}')
-        if scope not in PTQ_SCOPES:
-            raise ValueError(f'scope must be one of {PTQ_SCOPES}, got {scope!r}')
         self.calib_images = calib_images
+        self.calib_seed = calib_seed
         self.reparam = reparam
-        self.scope = scope
         self.save_calibrated = save_calibrated
-        self.calib_dataloader = build_calib_dataloader(runner, calib_dataloader,
-                                                       calib_seed)
+        self._calib_dataloader = calib_dataloader
         self.num_calib_images = 0
-        model = self.model
-        if not quantizers_of(model):
+        if not quantizers_of(self.model):
             raise ValueError(
-                f'{type(model).__name__} has no quantizers: PTQLoop needs a '
+                f'{type(self.model).__name__} has no quantizers: PTQLoop needs a '
                 "quantized model, e.g. backbone type 'MixAQSwinTransformer' with "
                 'quant=True')
-        if scope == 'detector':
-            self._quantize_heads(model)
 
     @property
     def model(self) -> nn.Module:
+        """The detector, without DDP or test-time-augmentation wrappers."""
         model = self.runner.model
-        return model.module if is_model_wrapper(model) else model
+        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
+            model = model.module
+        return model
 
-    def _quantize_heads(self, model: nn.Module) -> None:
-        backbone = model.backbone
-        weight = backbone.weight_quantizer_cfg
-        act = backbone.act_quantizer_cfgs['high']
-        for name in ('neck', 'rpn_head', 'roi_head'):
-            if getattr(model, name, None) is not None:
-                quantize_layers(getattr(model, name), weight, act)
+    @property
+    def calib_dataloader(self) -> DataLoader:
+        """The calibration dataloader, built on first use."""
+        if not isinstance(self._calib_dataloader, DataLoader):
+            self._calib_dataloader = build_calib_dataloader(
+                self.runner, self._calib_dataloader, self.calib_seed)
+        return self._calib_dataloader
 
     def run(self) -> dict:
         checkpoint = self.runner._load_from
@@ -117,24 +127,45 @@ class PTQLoop(TestLoop):
             raise ValueError('PTQ needs a checkpoint: run tools/test.py CONFIG '
                              'CHECKPOINT (load_from is not set)')
         model = self.model
-        quantizers = quantizers_of(model)
-        if any(q.is_calibrated for q in quantizers):
+        state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+        calibrated = any(q.is_calibrated for q in quantizers_of(model))
+        if calibrated:
+            check_calibrated_checkpoint(model, state, checkpoint, self.reparam)
+        else:
+            check_float_checkpoint(model, state, checkpoint)
+        del state
+        self.runner.call_hook('before_test')
+        self.runner.call_hook('before_test_epoch')
+        if calibrated:
             print_log(f'PTQ: {checkpoint} is calibrated; evaluating it as it is',
                       logger='current')
             enable_fake_quant(model)
         else:
-            check_float_checkpoint(model, checkpoint)
             self.calibrate()
             if self.save_calibrated and is_main_process():
-                path = osp.join(self.runner.work_dir, 'calibrated.pth')
-                save_checkpoint(
-                    dict(meta=dict(calib_images=self.num_calib_images,
-                                   fp_checkpoint=checkpoint, scope=self.scope,
-                                   reparam=self.reparam),
-                         state_dict=weights_to_cpu(get_state_dict(model))), path)
-                print_log(f'PTQ: calibrated checkpoint saved to {path}',
-                          logger='current')
-        return super().run()
+                self._save_calibrated(checkpoint)
+        self.runner.model.eval()
+        self.test_loss.clear()
+        for idx, data_batch in enumerate(self.dataloader):
+            self.run_iter(idx, data_batch)
+        metrics = self.evaluator.evaluate(len(self.dataloader.dataset))
+        if self.test_loss:
+            metrics.update(_parse_losses(self.test_loss, 'test'))
+        self.runner.call_hook('after_test_epoch', metrics=metrics)
+        self.runner.call_hook('after_test')
+        return metrics
+
+    def _save_calibrated(self, fp_checkpoint: str) -> None:
+        path = osp.join(self.runner.work_dir, 'calibrated.pth')
+        meta = {META_KEY: self.setting(), 'calib_images': self.num_calib_images,
+                'fp_checkpoint': fp_checkpoint}
+        save_checkpoint(dict(meta=meta, state_dict=weights_to_cpu(get_state_dict(self.model))),
+                        path)
+        print_log(f'PTQ: calibrated checkpoint saved to {path}', logger='current')
+
+    def setting(self) -> Dict[str, Any]:
+        """The model's quantization setting and this loop's reparameterization."""
+        return dict(quant_setting(self.model), reparam=self.reparam)
 
     @torch.no_grad()
     def calibrate(self) -> int:
@@ -151,6 +182,7 @@ class PTQLoop(TestLoop):
             print_log(f'PTQ: {self.calib_images} calibration images asked, the '
                       f'calibration set has only {available}; using {available}',
                       logger='current', level=logging.WARNING)
+        scope = quant_scope(model)
         if self.reparam:
             if not hasattr(model.backbone, 'reparam_targets'):
                 raise ValueError(
@@ -160,17 +192,18 @@ class PTQLoop(TestLoop):
                     'test_cfg.reparam=False')
             targets = model.backbone.reparam_targets()
             disable_quantization(model)
-            with record_channel_ranges(targets) as ranges:
-                self._observe_images('ranges for scale reparameterization')
-            reparameterize(targets, ranges)
+            with record_channel_statistics(targets) as stats:
+                self._observe_images('statistics for scale reparameterization',
+                                     backbone_only=True)
+            reparameterize(targets, stats)
         enable_calibration(model)
-        seen = self._observe_images('calibration')
-        unreached = enable_quantization(model, strict=False)
+        seen = self._observe_images('calibration', backbone_only=scope == 'backbone')
+        unreached = finish_calibration(model, strict=False)
         self.num_calib_images = int(all_reduce_sum(seen))
         check_same_qparams_on_all_ranks(model)
         calibrated = sum(q.is_calibrated for q in quantizers_of(model))
         print_log(f'PTQ: calibrated {calibrated} quantizers on '
-                  f'{self.num_calib_images} images ({self.scope} scope, '
+                  f'{self.num_calib_images} images ({scope} scope, '
                   f'reparam={self.reparam})', logger='current')
         if unreached:
             print_log(f'PTQ: {len(unreached)} quantizers saw no data at these '
@@ -179,17 +212,22 @@ class PTQLoop(TestLoop):
                       logger='current')
         return seen
 
-    def _observe_images(self, what: str) -> int:
-        """Run this rank's share of the calibration images through the model."""
+    def _observe_images(self, what: str, backbone_only: bool) -> int:
+        """Run this rank's share of the calibration images through the backbone
+        (``backbone_only``) or the whole detector."""
         world_size = get_world_size()
         target = math.ceil(self.calib_images / world_size)
         available = math.ceil(len(self.calib_dataloader.dataset) / world_size)
         print_log(f'PTQ: {what}', logger='current')
         bar = ProgressBar(min(target, available)) if is_main_process() else None
+        model = self.model
         seen = 0
         for data_batch in self.calib_dataloader:
             batch = _take(data_batch, target - seen)
-            self.model.test_step(batch)
+            if backbone_only:
+                model.backbone(model.data_preprocessor(batch, False)['inputs'])
+            else:
+                model.test_step(batch)
             seen += len(batch['inputs'])
             if bar is not None:
                 for _ in range(len(batch['inputs'])):
@@ -257,33 +295,90 @@ def _take(data_batch: dict, n: int) -> dict:
     return {k: v[:n] for k, v in data_batch.items()}
 
 
-def check_float_checkpoint(model: nn.Module, checkpoint: str) -> None:
-    """Raise unless ``checkpoint`` holds every float weight of ``model``.
+def _quantizer_prefixes(model: nn.Module) -> List[str]:
+    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, QuantizerBase)]
+
+
+def check_float_checkpoint(model: nn.Module, checkpoint: Mapping, path: str) -> None:
+    """Raise unless ``checkpoint`` (loaded from ``path``) holds every float
+    weight of ``model``.
 
     mmengine loads checkpoints non-strictly, so a checkpoint of another detector
     would otherwise leave random weights in place without an error.
     """
-    state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-    state = state.get('state_dict', state)
-    quant_prefixes = tuple(f'{name}.' for name, m in model.named_modules()
-                           if isinstance(m, QuantizerBase))
-    expected = [k for k in model.state_dict()
+    state = checkpoint.get('state_dict', checkpoint)
+    quant_prefixes = tuple(_quantizer_prefixes(model))
+    model_state = model.state_dict()
+    expected = [k for k in model_state
                 if not k.startswith(quant_prefixes)
                 and not any(m in k for m in MIXAQ_ONLY_KEYS)]
     missing = [k for k in expected if k not in state]
     if missing:
         raise ValueError(
-            f'checkpoint {checkpoint} does not fit {type(model).__name__}: '
+            f'checkpoint {path} does not fit {type(model).__name__}: '
             f'{len(missing)} of its {len(expected)} float weights are missing '
             f'(e.g. {", ".join(missing[:3])}); PTQ needs the FP checkpoint of the '
             'same detector (a Swin Mask R-CNN with these settings)')
     mismatched = [k for k in expected
-                  if tuple(state[k].shape) != tuple(model.state_dict()[k].shape)]
+                  if tuple(state[k].shape) != tuple(model_state[k].shape)]
     if mismatched:
         raise ValueError(
-            f'checkpoint {checkpoint} does not fit {type(model).__name__}: '
+            f'checkpoint {path} does not fit {type(model).__name__}: '
             f'{len(mismatched)} weights have other shapes (e.g. {mismatched[0]}: '
             f'{tuple(state[mismatched[0]].shape)} in the checkpoint)')
 
 
-__all__ = ['PTQLoop', 'PTQ_SCOPES', 'check_float_checkpoint']
+def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str,
+                                reparam: bool) -> None:
+    """Raise unless the calibrated ``checkpoint`` (loaded from ``path``, already
+    in ``model``) was calibrated for the model's setting.
+
+    Each quantizer's own settings (kind, bits, granularity) were checked as it
+    loaded. Here: the checkpoint quantizes exactly the model's layers (no
+    neck/head quantizers missing or left over from another scope), and the
+    MixA-Q setting recorded in its ``meta`` agrees on :data:`STRICT_SETTINGS`.
+    Other low-bit / prune ratios than at calibration are logged.
+    """
+    state = checkpoint.get('state_dict', checkpoint)
+    prefixes = _quantizer_prefixes(model)
+    saved = {k[:-len('calibrated')] for k in state if k.endswith('.calibrated')}
+    extra = sorted(saved - set(prefixes))
+    absent = [p for p in prefixes if p not in saved]
+    if extra or absent:
+        example = (f'{len(extra)} quantizers the model does not have (e.g. '
+                   f'{extra[0][:-1]})' if extra else
+                   f'no state for {len(absent)} of the model\'s quantizers (e.g. '
+                   f'{absent[0][:-1]})')
+        recorded = _recorded_setting(checkpoint)
+        scope = '' if recorded is None else \
+            f" (calibrated with quant_scope={recorded.get('quant_scope')!r})"
+        raise ValueError(
+            f'calibrated checkpoint {path}{scope} does not fit the model '
+            f'(quant_scope={quant_scope(model)!r}): it has {example}; evaluate it with '
+            'the config it was calibrated with, or recalibrate from the FP checkpoint')
+    recorded = _recorded_setting(checkpoint)
+    if recorded is None:
+        print_log(f'PTQ: {path} records no MixA-Q setting in its meta: the quantizers\' '
+                  'bits were checked, the ratios and window policy cannot be',
+                  logger='current', level=logging.WARNING)
+        return
+    current = dict(quant_setting(model), reparam=reparam)
+    diff = [f'{k}: checkpoint {recorded.get(k)!r}, config {current[k]!r}'
+            for k in STRICT_SETTINGS if recorded.get(k) != current[k]]
+    if diff:
+        raise ValueError(f'calibrated checkpoint {path} was calibrated for another '
+                         f'setting ({"; ".join(diff)}); evaluate it with the config it '
+                         'was calibrated with, or recalibrate from the FP checkpoint')
+    for key in ('low_bit_ratios', 'prune_ratios'):
+        if recorded.get(key) != current[key]:
+            print_log(f'PTQ: {key} {current[key]} differ from those at calibration '
+                      f'({recorded.get(key)})', logger='current', level=logging.WARNING)
+
+
+def _recorded_setting(checkpoint: Mapping) -> Optional[Dict[str, Any]]:
+    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
+    return meta.get(META_KEY) if isinstance(meta, Mapping) else None
+
+
+__all__ = ['PTQLoop', 'META_KEY', 'STRICT_SETTINGS', 'check_float_checkpoint',
+           'check_calibrated_checkpoint']

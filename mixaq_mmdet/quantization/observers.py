@@ -19,6 +19,8 @@ from torch import Tensor
 # Histogram exponent of a channel that has seen only zeros: below the exponent of
 # any nonzero float32, so the first nonzero data always widens the range.
 _ZERO_EXPONENT = -160
+# Most dimensions of a static tensor (a weight) that ranks exchange.
+_MAX_DIMS = 8
 
 
 def is_distributed() -> bool:
@@ -344,8 +346,8 @@ class TensorObserver(MinMaxObserver):
     itself); computing percentiles sorts a copy.
 
     Under distributed, every rank must observe a tensor of the same shape;
-    :meth:`reduced` broadcasts rank 0's, so every rank computes the same qparams
-    even if its replica differs.
+    :meth:`reduced` broadcasts the lowest observing rank's, so every rank
+    computes the same qparams even if its replica differs or it saw nothing.
     """
 
     def __init__(self, per_channel: bool = False, ch_axis: int = 0) -> None:
@@ -368,20 +370,33 @@ class TensorObserver(MinMaxObserver):
         self.min_val, self.max_val = self._batch_minmax(x)
 
     def reduced(self, device: torch.device) -> 'TensorObserver':
+        """The tensor of the lowest rank that observed one, on every rank.
+
+        A collective: every rank must call it, also one that observed nothing.
+        """
         if not is_distributed():
             return self
-        numel = 0 if self.tensor is None else self.tensor.numel()
-        t = torch.tensor([numel, -numel], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        src = torch.tensor([rank if self.tensor is not None else world], device=device)
+        dist.all_reduce(src, op=dist.ReduceOp.MIN)
+        src = int(src)
         out = self._new_empty()
-        largest, smallest = int(t[0]), -int(t[1])
-        if largest == 0:
+        if src == world:
             return out
-        if largest != smallest:
+        dims = torch.zeros(_MAX_DIMS + 1, dtype=torch.long, device=device)
+        if rank == src:
+            shape = list(self.tensor.shape)
+            dims[0] = len(shape)
+            dims[1:1 + len(shape)] = torch.tensor(shape, dtype=torch.long)
+        dist.broadcast(dims, src=src)
+        src_shape = [int(d) for d in dims[1:1 + int(dims[0])]]
+        if self.tensor is not None and list(self.tensor.shape) != src_shape:
             raise ValueError('a static tensor must be observed with the same shape on '
-                             f'every rank, got {smallest} and {largest} elements')
-        tensor = self.tensor.to(device).clone()
-        dist.broadcast(tensor, src=0)
+                             f'every rank, got {tuple(self.tensor.shape)} here and '
+                             f'{tuple(src_shape)} on rank {src}')
+        tensor = (self.tensor.to(device, torch.float32).clone() if rank == src else
+                  torch.empty(src_shape, device=device))
+        dist.broadcast(tensor, src=src)
         out.observe(tensor)
         return out
 

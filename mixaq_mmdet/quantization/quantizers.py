@@ -8,7 +8,7 @@ like torch.ao's ``enable_observer`` / ``enable_fake_quant`` helpers.
 import math
 from numbers import Integral
 from types import MappingProxyType
-from typing import Any, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,8 @@ DEFAULT_ACT_QUANTIZER: Mapping[str, Any] = MappingProxyType(
     dict(type='UniformQuantizer', bits=8, calib='percentile_mse'))
 
 QuantizerCfg = Union[Mapping[str, Any], 'QuantizerBase']
+#: ``state_dict`` key suffix of a module's extra state (``nn.Module.get_extra_state``).
+EXTRA_STATE_KEY = '_extra_state'
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -115,13 +117,16 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
 class QuantizerBase(nn.Module):
     """State and switches common to all fake quantizers.
 
-    With the observer on, every forward input is added to the statistics (across
-    batches). Turning the observer off computes the qparams from the statistics
-    of all ranks, if new data arrived. With fake quant on the forward returns the
-    input quantized with the current qparams (also while observing); with it off
-    the forward is exactly the identity. A new quantizer observes and does not
-    quantize (calibration mode). The switches are not part of the ``state_dict``;
-    the qparams and the ``calibrated`` flag are.
+    The switches do what their names say and nothing else, as torch.ao's: with
+    the observer on, every forward input is added to the statistics (across
+    batches, until :meth:`reset_statistics`); with fake quant on the forward
+    returns the input quantized with the current qparams (also while observing);
+    with it off the forward is exactly the identity. Only
+    :meth:`calculate_qparams` turns statistics into qparams. A new quantizer
+    observes and does not quantize. The switches are not part of the
+    ``state_dict``; the qparams, the ``calibrated`` flag and what the quantizer
+    is (:meth:`settings`, as the module's extra state) are, and a checkpoint of
+    a calibrated quantizer with other settings is refused when loaded.
 
     ``name`` is the module's qualified name in its model (see
     :func:`set_quantizer_names`); errors name the quantizer by it.
@@ -129,6 +134,9 @@ class QuantizerBase(nn.Module):
 
     #: Names of the qparam tensors whose shape is only known after calibration.
     _qparam_names: Tuple[str, ...] = ()
+    #: What the forward computes; quantizers of one kind can take each other's
+    #: qparams (a PTQ UniformQuantizer checkpoint initializes an LSQQuantizer).
+    kind = ''
 
     def __init__(self, bits: int) -> None:
         super().__init__()
@@ -136,7 +144,6 @@ class QuantizerBase(nn.Module):
         self.bits = self._check_bits(bits)
         self.observer_enabled = True
         self.fake_quant_enabled = False
-        self._has_new_data = False
         self._is_calibrated = False
         self.register_buffer('calibrated', torch.tensor(False))
 
@@ -151,6 +158,11 @@ class QuantizerBase(nn.Module):
         """Whether qparams have been computed or loaded."""
         return self._is_calibrated
 
+    def settings(self) -> Dict[str, Any]:
+        """What the quantizer is: kind and bits, plus the granularity of its
+        subclass. Saved with its state; a loaded calibrated state must match."""
+        return dict(kind=self.kind, bits=self.bits)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.observer_enabled and x.numel() > 0:
             self._check_finite(x)
@@ -159,34 +171,23 @@ class QuantizerBase(nn.Module):
                     self._observe(x.detach())
                 except ValueError as e:
                     raise ValueError(f'{self.display_name}: {e}') from None
-            self._has_new_data = True
         if not self.fake_quant_enabled:
             return x
         if not self._is_calibrated:
             raise RuntimeError(
                 f'{self.display_name}: fake quantization is on but the quantizer is not '
                 'calibrated; call enable_calibration(model), run forward passes on '
-                'calibration data, then enable_quantization(model), or load a '
+                'calibration data, then calculate_qparams(model), or load a '
                 'calibrated checkpoint')
         return self._fake_quantize(x)
 
     def enable_observer(self, enabled: bool = True) -> None:
-        """Collect statistics in forward (``enabled=False``: :meth:`disable_observer`)."""
-        if not enabled:
-            self.disable_observer()
-            return
-        self.observer_enabled = True
+        """Collect statistics in forward (``enabled=False``: stop collecting)."""
+        self.observer_enabled = enabled
 
     def disable_observer(self) -> None:
-        """Stop collecting; if any rank saw new data, compute the qparams.
-
-        A collective under distributed: call it on every rank.
-        """
-        if not self.observer_enabled:
-            return
-        self.observer_enabled = False
-        if any_rank(self._has_new_data, self.calibrated.device):
-            self.calculate_qparams()
+        """Stop collecting statistics; the qparams stay as they are."""
+        self.enable_observer(False)
 
     def enable_fake_quant(self, enabled: bool = True) -> None:
         """Quantize the forward output (``enabled=False``: identity)."""
@@ -195,6 +196,10 @@ class QuantizerBase(nn.Module):
     def disable_fake_quant(self) -> None:
         """Make the forward the identity."""
         self.enable_fake_quant(False)
+
+    def has_statistics(self) -> bool:
+        """Whether this rank observed any data since the last reset."""
+        raise NotImplementedError
 
     def calculate_qparams(self) -> Tuple[Tensor, Tensor]:
         """Compute, store and return ``(scale, zero_point)`` from all ranks' statistics.
@@ -207,13 +212,11 @@ class QuantizerBase(nn.Module):
             raise ValueError(f'{self.display_name}: {e}') from None
         self.calibrated.fill_(True)
         self._is_calibrated = True
-        self._has_new_data = False
         return qparams
 
     def reset_statistics(self) -> None:
         """Forget the observed statistics (the qparams stay)."""
         self._reset_statistics()
-        self._has_new_data = False
 
     def extra_repr(self) -> str:
         return (f'bits={self.bits}{self._config_repr()}, observer={self.observer_enabled}, '
@@ -258,9 +261,24 @@ class QuantizerBase(nn.Module):
                              f'non-finite value(s) out of {x.numel()} (first: '
                              f'{bad[0].item()}); quantization ranges need finite inputs')
 
+    def get_extra_state(self) -> Dict[str, Any]:
+        return self.settings()
+
+    def set_extra_state(self, state: Any) -> None:
+        """Checked in :meth:`_load_from_state_dict`, where the key is known."""
+
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str,
                               local_metadata: dict, strict: bool, missing_keys: List[str],
                               unexpected_keys: List[str], error_msgs: List[str]) -> None:
+        flag = state_dict.get(prefix + 'calibrated')
+        saved_calibrated = flag is not None and bool(flag)
+        saved = state_dict.get(prefix + EXTRA_STATE_KEY)
+        if saved_calibrated:
+            self._check_saved_settings(saved, prefix[:-1])
+        elif saved is not None and saved != self.settings():
+            # An uncalibrated quantizer of another setting carries nothing (e.g. the
+            # unused low branch of a uniform model): keep this one's fresh state.
+            return
         # Per-channel qparams of a calibrated checkpoint may not match the shape of
         # a freshly built quantizer: take the checkpoint's shape.
         for name in self._qparam_names:
@@ -269,11 +287,30 @@ class QuantizerBase(nn.Module):
                 current.data = current.data.new_empty(value.shape)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
-        flag = state_dict.get(prefix + 'calibrated')
         if flag is not None:
-            self._is_calibrated = bool(flag)
-            if self._is_calibrated:
-                self._has_new_data = False
+            self._is_calibrated = saved_calibrated
+
+    def _check_saved_settings(self, saved: Any, key: str) -> None:
+        """Refuse calibrated qparams of a quantizer that is not this one."""
+        where = f"{type(self).__name__} '{self.name or key}'"
+        if not isinstance(saved, Mapping):
+            raise ValueError(
+                f'{where}: the checkpoint holds calibrated qparams but not the settings '
+                'they were calibrated for (a checkpoint written before quantizer settings '
+                'were recorded); recalibrate from the FP checkpoint')
+        mine = self.settings()
+        if dict(saved) != mine:
+            diff = ', '.join(f'{k}={saved.get(k)!r} (model: {mine.get(k)!r})'
+                             for k in sorted(set(saved) | set(mine))
+                             if saved.get(k) != mine.get(k))
+            raise ValueError(
+                f'{where}: the checkpoint was calibrated for {_format(saved)}, this model '
+                f'has {_format(mine)} ({diff}); evaluate the checkpoint with the config '
+                'it was calibrated with, or recalibrate from the FP checkpoint')
+
+
+def _format(settings: Mapping[str, Any]) -> str:
+    return ', '.join(f'{k}={v!r}' for k, v in settings.items())
 
 
 @QUANTIZERS.register_module()
@@ -306,6 +343,7 @@ class UniformQuantizer(QuantizerBase):
     """
 
     _qparam_names = ('scale', 'zero_point')
+    kind = 'uniform'
 
     def __init__(self, bits: int, symmetric: bool = False, per_channel: bool = False,
                  ch_axis: int = 0, calib: str = 'minmax', static: bool = False) -> None:
@@ -326,6 +364,14 @@ class UniformQuantizer(QuantizerBase):
             self.quant_min, self.quant_max = 0, 2**self.bits - 1
         self.observer = self._make_observer()
         self._init_qparams()
+
+    def settings(self) -> Dict[str, Any]:
+        return dict(super().settings(), symmetric=self.symmetric,
+                    per_channel=self.per_channel,
+                    ch_axis=self.ch_axis if self.per_channel else None)
+
+    def has_statistics(self) -> bool:
+        return not self.observer.empty
 
     def _config_repr(self) -> str:
         axis = f', ch_axis={self.ch_axis}' if self.per_channel else ''
@@ -461,9 +507,14 @@ class LogSqrt2Quantizer(QuantizerBase):
     the switches work as for the other quantizers. Straight-through gradient.
     """
 
+    kind = 'log_sqrt2'
+
     def __init__(self, bits: int) -> None:
         super().__init__(bits)
         self._observed = False
+
+    def has_statistics(self) -> bool:
+        return self._observed
 
     def _observe(self, x: Tensor) -> None:
         min_val = float(x.min())
@@ -525,23 +576,35 @@ def set_quantizer_names(model: nn.Module) -> None:
 
 
 def enable_calibration(model: nn.Module) -> None:
-    """Observers on, fake quant off: forwards compute the float model and collect
-    statistics, added to any collected before (see ``reset_statistics``)."""
+    """Start a calibration: statistics reset, observers on, fake quant off.
+
+    Forwards then compute the float model and collect statistics, across
+    batches, until :func:`calculate_qparams`.
+    """
     set_quantizer_names(model)
     for quantizer in quantizers_of(model):
+        quantizer.reset_statistics()
         quantizer.enable_observer()
         quantizer.disable_fake_quant()
 
 
-def enable_quantization(model: nn.Module, strict: bool = True) -> List[str]:
-    """Observers off (computing qparams from new statistics), then fake quant on.
+def reset_statistics(model: nn.Module) -> None:
+    """Forget every quantizer's statistics (qparams stay)."""
+    for quantizer in quantizers_of(model):
+        quantizer.reset_statistics()
 
-    An empty calibration must not silently leave a float model: with ``strict``
-    any quantizer with neither statistics nor loaded qparams raises, naming it.
-    With ``strict=False`` such quantizers are allowed when part of the model saw
-    no data by design (e.g. the low-bit branch of a block whose low-bit ratio was
-    0 during calibration): they stay uncalibrated with fake quant on, so they
-    raise if ever reached; if no quantizer at all is calibrated it still raises.
+
+def calculate_qparams(model: nn.Module, strict: bool = True) -> List[str]:
+    """Observers off; qparams computed from the statistics of every quantizer
+    that observed data on some rank. The one call that computes qparams.
+
+    Quantizers that observed nothing keep their qparams (e.g. loaded ones). An
+    empty calibration must not silently leave a float model: with ``strict``
+    any quantizer with neither statistics nor qparams raises, naming it. With
+    ``strict=False`` such quantizers are allowed when part of the model saw no
+    data by design (e.g. the low-bit branch of a block whose low-bit ratio was
+    0 during calibration): they stay uncalibrated, so they raise if ever reached
+    with fake quant on; if no quantizer at all is calibrated it still raises.
     A collective under distributed: call it on every rank.
 
     Returns:
@@ -551,6 +614,9 @@ def enable_quantization(model: nn.Module, strict: bool = True) -> List[str]:
     quantizers = quantizers_of(model)
     for quantizer in quantizers:
         quantizer.disable_observer()
+        device = quantizer.calibrated.device
+        if any_rank(quantizer.has_statistics(), device):
+            quantizer.calculate_qparams()
     missing = [q.display_name for q in quantizers if not q.is_calibrated]
     if missing and (strict or len(missing) == len(quantizers)):
         shown = ', '.join(missing[:5]) + (f' and {len(missing) - 5} more' if len(missing) > 5
@@ -558,8 +624,17 @@ def enable_quantization(model: nn.Module, strict: bool = True) -> List[str]:
         raise RuntimeError(f'{len(missing)} quantizer(s) have no calibration statistics: '
                            f'{shown}; run forward passes on calibration data after '
                            'enable_calibration(model)')
-    for quantizer in quantizers:
-        quantizer.enable_fake_quant()
+    return missing
+
+
+def finish_calibration(model: nn.Module, strict: bool = True) -> List[str]:
+    """End a calibration: :func:`calculate_qparams`, then :func:`enable_fake_quant`.
+
+    Returns:
+        The names of the quantizers left uncalibrated (see :func:`calculate_qparams`).
+    """
+    missing = calculate_qparams(model, strict)
+    enable_fake_quant(model)
     return missing
 
 

@@ -5,8 +5,17 @@ per-tensor quantizer handles badly; a per-channel activation quantizer is costly
 in hardware. RepQ-ViT folds per-channel ranges into the LayerNorm affine and the
 next layer's weights so that a per-tensor quantizer sees channels of equal range.
 
-Here the fold is an exact float-equivalent transform. With per-channel ranges
-``[m_c, M_c]`` (observed on calibration data, widened to include 0), the map
+The channel ranges come from the same search that calibrates the quantizers: a
+per-channel :class:`~mixaq_mmdet.quantization.UniformQuantizer` with
+``calib='percentile_mse'`` observes the inputs of the next layer, at the bits of
+the lowest-precision quantizer that reads them, and each channel's range is its
+calibrated grid, ``[(qmin - z_c) s_c, (qmax - z_c) s_c]``. So a rare outlier token
+does not set its channel's scale (raw min/max ranges made the fold worse than no
+fold on such data), and the map below turns every channel's grid into one common
+grid of step ``mean(s)``, as RepQ-ViT does with its calibrated per-channel steps.
+
+The fold is an exact float-equivalent transform. With per-channel ranges
+``[m_c, M_c]`` (widened to include 0), the map
 
     X~_c = (X_c - delta_c) / r_c,   r_c = (M_c - m_c) / mean(M - m),
     delta_c = m_c - r_c * mean(m / r)
@@ -16,7 +25,7 @@ LayerNorm ``gamma * n + beta`` becomes ``(gamma / r) * n + (beta - delta) / r``
 and the next linear ``W X + b`` becomes ``(W * r) X~ + (b + W delta)`` (a linear
 without bias gets the scale-only map, ``delta = 0``: equal widths). Several
 LayerNorms may feed one shared linear (the two branches of a Two-Branch block):
-they all get the same map, computed from their joint ranges, so the shared
+they all get the same map, computed from their joint statistics, so the shared
 weights stay exact for both. After the fold the activation quantizers are
 calibrated per tensor on ``X~``: no per-channel activation scale remains.
 """
@@ -26,55 +35,64 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from .quantizers import UniformQuantizer
+
 
 class ReparamTarget(NamedTuple):
-    """LayerNorms whose outputs all feed ``linear``, and an optional owner of a
-    ``reparam_pad`` buffer: the value of a zero (padding) token after the map."""
+    """LayerNorms whose outputs all feed ``linear``, the bits of the
+    lowest-precision quantizer that reads ``linear``'s input, and an optional
+    owner of a ``reparam_pad`` buffer: the value of a zero (padding) token after
+    the map."""
     norms: Sequence[nn.LayerNorm]
     linear: nn.Linear
+    bits: int = 8
     pad_owner: Optional[nn.Module] = None
 
 
-class ChannelRanges:
-    """Per-channel min/max of the inputs of a set of linear layers."""
+class ChannelStatistics:
+    """Per-channel statistics of the inputs of a set of linear layers, and the
+    calibrated ranges they give."""
 
-    def __init__(self) -> None:
-        self.ranges: Dict[nn.Module, Tuple[Tensor, Tensor]] = {}
+    def __init__(self, targets: Sequence[ReparamTarget]) -> None:
+        self.observers: Dict[nn.Module, UniformQuantizer] = {}
+        for target in targets:
+            observer = UniformQuantizer(target.bits, per_channel=True, ch_axis=-1,
+                                        calib='percentile_mse')
+            observer.name = f'reparameterization of {type(target.linear).__name__}'
+            self.observers[target.linear] = observer.to(target.linear.weight.device)
 
     def observe(self, linear: nn.Module, x: Tensor) -> None:
-        flat = x.detach().reshape(-1, x.shape[-1])
-        if flat.numel() == 0:
-            return
-        lo, hi = flat.amin(0), flat.amax(0)
-        if linear in self.ranges:
-            old_lo, old_hi = self.ranges[linear]
-            lo, hi = torch.minimum(lo, old_lo), torch.maximum(hi, old_hi)
-        self.ranges[linear] = (lo, hi)
+        self.observers[linear](x.detach())
 
-    def reduced(self, linear: nn.Module) -> Tuple[Tensor, Tensor]:
-        """The range of ``linear``'s inputs over all ranks."""
-        if linear not in self.ranges:
+    def ranges(self, linear: nn.Module) -> Tuple[Tensor, Tensor]:
+        """Calibrated ``(lo, hi)`` of ``linear``'s input channels over all ranks.
+
+        A collective under distributed: every rank calls it, also one that saw
+        no data for this layer (it contributes nothing).
+        """
+        observer = self.observers[linear]
+        try:
+            scale, zero_point = observer.calculate_qparams()
+        except RuntimeError as e:
             raise RuntimeError(f'no calibration data reached {linear}; cannot '
-                               'reparameterize its input')
-        lo, hi = (t.clone() for t in self.ranges[linear])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-            torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-        return lo, hi
+                               'reparameterize its input') from e
+        return ((observer.quant_min - zero_point) * scale,
+                (observer.quant_max - zero_point) * scale)
 
 
 @contextmanager
-def record_channel_ranges(targets: Sequence[ReparamTarget]) -> Iterator[ChannelRanges]:
-    """Record the per-channel input ranges of the targets' linears while the
-    block is active (forward pre-hooks, removed on exit)."""
-    ranges = ChannelRanges()
+def record_channel_statistics(
+        targets: Sequence[ReparamTarget]) -> Iterator[ChannelStatistics]:
+    """Observe the per-channel inputs of the targets' linears while the block
+    is active (forward pre-hooks, removed on exit)."""
+    stats = ChannelStatistics(targets)
     handles = [
         t.linear.register_forward_pre_hook(
-            lambda module, args: ranges.observe(module, args[0]))
+            lambda module, args: stats.observe(module, args[0]))
         for t in targets
     ]
     try:
-        yield ranges
+        yield stats
     finally:
         for handle in handles:
             handle.remove()
@@ -115,16 +133,19 @@ def fold_channel_map(target: ReparamTarget, r: Tensor, delta: Tensor) -> None:
 
 
 def reparameterize(targets: Sequence[ReparamTarget],
-                   ranges: ChannelRanges) -> List[Tuple[Tensor, Tensor]]:
-    """Fold the equalizing map of every target; returns the ``(r, delta)`` used."""
+                   stats: ChannelStatistics) -> List[Tuple[Tensor, Tensor]]:
+    """Fold the equalizing map of every target; returns the ``(r, delta)`` used.
+
+    A collective under distributed (the ranges are reduced over ranks).
+    """
     maps = []
     for target in targets:
-        r, delta = equalizing_map(*ranges.reduced(target.linear),
+        r, delta = equalizing_map(*stats.ranges(target.linear),
                                   shift=target.linear.bias is not None)
         fold_channel_map(target, r, delta)
         maps.append((r, delta))
     return maps
 
 
-__all__ = ['ReparamTarget', 'ChannelRanges', 'record_channel_ranges',
+__all__ = ['ReparamTarget', 'ChannelStatistics', 'record_channel_statistics',
            'equalizing_map', 'fold_channel_map', 'reparameterize']

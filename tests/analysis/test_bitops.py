@@ -215,6 +215,32 @@ def test_detector_scope(nano_detector):
     assert 1.0 < detector.speedup < backbone.speedup
 
 
+def test_detector_scope_counts_the_quantized_neck_at_its_bits():
+    """A 'detector' quant scope is part of the built model: the count (and the
+    tool, and BitOpsHook) takes the scope from the model and the neck's bits
+    from its quantizers."""
+    from ..conftest import REPO
+    cfg = Config.fromfile(f'{REPO}/configs/benchmark/ptq/ptq_uniform_w4a8_shapes.py')
+    init_default_scope('mmdet')
+    backbone_scope = MODELS.build(cfg.model)
+    cfg.model.quant_scope = 'detector'
+    detector_scope = MODELS.build(cfg.model)
+    hw = (320, 320)
+    assert count_bitops(backbone_scope, hw).scope == 'backbone'
+    quantized = count_bitops(detector_scope, hw)
+    assert quantized.scope == 'detector'
+    float_neck = count_bitops(backbone_scope, hw, scope='detector')
+    # W4A8 instead of 32 x 32 in the neck and RPN head
+    assert float_neck.parts['neck'] == quantized.parts['neck'] * 32 * 32 / (4 * 8)
+    assert float_neck.parts['rpn_head'] == quantized.parts['rpn_head'] * 32
+    proc = run_tool(['tools/analysis_tools/bitops.py',
+                     f'{REPO}/configs/benchmark/ptq/ptq_uniform_w4a8_shapes.py',
+                     '--shape', '320', '320', '--cfg-options', 'model.quant_scope=detector'],
+                    timeout=120)
+    assert 'scope detector' in proc.stdout
+    assert f'BitOPs: {quantized.bitops / 1e9:.2f} G' in proc.stdout
+
+
 def test_tool_prints_speedup():
     proc = run_tool([
         'tools/analysis_tools/bitops.py', FP_BENCH_CONFIG, '--shape', '320',

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 import torch
-from mmdet.registry import MODELS
+from mmdet.registry import HOOKS, MODELS
 from mmengine.config import Config
+from mmengine.hooks import Hook
 from mmengine.registry import init_default_scope
 
 from mixaq_mmdet.datasets import generate
@@ -127,9 +128,8 @@ def test_ptq_rejects_a_checkpoint_of_another_model(tiny_shapes, tmp_path):
                      r'float weights are missing', proc.stderr)
 
 
-def _runner(data_root, work_dir, load_from, **test_cfg):
-    from mmengine.runner import Runner
-    cfg = Config.fromfile(osp.join(PTQ, 'ptq_uniform_w4a8_shapes.py'))
+def _config(data_root, config='ptq_uniform_w4a8_shapes.py', model=None, **test_cfg):
+    cfg = Config.fromfile(osp.join(PTQ, config))
     root = data_root.rstrip('/') + '/'
     cfg.test_dataloader.dataset.data_root = root
     cfg.test_dataloader.num_workers = 0
@@ -138,6 +138,15 @@ def _runner(data_root, work_dir, load_from, **test_cfg):
     cfg.test_cfg.calib_dataloader.dataset.data_root = root
     cfg.test_cfg.calib_dataloader.num_workers = 0
     cfg.test_cfg.update(test_cfg)
+    if model:
+        cfg.merge_from_dict(dict(model=model))
+    return cfg
+
+
+def _runner(data_root, work_dir, load_from, config='ptq_uniform_w4a8_shapes.py', model=None,
+            **test_cfg):
+    from mmengine.runner import Runner
+    cfg = _config(data_root, config, model, **test_cfg)
     cfg.work_dir = str(work_dir)
     cfg.load_from = load_from
     return Runner.from_cfg(cfg)
@@ -168,7 +177,8 @@ def test_empty_and_short_calibration_sets(tiny_shapes, fp_checkpoint, tmp_path):
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(calib_images=0), 'calib_images must be a positive int, got 0'),
-    (dict(scope='neck'), "scope must be one of .*got 'neck'"),
+    (dict(scope='detector'), r"test_cfg.scope='detector': the quantization scope is a "
+     r"property of the model: set model=dict\(type='QuantizedDetector'"),
 ])
 def test_bad_loop_settings(tiny_shapes, fp_checkpoint, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -177,31 +187,184 @@ def test_bad_loop_settings(tiny_shapes, fp_checkpoint, tmp_path, kwargs, match):
 
 def test_float_model_cannot_run_ptq(tiny_shapes, fp_checkpoint, tmp_path):
     from mmengine.runner import Runner
-    cfg = Config.fromfile(osp.join(PTQ, 'ptq_uniform_w4a8_shapes.py'))
+    cfg = _config(tiny_shapes)
+    cfg.model.type = 'MaskRCNN'
+    for key in ('detector', 'quant_scope'):
+        cfg.model.pop(key)
     cfg.model.backbone.type = 'SwinTransformer'
     for key in ('w_bits', 'a_bits', 'low_bit_ratios', 'prune_ratios', 'window_score',
                 'window_order', 'quant'):
         cfg.model.backbone.pop(key)
     cfg.work_dir = str(tmp_path)
-    cfg.test_cfg.calib_dataloader.dataset.data_root = tiny_shapes + '/'
-    cfg.test_dataloader.dataset.data_root = tiny_shapes + '/'
-    cfg.test_evaluator.ann_file = tiny_shapes + '/annotations/instances_val.json'
     cfg.load_from = fp_checkpoint
     with pytest.raises(ValueError, match='MaskRCNN has no quantizers'):
         Runner.from_cfg(cfg).test()
 
 
-def test_detector_scope_quantizes_neck_and_heads(tiny_shapes, fp_checkpoint, tmp_path):
+def test_quant_scope_must_be_known():
+    init_default_scope('mmdet')
+    cfg = Config.fromfile(osp.join(PTQ, 'ptq_uniform_w4a8_shapes.py'))
+    cfg.model.quant_scope = 'neck'
+    with pytest.raises(ValueError, match=r"quant_scope must be one of \('backbone', "
+                       r"'detector'\), got 'neck'"):
+        MODELS.build(cfg.model)
+
+
+def test_detector_scope_is_built_with_the_model_and_follows_it_to_a_device(
+        tiny_shapes, fp_checkpoint, tmp_path):
+    """Quantizers of the neck and heads exist when the config builds the model, so
+    moving the model (the meta device stands in for a GPU) moves them too."""
     from mixaq_mmdet.quantization import QuantConv2d, QuantLinear
-    runner = _runner(tiny_shapes, tmp_path, fp_checkpoint, scope='detector', calib_images=4)
-    runner.test()
+    runner = _runner(tiny_shapes, tmp_path / 'meta', fp_checkpoint,
+                     model=dict(quant_scope='detector'))
     model = runner.model
     assert isinstance(model.neck.lateral_convs[0].conv, QuantConv2d)
     assert isinstance(model.roi_head.bbox_head.shared_fcs[0], QuantLinear)
     assert isinstance(model.roi_head.mask_head.conv_logits, QuantConv2d)
     assert type(model.roi_head.mask_head.upsample).__name__ == 'ConvTranspose2d'
-    assert model.neck.lateral_convs[0].conv.input_quantizer.is_calibrated
     assert model.rpn_head.rpn_conv.weight_quantizer.bits == 4
+    assert model.neck.lateral_convs[0].conv.input_quantizer.fake_quant_enabled
+    model.to('meta')
+    runner.build_test_loop(runner._test_loop)
+    devices = {t.device.type for t in list(model.parameters()) + list(model.buffers())}
+    assert devices == {'meta'}
+
+    runner = _runner(tiny_shapes, tmp_path / 'cpu', fp_checkpoint,
+                     model=dict(quant_scope='detector'), calib_images=4)
+    runner.test()
+    assert runner.model.neck.lateral_convs[0].conv.input_quantizer.is_calibrated
+    assert runner.model.roi_head.bbox_head.shared_fcs[0].input_quantizer.is_calibrated
+
+
+def _calibrated_checkpoint(tiny_shapes, fp_checkpoint, work_dir, **model):
+    runner = _runner(tiny_shapes, work_dir, fp_checkpoint, model=model, calib_images=4)
+    runner.test()
+    return osp.join(work_dir, 'calibrated.pth')
+
+
+@pytest.fixture(scope='module')
+def calibrated_w4a8(tiny_shapes, fp_checkpoint, tmp_path_factory):
+    return _calibrated_checkpoint(tiny_shapes, fp_checkpoint,
+                                  str(tmp_path_factory.mktemp('w4a8')))
+
+
+def test_calibrated_checkpoint_records_its_setting(calibrated_w4a8):
+    meta = torch.load(calibrated_w4a8, weights_only=False)['meta']
+    assert meta['mixaq'] == dict(
+        w_bits=4, a_bits=[8, 8], low_bit_ratios=[0.0] * 4, prune_ratios=[0.0] * 4,
+        window_score='l2', window_order='importance', window_seed=0,
+        quant_scope='backbone', reparam=True)
+    assert meta['calib_images'] == 4
+
+
+def test_calibrated_checkpoint_under_other_bits_is_refused(tiny_shapes, calibrated_w4a8,
+                                                           tmp_path):
+    runner = _runner(tiny_shapes, tmp_path, calibrated_w4a8, 'ptq_uniform_w4a4_shapes.py')
+    with pytest.raises(ValueError, match=r"UniformQuantizer 'backbone\.patch_embed\."
+                       r"projection\.input_quantizer': the checkpoint was calibrated for "
+                       r"kind='uniform', bits=8.*this model has kind='uniform', bits=4"):
+        runner.test()
+
+
+@pytest.mark.parametrize('model, match', [
+    (dict(backbone=dict(window_score='contrast')),
+     r"window_score: checkpoint 'l2', config 'contrast'"),
+    (dict(quant_scope='detector'),
+     r"calibrated with quant_scope='backbone'\) does not fit the model "
+     r"\(quant_scope='detector'\): it has no state for \d+ of the model's quantizers"),
+])
+def test_calibrated_checkpoint_under_another_setting_is_refused(tiny_shapes, calibrated_w4a8,
+                                                                tmp_path, model, match):
+    runner = _runner(tiny_shapes, tmp_path, calibrated_w4a8, model=model)
+    with pytest.raises(ValueError, match=match):
+        runner.test()
+
+
+def test_detector_scope_checkpoint_under_backbone_scope_is_refused(tiny_shapes, fp_checkpoint,
+                                                                   tmp_path):
+    checkpoint = _calibrated_checkpoint(tiny_shapes, fp_checkpoint, str(tmp_path / 'det'),
+                                        quant_scope='detector')
+    runner = _runner(tiny_shapes, tmp_path / 'bb', checkpoint)
+    with pytest.raises(ValueError, match=r"calibrated with quant_scope='detector'\) does not "
+                       r"fit the model \(quant_scope='backbone'\): it has \d+ quantizers the "
+                       r"model does not have \(e.g. neck\."):
+        runner.test()
+
+
+class _CountCalls:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *args):
+        self.calls += 1
+
+
+def test_evaluating_a_calibrated_checkpoint_builds_no_calibration_data(
+        tiny_shapes, calibrated_w4a8, tmp_path):
+    """The calibration set is never built, so a missing one is no error."""
+    runner = _runner(tiny_shapes, tmp_path, calibrated_w4a8,
+                     calib_dataloader=dict(dataset=dict(ann_file='missing.json')))
+    metrics = runner.test()
+    assert 'coco/bbox_mAP' in metrics
+
+
+def test_other_ratios_are_logged_and_an_uncalibrated_branch_raises(tiny_shapes,
+                                                                   calibrated_w4a8, tmp_path):
+    """Ratios may change after calibration; windows routed to a branch that was
+    never calibrated (here: the low branch of a uniform model) raise."""
+    runner = _runner(tiny_shapes, tmp_path, calibrated_w4a8,
+                     model=dict(backbone=dict(low_bit_ratios=0.5)))
+    with pytest.raises(RuntimeError, match=r"'backbone\.stages\.\d\.blocks\.\d\.branches\."
+                       r"low\..*': fake quantization is on but the quantizer is not "
+                       r"calibrated"):
+        runner.test()
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert 'low_bit_ratios [0.5, 0.5, 0.5, 0.5] differ from those at calibration' in log
+
+
+def test_backbone_scope_calibration_runs_only_the_backbone(tiny_shapes, fp_checkpoint,
+                                                           tmp_path):
+    runner = _runner(tiny_shapes, tmp_path, fp_checkpoint, calib_images=4)
+    loop = runner.test_loop
+    runner.load_checkpoint(fp_checkpoint)
+    backbone, neck = _CountCalls(), _CountCalls()
+    runner.model.backbone.register_forward_hook(backbone)
+    runner.model.neck.register_forward_hook(neck)
+    assert loop.calibrate() == 4
+    assert backbone.calls == 2 and neck.calls == 0  # 4 images, batch 4, two passes
+
+
+@HOOKS.register_module(force=True)
+class _RecordCalibrationState(Hook):
+    """Records whether any quantizer was calibrated when before_test_epoch ran."""
+    seen = []
+
+    def before_test_epoch(self, runner) -> None:
+        from mixaq_mmdet.quantization import quantizers_of
+        type(self).seen.append(any(q.is_calibrated for q in quantizers_of(runner.model)))
+
+
+def test_calibration_runs_after_the_before_test_hooks(tiny_shapes, fp_checkpoint, tmp_path):
+    """A hook that swaps weights before testing (EMA) acts before the fold."""
+    from mmengine.runner import Runner
+    cfg = _config(tiny_shapes, calib_images=4)
+    cfg.custom_hooks = cfg.custom_hooks + [dict(type='_RecordCalibrationState')]
+    cfg.work_dir = str(tmp_path)
+    cfg.load_from = fp_checkpoint
+    _RecordCalibrationState.seen.clear()
+    Runner.from_cfg(cfg).test()
+    assert _RecordCalibrationState.seen == [False]
+
+
+def test_child_config_overrides_the_calibration_dataloader(tmp_path):
+    child = tmp_path / 'child.py'
+    child.write_text(f"_base_ = '{osp.join(PTQ, 'ptq_uniform_w4a4_shapes.py')}'\n"
+                     'test_cfg = dict(calib_dataloader=dict(batch_size=1), calib_images=8)\n')
+    cfg = Config.fromfile(str(child))
+    assert cfg.test_cfg.calib_dataloader.batch_size == 1
+    assert cfg.test_cfg.calib_images == 8
+    assert cfg.test_cfg.calib_dataloader.dataset.ann_file == 'annotations/instances_train.json'
+    assert 'calib_dataloader' not in cfg
 
 
 @pytest.fixture(scope='module')

@@ -11,7 +11,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
-from mixaq_mmdet.quantization import (enable_calibration, enable_quantization,
+from mixaq_mmdet.quantization import (enable_calibration, finish_calibration,
                                       quantizers_of)
 
 NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
@@ -39,7 +39,7 @@ def _calibrate(model, *inputs):
     with torch.no_grad():
         for x in inputs:
             model(x)
-    return enable_quantization(model, strict=False)
+    return finish_calibration(model, strict=False)
 
 
 @pytest.mark.parametrize('hw', [(224, 224), (97, 131), (64, 320)])
@@ -256,7 +256,7 @@ def test_mask_rcnn_with_mixaq_backbone_loss_and_predict():
     enable_calibration(detector)
     with torch.no_grad():
         detector.test_step(data)
-    enable_quantization(detector, strict=False)
+    finish_calibration(detector, strict=False)
     detector.train()
     losses = detector(**detector.data_preprocessor(data, True), mode='loss')
     total, _ = detector.parse_losses(losses)
@@ -298,7 +298,7 @@ def test_set_ratios_validates_like_the_constructor():
 
 
 def test_scale_reparameterization_keeps_the_float_function():
-    from mixaq_mmdet.quantization.reparam import record_channel_ranges, reparameterize
+    from mixaq_mmdet.quantization.reparam import record_channel_statistics, reparameterize
     ref, model = _pair(low_bit_ratios=0.5)
     for module in model.modules():  # give the LN copies different affines
         if isinstance(module, TwoBranchSwinBlock):
@@ -308,9 +308,10 @@ def test_scale_reparameterization_keeps_the_float_function():
         before = model(x)
         targets = model.reparam_targets()
         assert len(targets) == 2 * sum(NANO['depths']) + 3
-        with record_channel_ranges(targets) as ranges:
+        assert [t.bits for t in targets[:2]] == [4, 4]  # the lower of (8, 4)
+        with record_channel_statistics(targets) as stats:
             model(torch.randn(2, 3, 97, 131))
-        reparameterize(targets, ranges)
+        reparameterize(targets, stats)
         block = model.stages[0].blocks[0]
         assert block.reparam_pad.abs().sum() > 0
         assert not torch.equal(block.attn.w_msa.qkv.weight,

@@ -11,8 +11,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from mixaq_mmdet.quantization import (LogSqrt2Quantizer, LSQQuantizer, UniformQuantizer,
-                                      enable_calibration, enable_quantization)
+from mixaq_mmdet.quantization import (LogSqrt2Quantizer, LSQQuantizer, QuantLinear,
+                                      UniformQuantizer, disable_quantization,
+                                      enable_calibration, finish_calibration)
+from mixaq_mmdet.quantization.reparam import (ReparamTarget, record_channel_statistics,
+                                              reparameterize)
 
 TIMEOUT_S = 120
 
@@ -52,11 +55,12 @@ def calibrate(model: nn.ModuleDict, batches: List[torch.Tensor], rank: int) -> N
         model['softmax'](x.softmax(-1))
         model['weight'](weight)
         model['only_rank1'](x if rank == 1 else x[:0])
-    enable_quantization(model)
+    finish_calibration(model)
 
 
-def qparams(model: nn.ModuleDict) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def qparams(model: nn.Module) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if isinstance(v, torch.Tensor)}
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -70,21 +74,75 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+class LayerWithNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.norm = nn.LayerNorm(8)
+        self.norm.weight.data = torch.exp(torch.randn(8))
+        self.fc = QuantLinear(nn.Linear(8, 4), dict(type='UniformQuantizer', bits=4,
+                                                    per_channel=True, calib='percentile_mse'),
+                              dict(type='UniformQuantizer', bits=4, calib='percentile_mse'))
+
+    def calibrate(self, batches: List[torch.Tensor]) -> None:
+        """Reparameterize, then calibrate, on ``batches`` (possibly none)."""
+        target = ReparamTarget([self.norm], self.fc, bits=4)
+        disable_quantization(self)
+        with record_channel_statistics([target]) as stats:
+            for x in batches:
+                self.fc(self.norm(x))
+        reparameterize([target], stats)
+        enable_calibration(self)
+        for x in batches:
+            self.fc(self.norm(x))
+        finish_calibration(self)
+
+
+def _uneven_worker(rank: int, port: int, out_dir: str) -> None:
+    """Rank 1 sees no calibration data at all: it must take part in every
+    collective (reparameterization ranges, weight and activation statistics)."""
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                            world_size=2, timeout=timedelta(seconds=60))
+    try:
+        layer = LayerWithNorm()
+        layer.calibrate(rank_batches(0) if rank == 0 else [])
+        torch.save(qparams(layer), os.path.join(out_dir, f'uneven{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(not dist.is_available(), reason='torch.distributed is not available')
-def test_two_rank_calibration_equals_single_process_on_union(tmp_path):
-    context = mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=False)
+def spawn_two(worker, out_dir: str) -> None:
+    context = mp.spawn(worker, args=(free_port(), out_dir), nprocs=2, join=False)
     deadline = time.monotonic() + TIMEOUT_S
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
             pytest.fail(f'distributed calibration did not finish in {TIMEOUT_S} s')
+
+
+@pytest.mark.skipif(not dist.is_available(), reason='torch.distributed is not available')
+def test_a_rank_without_data_takes_part_and_agrees(tmp_path):
+    spawn_two(_uneven_worker, str(tmp_path))
+    ranks = [torch.load(tmp_path / f'uneven{r}.pt') for r in range(2)]
+    single = LayerWithNorm()
+    single.calibrate(rank_batches(0))
+    expected = qparams(single)
+    assert set(ranks[0]) == set(expected) and 'fc.input_quantizer.scale' in expected
+    for key, value in expected.items():
+        assert torch.equal(ranks[0][key], value), key
+        assert torch.equal(ranks[1][key], value), key
+
+
+@pytest.mark.skipif(not dist.is_available(), reason='torch.distributed is not available')
+def test_two_rank_calibration_equals_single_process_on_union(tmp_path):
+    spawn_two(_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
 
     single = build_model()
@@ -96,7 +154,7 @@ def test_two_rank_calibration_equals_single_process_on_union(tmp_path):
         single['softmax'](x.softmax(-1))
         single['only_rank1'](x if x.shape[0] == 3 else x[:0])
     single['weight'](rank_weight(0))
-    enable_quantization(single)
+    finish_calibration(single)
     expected = qparams(single)
 
     assert set(ranks[0]) == set(expected)
@@ -107,6 +165,6 @@ def test_two_rank_calibration_equals_single_process_on_union(tmp_path):
     alone = UniformQuantizer(4)
     for x in rank_batches(0):
         alone(x)
-    alone.disable_observer()
+    alone.calculate_qparams()
     assert not torch.equal(alone.scale, expected['minmax.scale'])
     assert expected['hist_channel.scale'].shape == (8, )

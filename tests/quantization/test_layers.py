@@ -7,9 +7,9 @@ from torch import nn
 
 from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER,
                                       LogSqrt2Quantizer, QuantConv2d, QuantLinear, QuantMatMul,
-                                      UniformQuantizer, enable_calibration, enable_quantization)
+                                      UniformQuantizer, enable_calibration, finish_calibration)
 
-QUANT_KEYS = ['calibrated', 'scale', 'zero_point']
+QUANT_KEYS = ['calibrated', 'scale', 'zero_point', '_extra_state']
 
 
 def round_trip(state: dict) -> dict:
@@ -24,7 +24,7 @@ def calibrated_linear() -> QuantLinear:
     enable_calibration(layer)
     for _ in range(3):
         layer(torch.randn(4, 12))
-    enable_quantization(layer)
+    finish_calibration(layer)
     return layer
 
 
@@ -88,7 +88,7 @@ def test_linear_forward_and_float_path():
     layer = QuantLinear.from_float(float_layer)
     x = torch.randn(4, 12)
     assert torch.equal(layer(x), float_layer(x))  # calibration mode: float, bit for bit
-    enable_quantization(layer)
+    finish_calibration(layer)
     expected = F.linear(layer.input_quantizer(x), layer.weight_quantizer(layer.weight),
                         layer.bias)
     w_q = torch.fake_quantize_per_channel_affine(float_layer.weight,
@@ -112,10 +112,13 @@ def test_calibrated_state_dict_round_trip():
     assert fresh.weight_quantizer.scale.shape == (1, )
     fresh.load_state_dict(state)  # strict: per-channel buffers take the checkpoint's shape
     assert fresh.weight_quantizer.is_calibrated and fresh.input_quantizer.is_calibrated
-    enable_quantization(fresh)  # nothing observed: keeps the loaded qparams
+    finish_calibration(fresh)  # nothing observed: keeps the loaded qparams
     assert torch.equal(fresh(x), expected)
     for key, value in fresh.state_dict().items():
-        assert torch.equal(value, state[key]), key
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, state[key]), key
+        else:  # the quantizer's settings
+            assert value == state[key], key
 
 
 def test_lsq_state_dict_round_trip():
@@ -123,7 +126,7 @@ def test_lsq_state_dict_round_trip():
     layer = QuantLinear(nn.Linear(6, 3), cfg, dict(type='LSQQuantizer', bits=4))
     enable_calibration(layer)
     layer(torch.randn(8, 6))
-    enable_quantization(layer)
+    finish_calibration(layer)
     with torch.no_grad():
         layer.weight_quantizer.scale.mul_(1.1)
         layer.input_quantizer.zero_point.add_(0.4)
@@ -132,7 +135,7 @@ def test_lsq_state_dict_round_trip():
     fresh.load_state_dict(round_trip(layer.state_dict()))
     assert isinstance(fresh.weight_quantizer.scale, nn.Parameter)
     assert fresh.weight_quantizer.scale.shape == (3, )
-    enable_quantization(fresh)
+    finish_calibration(fresh)
     assert torch.equal(fresh(x), layer(x))
 
 
@@ -163,7 +166,7 @@ def test_conv2d():
     assert isinstance(conv, nn.Conv2d) and conv.padding_mode == 'reflect'
     x = torch.randn(2, 4, 9, 9)
     assert torch.equal(conv(x), float_conv(x))
-    enable_quantization(conv)
+    finish_calibration(conv)
     assert conv.weight_quantizer.scale.shape == (6, )
     w_q = torch.fake_quantize_per_channel_affine(float_conv.weight,
                                                  conv.weight_quantizer.scale,
@@ -178,7 +181,7 @@ def test_conv2d():
     fresh = QuantConv2d.from_float(nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2,
                                              padding_mode='reflect'))
     fresh.load_state_dict(round_trip(conv.state_dict()))
-    enable_quantization(fresh)
+    finish_calibration(fresh)
     assert torch.equal(fresh(x), conv(x))
 
 
@@ -187,14 +190,15 @@ def test_matmul():
     attn = torch.randn(2, 3, 7, 7).softmax(-1)
     v = torch.randn(2, 3, 7, 5)
     assert torch.equal(matmul(attn, v), attn @ v)
-    enable_quantization(matmul)
+    finish_calibration(matmul)
     expected = matmul.quantizer_a(attn) @ matmul.quantizer_b(v)
     assert torch.equal(matmul(attn, v), expected)
     assert not torch.equal(expected, attn @ v)
-    assert sorted(matmul.state_dict()) == ['quantizer_a.calibrated'] + [
-        f'quantizer_b.{k}' for k in QUANT_KEYS]
+    assert sorted(matmul.state_dict()) == sorted(
+        ['quantizer_a.calibrated', 'quantizer_a._extra_state'] +
+        [f'quantizer_b.{k}' for k in QUANT_KEYS])
     plain = QuantMatMul(None, UniformQuantizer(4))
     q, k = torch.randn(2, 7, 5), torch.randn(2, 5, 7)
     plain(q, k)
-    enable_quantization(plain)
+    finish_calibration(plain)
     assert torch.equal(plain(q, k), q @ plain.quantizer_b(k))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mixaq_mmdet.quantization import LogSqrt2Quantizer, enable_calibration, enable_quantization
+from mixaq_mmdet.quantization import LogSqrt2Quantizer, enable_calibration, finish_calibration
 
 BITS = list(range(2, 9))
 
@@ -12,7 +12,7 @@ BITS = list(range(2, 9))
 def calibrated(bits: int) -> LogSqrt2Quantizer:
     q = LogSqrt2Quantizer(bits)
     q(torch.rand(10, 10).softmax(-1))
-    q.disable_observer()
+    q.calculate_qparams()
     q.enable_fake_quant()
     return q
 
@@ -62,13 +62,13 @@ def test_switches_and_straight_through_gradient():
     enable_calibration(model)
     with pytest.raises(RuntimeError, match=r"1 quantizer\(s\) have no calibration statistics: "
                        r"LogSqrt2Quantizer 'softmax_q'"):
-        enable_quantization(model)
+        finish_calibration(model)
     with pytest.raises(RuntimeError, match="LogSqrt2Quantizer 'softmax_q': no calibration "
                        "statistics"):
         model.softmax_q.calculate_qparams()
     enable_calibration(model)
     model(x)
-    enable_quantization(model)
+    finish_calibration(model)
     x.requires_grad_()
     out = model(x)
     assert not torch.equal(out, x)

@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 from mixaq_mmdet.quantization import (LSQQuantizer, QuantLinear, UniformQuantizer,
-                                      enable_calibration, enable_quantization)
+                                      enable_calibration, finish_calibration)
 
 
 def initialized(q: LSQQuantizer, x: torch.Tensor) -> LSQQuantizer:
     q(x)
-    q.disable_observer()
+    q.calculate_qparams()
     q.enable_fake_quant()
     return q
 
@@ -90,7 +90,7 @@ def test_initialized_from_calibration(calib):
     for q in (lsq, uniform):
         q(x[:2])
         q(x[2:])
-        q.disable_observer()
+        q.calculate_qparams()
     assert isinstance(lsq.scale, nn.Parameter) and isinstance(lsq.zero_point, nn.Parameter)
     assert torch.equal(lsq.scale.data, uniform.scale)
     assert torch.equal(lsq.zero_point.data, uniform.zero_point.float())
@@ -107,7 +107,7 @@ def test_qat_toy_regression_learns_step_sizes():
                         dict(type='LSQQuantizer', bits=3), share_params=False)
     enable_calibration(model)
     model(x)
-    enable_quantization(model)
+    finish_calibration(model)
     scales = [model.weight_quantizer.scale.detach().clone(),
               model.input_quantizer.scale.detach().clone()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -12,7 +12,7 @@ def calibrated(x: torch.Tensor, **kwargs) -> UniformQuantizer:
     q = UniformQuantizer(**kwargs)
     for chunk in x.chunk(1 if q.static else 4):
         q(chunk)
-    q.disable_observer()
+    q.calculate_qparams()
     q.enable_fake_quant()
     return q
 
@@ -53,12 +53,12 @@ def test_per_channel_weight_search_is_per_channel():
     w = torch.cat([student_t(8 * 512).reshape(4, -1), torch.rand(4, 1024) * 2 - 1])
     minmax = UniformQuantizer(4, per_channel=True)
     minmax(w)
-    minmax.disable_observer()
+    minmax.calculate_qparams()
     minmax.enable_fake_quant()
     q = UniformQuantizer(4, per_channel=True, calib='percentile_mse', static=True)
     q(w)
     q(w)  # the same weight again in the next calibration batch
-    q.disable_observer()
+    q.calculate_qparams()
     q.enable_fake_quant()
     assert q.scale.shape == (8, )
     err = (q(w) - w).pow(2).mean(1)
@@ -87,7 +87,7 @@ def test_histogram_is_independent_of_batching():
     seq = calibrated(torch.cat(batches), bits=8, calib='percentile_mse')
     one = UniformQuantizer(8, calib='percentile_mse')
     one(torch.cat(batches))
-    one.disable_observer()
+    one.calculate_qparams()
     assert torch.equal(seq.scale, one.scale) and torch.equal(seq.zero_point, one.zero_point)
 
 
@@ -140,7 +140,7 @@ def test_static_rejects_a_different_tensor():
         q(torch.randn(4, 4))
     q.reset_statistics()
     q(torch.randn(4, 4))
-    q.disable_observer()
+    q.calculate_qparams()
     assert q.is_calibrated
 
 

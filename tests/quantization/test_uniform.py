@@ -4,9 +4,10 @@ from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver as AoMinMaxObserver
 from torch.ao.quantization.observer import PerChannelMinMaxObserver as AoPerChannelObserver
 
-from mixaq_mmdet.quantization import (QuantLinear, UniformQuantizer, disable_quantization,
+from mixaq_mmdet.quantization import (calculate_qparams, reset_statistics,
+                                      QuantLinear, UniformQuantizer, disable_quantization,
                                       enable_calibration, enable_fake_quant,
-                                      enable_quantization, fake_quantize)
+                                      finish_calibration, fake_quantize)
 
 BITS = list(range(2, 9))
 
@@ -14,7 +15,7 @@ BITS = list(range(2, 9))
 def calibrate(q: UniformQuantizer, *batches: torch.Tensor) -> UniformQuantizer:
     for x in batches:
         q(x)
-    q.disable_observer()
+    q.calculate_qparams()
     q.enable_fake_quant()
     return q
 
@@ -111,7 +112,7 @@ def test_zero_is_exact(bits):
     assert q(torch.zeros(3)).eq(0).all()
 
 
-def test_switches():
+def test_switches_do_only_what_their_names_say():
     q = UniformQuantizer(4)
     assert repr(q) == ("UniformQuantizer(bits=4, symmetric=False, per_channel=False, "
                        "calib='minmax', observer=True, fake_quant=False, calibrated=False)")
@@ -119,11 +120,12 @@ def test_switches():
     x = torch.randn(50)
     assert q(x) is x  # calibration mode computes the float function exactly
     q.disable_observer()
+    assert not q.is_calibrated  # turning the observer off computes nothing
+    q.calculate_qparams()
     assert q.is_calibrated and bool(q.calibrated)
     scale = q.scale.clone()
     q(x * 10)  # observer off: no statistics
-    q.enable_observer()
-    q.disable_observer()
+    q.calculate_qparams()
     assert torch.equal(q.scale, scale)
     q.enable_fake_quant()
     assert not torch.equal(q(x), x)
@@ -134,12 +136,50 @@ def test_switches():
     q(x * 10)
     q.enable_observer(False)
     assert not q.observer_enabled
+    assert torch.equal(q.scale, scale)  # nothing computed yet
+    q.enable_fake_quant()
+    assert torch.equal(q.scale, scale)  # nor when fake quant goes on
+    q.calculate_qparams()
     assert q.scale.item() == pytest.approx(scale.item() * 10, rel=0.01)
     q.reset_statistics()
     q.enable_observer()
     q(x)
-    q.disable_observer()
+    q.calculate_qparams()
     assert torch.equal(q.scale, scale)
+
+
+def test_enable_calibration_starts_afresh():
+    """A stray forward before calibration must not widen the calibrated range."""
+    model = nn.Sequential(QuantLinear.from_float(nn.Linear(4, 3)))
+    model(torch.randn(8, 4) * 100)  # a new quantizer observes: stray statistics
+    x = torch.randn(64, 4)
+    enable_calibration(model)
+    model(x)
+    finish_calibration(model)
+    reference = nn.Sequential(QuantLinear.from_float(nn.Linear(4, 3)))
+    enable_calibration(reference)
+    reference(x)
+    finish_calibration(reference)
+    assert torch.equal(model[0].input_quantizer.scale, reference[0].input_quantizer.scale)
+
+
+def test_loaded_qparams_survive_the_toggles():
+    model = named_model()
+    enable_calibration(model)
+    model(torch.randn(16, 4))
+    finish_calibration(model)
+    fresh = named_model()
+    fresh.load_state_dict(model.state_dict())
+    loaded = fresh.fc.input_quantizer.scale.clone()
+    fresh(torch.randn(16, 4) * 50)  # a new quantizer observes by default
+    enable_fake_quant(fresh)
+    disable_quantization(fresh)
+    enable_fake_quant(fresh)
+    assert torch.equal(fresh.fc.input_quantizer.scale, loaded)
+    reset_statistics(fresh)
+    assert not fresh.fc.input_quantizer.has_statistics()
+    assert calculate_qparams(fresh) == []  # nothing observed: the loaded qparams stay
+    assert torch.equal(fresh.fc.input_quantizer.scale, loaded)
 
 
 def test_model_helpers_float_path_is_bit_exact():
@@ -150,12 +190,12 @@ def test_model_helpers_float_path_is_bit_exact():
     x = torch.randn(7, 6)
     enable_calibration(model)
     assert torch.equal(model(x), float_model(x))
-    enable_quantization(model)
+    finish_calibration(model)
     quantized = model(x)
     assert not torch.equal(quantized, float_model(x))
     disable_quantization(model)
     assert torch.equal(model(x), float_model(x))
-    enable_quantization(model)  # qparams kept: no new data needed
+    finish_calibration(model)  # qparams kept: no new data needed
     assert torch.equal(model(x), quantized)
 
 
@@ -205,10 +245,10 @@ def test_empty_calibration_raises_naming_quantizers():
     with pytest.raises(RuntimeError, match=r"2 quantizer\(s\) have no calibration statistics: "
                        r"UniformQuantizer 'fc.weight_quantizer', UniformQuantizer "
                        r"'fc.input_quantizer'"):
-        enable_quantization(model)
+        finish_calibration(model)
     model(torch.randn(0, 4))  # an empty batch is no data either
     with pytest.raises(RuntimeError, match='no calibration statistics'):
-        enable_quantization(model)
+        finish_calibration(model)
     q = UniformQuantizer(8)
     with pytest.raises(RuntimeError, match='UniformQuantizer: no calibration statistics'):
         q.calculate_qparams()
@@ -219,7 +259,7 @@ def test_non_strict_calibration_leaves_unreached_quantizers_armed():
                                unused=UniformQuantizer(8)))
     enable_calibration(model)
     model.fc(torch.randn(3, 4))
-    assert enable_quantization(model, strict=False) == ["UniformQuantizer 'unused'"]
+    assert finish_calibration(model, strict=False) == ["UniformQuantizer 'unused'"]
     out = model.fc(torch.randn(3, 4))   # the reached quantizers quantize
     assert model.fc.input_quantizer.is_calibrated and out.shape == (3, 2)
     with pytest.raises(RuntimeError, match="UniformQuantizer 'unused': fake quantization "
@@ -228,7 +268,7 @@ def test_non_strict_calibration_leaves_unreached_quantizers_armed():
     fresh = named_model()
     enable_calibration(fresh)
     with pytest.raises(RuntimeError, match='2 quantizer'):  # nothing observed at all
-        enable_quantization(fresh, strict=False)
+        finish_calibration(fresh, strict=False)
 
 
 def test_enable_fake_quant_arms_without_calibrating():

@@ -3,6 +3,10 @@
     python tools/analysis_tools/bitops.py CONFIG --shape H W \
         [--scope backbone|detector] [--cfg-options KEY=VALUE ...]
 
+The scope defaults to the model's quantization scope (``model.quant_scope`` of a
+``QuantizedDetector`` config): the neck and heads are counted at their
+quantizers' bits when the config quantizes them.
+
 Builds the config's model (no checkpoint needed: the count depends on the
 architecture, the bit widths and the window ratios only) and prints, per
 stage, the token grid, the windows per block, the BitOPs of the configuration
@@ -28,9 +32,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='config of a Swin detector or backbone')
     parser.add_argument('--shape', type=int, nargs=2, required=True,
                         metavar=('H', 'W'), help='network input size')
-    parser.add_argument('--scope', choices=SCOPES, default='backbone',
+    parser.add_argument('--scope', choices=SCOPES, default=None,
                         help="'backbone' (the paper's) or 'detector' (adds the "
-                        'neck and the dense heads; RoI heads left out)')
+                        'neck and the dense heads; RoI heads left out); default: '
+                        "the model's quantization scope")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
     args = parser.parse_args()

@@ -5,6 +5,9 @@
 _base_ = '../mask-rcnn_swin-nano-p4-w7_fpn_shapes.py'
 
 model = dict(
+    type='QuantizedDetector',
+    detector='MaskRCNN',
+    quant_scope='backbone',  # 'detector': also the neck and heads (RepQ-ViT's scope)
     backbone=dict(
         type='MixAQSwinTransformer',
         w_bits=4,
@@ -15,24 +18,22 @@ model = dict(
         window_order='importance',
         quant=True))
 
-calib_dataloader = dict(
-    batch_size=4,
-    num_workers=1,
-    persistent_workers=False,
-    sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(
-        type={{_base_.dataset_type}},
-        data_root={{_base_.data_root}},
-        metainfo={{_base_.metainfo}},
-        ann_file='annotations/instances_train.json',
-        data_prefix=dict(img='train/'),
-        test_mode=True,
-        pipeline={{_base_.test_pipeline}}))
 test_cfg = dict(
     _delete_=True,
     type='PTQLoop',
-    calib_dataloader=calib_dataloader,
+    calib_dataloader=dict(
+        batch_size=4,
+        num_workers=1,
+        persistent_workers=False,
+        sampler=dict(type='DefaultSampler', shuffle=True),
+        dataset=dict(
+            type={{_base_.dataset_type}},
+            data_root={{_base_.data_root}},
+            metainfo={{_base_.metainfo}},
+            ann_file='annotations/instances_train.json',
+            data_prefix=dict(img='train/'),
+            test_mode=True,
+            pipeline={{_base_.test_pipeline}})),
     calib_images=64,
-    calib_seed=0,
-    scope='backbone')
-custom_hooks = [dict(type='BitOpsHook', scope='backbone')]
+    calib_seed=0)
+custom_hooks = [dict(type='BitOpsHook')]  # BitOPs speedup of the model's quant scope

@@ -1,6 +1,6 @@
 """MixAQSwinTransformer: mmdet's Swin with Two-Branch mixed-precision blocks."""
 import copy
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mmdet.models.backbones.swin import SwinTransformer
 from mmdet.registry import MODELS
@@ -138,6 +138,14 @@ class MixAQSwinTransformer(SwinTransformer):
         self.low_bit_ratios: List[float] = low
         self.prune_ratios: List[float] = prune
 
+    def quant_setting(self) -> Dict[str, Any]:
+        """Bits, ratios and window policy: what a calibrated checkpoint records."""
+        return dict(w_bits=self.w_bits, a_bits=list(self.a_bits),
+                    low_bit_ratios=list(self.low_bit_ratios),
+                    prune_ratios=list(self.prune_ratios),
+                    window_score=self.policy.score, window_order=self.policy.order,
+                    window_seed=self.policy.seed)
+
     def train(self, mode: bool = True) -> 'MixAQSwinTransformer':
         """mmdet's train() (frozen stages), returning self as torch's does."""
         super().train(mode)
@@ -177,18 +185,23 @@ class MixAQSwinTransformer(SwinTransformer):
 
     def reparam_targets(self) -> List[ReparamTarget]:
         """The post-LayerNorm activations RepQ-ViT reparameterizes: the inputs
-        of qkv and fc1 (both branches' LayerNorm copies feed the shared layer)
-        and of each patch merging's reduction."""
+        of qkv and fc1 (both branches' LayerNorm copies feed the shared layer;
+        ranges searched at the lower of the branches' bits) and of each patch
+        merging's reduction."""
         targets = []
         for stage in self.stages:
             for block in stage.blocks:
-                targets.append(ReparamTarget([block.norm1, block.norm1_low],
-                                             block.attn.w_msa.qkv, block))
-                targets.append(ReparamTarget([block.norm2, block.norm2_low],
-                                             block.ffn.layers[0][0]))
-            if stage.downsample is not None and stage.downsample.norm is not None:
-                targets.append(ReparamTarget([stage.downsample.norm],
-                                             stage.downsample.reduction))
+                branches = block.branches.values()
+                targets.append(ReparamTarget(
+                    [block.norm1, block.norm1_low], block.attn.w_msa.qkv,
+                    min(b.qkv_in.bits for b in branches), pad_owner=block))
+                targets.append(ReparamTarget(
+                    [block.norm2, block.norm2_low], block.ffn.layers[0][0],
+                    min(b.fc1_in.bits for b in branches)))
+            merging = stage.downsample
+            if merging is not None and merging.norm is not None:
+                targets.append(ReparamTarget([merging.norm], merging.reduction,
+                                             merging.reduction.input_quantizer.bits))
         return targets
 
     def quantizer_summary(self) -> Dict[str, int]:
