@@ -7,8 +7,10 @@
 4. writes ``<work-dir>/results.json`` (a list of rows) and ``<work-dir>/pareto.png``
    and prints the results table.
 
-Rows whose merged config and FP checkpoint are unchanged are taken from the
-previous results.json, so a rerun only computes what changed.
+Rows whose merged config, FP checkpoint, package code and data are unchanged are
+taken from the previous results.json, so a rerun only computes what changed;
+``--rows`` recomputes some rows and keeps the others (marked stale if their
+inputs changed since).
 
     python tools/run_demo.py [--work-dir work_dirs/demo] [--data-root data/shapes_coco]
 """
@@ -28,6 +30,7 @@ from mmengine.runner import Runner
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 from mixaq_mmdet.analysis import count_bitops, plot_pareto
 from mixaq_mmdet.datasets import generate
+from mixaq_mmdet.models import quant_scope
 from mixaq_mmdet.utils import load_runner_config
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -118,10 +121,33 @@ def ensure_fp_checkpoint(cfg: Config) -> str:
     return final
 
 
-def fingerprint(cfg: Config, checkpoint: str) -> str:
-    """Identifies a row's inputs: the merged config and the FP checkpoint."""
+def code_version() -> str:
+    """Digest of the package's source: a change of a quantizer invalidates rows."""
+    digest = hashlib.sha256()
+    package = osp.join(REPO, 'mixaq_mmdet')
+    for root, dirs, files in sorted(os.walk(package)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith('.py')):
+            path = osp.join(root, name)
+            digest.update(osp.relpath(path, package).encode())
+            digest.update(open(path, 'rb').read())
+    return digest.hexdigest()
+
+
+def data_version(data_root: str) -> str:
+    """Digest of the benchmark's annotation files."""
+    digest = hashlib.sha256()
+    for split in ('train', 'val'):
+        digest.update(open(osp.join(data_root, 'annotations', f'instances_{split}.json'),
+                           'rb').read())
+    return digest.hexdigest()
+
+
+def fingerprint(cfg: Config, checkpoint: str, versions: str) -> str:
+    """Identifies a row's inputs: the merged config, the FP checkpoint and the
+    code and data ``versions``."""
     digest = hashlib.sha256(cfg.pretty_text.encode())
-    digest.update(f'{checkpoint}:{os.stat(checkpoint).st_mtime_ns}'.encode())
+    digest.update(f'{checkpoint}:{os.stat(checkpoint).st_mtime_ns}:{versions}'.encode())
     return digest.hexdigest()[:16]
 
 
@@ -152,7 +178,7 @@ def run_row(name: str, cfg: Config, checkpoint: str) -> Dict:
         window_score=backbone.policy.score if quantized else None,
         window_order=backbone.policy.order if quantized else None,
         calib_images=runner.test_loop.num_calib_images if quantized else 0,
-        scope=cfg.test_cfg['scope'] if quantized else None,  # .scope is ConfigDict's own
+        scope=quant_scope(model) if quantized else None,
         img_shape=list(IMG_SHAPE),
         eval_seconds=round(time.time() - start, 1))
     return row
@@ -174,9 +200,10 @@ def format_table(rows: Sequence[Dict]) -> str:
         ratios = '-' if r['low_bit_ratios'] is None else \
             f"{_ratio(r['low_bit_ratios'])} / {_ratio(r['prune_ratios'])}"
         speedup = '-' if r.get('speedup') is None else f"{r['speedup']:.3f}x"
+        stale = '  (stale: inputs changed since)' if r.get('stale') else ''
         lines.append(f"{r['name']:<24}{r['bbox_mAP']:>9.2f}{r['segm_mAP']:>9.2f}"
                      f"{speedup:>9}{r['w_bits']:>4}{r['act_bits']:>7.2f}  "
-                     f"{ratios:<20}{r['calib_images']:>6}")
+                     f"{ratios:<20}{r['calib_images']:>6}{stale}")
     return '\n'.join(lines)
 
 
@@ -194,17 +221,23 @@ def main() -> None:
     out = osp.join(args.work_dir, 'results.json')
     previous = {r['name']: r for r in json.load(open(out))} \
         if osp.isfile(out) else {}
+    versions = f'{code_version()}:{data_version(args.data_root)}'
     rows = []
     for name, config in ROWS:
-        if args.rows and name not in args.rows:
-            continue
         cfg = fp_cfg if name == 'fp' else benchmark_config(
             osp.join(BENCH, config), osp.join(args.work_dir, name),
             args.data_root, calib_images=args.calib_images)
-        key = fingerprint(cfg, checkpoint)
-        if previous.get(name, {}).get('fingerprint') == key:
+        key = fingerprint(cfg, checkpoint, versions)
+        old = previous.get(name)
+        if args.rows and name not in args.rows:
+            if old is not None:  # not asked for: keep it, flagged if outdated
+                old['stale'] = old.get('fingerprint') != key
+                rows.append(old)
+            continue
+        if old is not None and old.get('fingerprint') == key:
             print(f'[demo] {name}: unchanged, taken from {out}')
-            rows.append(previous[name])
+            old.pop('stale', None)
+            rows.append(old)
             continue
         print(f'[demo] {name}: evaluating {osp.relpath(cfg.filename, REPO)}')
         row = run_row(name, cfg, checkpoint)
@@ -214,7 +247,8 @@ def main() -> None:
         add_speedups(rows)
         os.makedirs(args.work_dir, exist_ok=True)
         with open(out, 'w') as f:
-            json.dump(rows, f, indent=2)
+            json.dump(rows + [r for n, r in previous.items()
+                              if n not in {x['name'] for x in rows}], f, indent=2)
     add_speedups(rows)
     with open(out, 'w') as f:
         json.dump(rows, f, indent=2)

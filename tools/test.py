@@ -1,7 +1,8 @@
-"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT`` (mmdet's CLI).
+"""Evaluate a checkpoint: ``python tools/test.py CONFIG CHECKPOINT`` (mmdet 3.3.0's CLI).
 
 Prints the COCO metrics (``coco/bbox_mAP``, ``coco/segm_mAP``, ...) of the test
-split through the config's ``test_cfg`` loop.
+split through the config's ``test_cfg`` loop. CHECKPOINT is a local file or a URL
+(as in mmdet); ``--tta`` wraps the model in mmdet's test-time augmentation.
 """
 import argparse
 import os
@@ -11,13 +12,14 @@ from mmdet.evaluation import DumpDetResults
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
-from mixaq_mmdet.utils import build_runner, load_runner_config, parse_runner_args
+from mixaq_mmdet.utils import (build_runner, load_runner_config, parse_runner_args,
+                               with_test_time_aug)
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test (and evaluate) a model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint file or URL')
     parser.add_argument('--work-dir', help='directory for the metrics file')
     parser.add_argument('--out', help='dump predictions to a .pkl file')
     parser.add_argument('--show', action='store_true',
@@ -26,6 +28,8 @@ def parse_args() -> argparse.Namespace:
                         '(inside work_dir/timestamp)')
     parser.add_argument('--wait-time', type=float, default=2,
                         help='seconds each shown image stays')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (mmdet DetTTAModel, flips)')
     return parse_runner_args(parser)
 
 
@@ -34,13 +38,15 @@ def main() -> None:
     setup_cache_size_limit_of_dynamo()
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')
-    if not os.path.isfile(args.checkpoint):
+    if '://' not in args.checkpoint and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
     cfg = load_runner_config(args.config, args.work_dir, args.cfg_options,
                              args.launcher)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
+    if args.tta:
+        cfg = with_test_time_aug(cfg)
     runner = build_runner(cfg)
     if args.out is not None:
         runner.test_evaluator.metrics.append(

@@ -1,10 +1,7 @@
 """Plots of the results table."""
 from typing import Dict, List, Sequence
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 
 def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
@@ -14,7 +11,9 @@ def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
     Uniform rows (``name`` starting with 'uniform') are joined by a line: the
     trade-off MixA-Q rows must beat to be worth it.
     """
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    # The Figure API, not pyplot: no global backend switch in a user's session.
+    fig = Figure(figsize=(7, 5), dpi=110)
+    ax = fig.subplots()
     uniform = sorted((r for r in rows if r['name'].startswith('uniform')),
                      key=lambda r: r[x])
     if uniform:
@@ -50,4 +49,3 @@ def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
     ax.legend(loc='lower left', fontsize=8)
     fig.tight_layout()
     fig.savefig(out_file)
-    plt.close(fig)

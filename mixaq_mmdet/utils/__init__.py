@@ -1,3 +1,3 @@
-from .config import build_runner, load_runner_config, parse_runner_args
+from .config import build_runner, load_runner_config, parse_runner_args, with_test_time_aug
 
-__all__ = ['load_runner_config', 'build_runner', 'parse_runner_args']
+__all__ = ['load_runner_config', 'build_runner', 'parse_runner_args', 'with_test_time_aug']

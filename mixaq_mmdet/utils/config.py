@@ -1,12 +1,21 @@
 """Config handling shared by ``tools/train.py`` and ``tools/test.py``."""
 import argparse
+import copy
 import os
 import os.path as osp
 from typing import Optional
 
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
+from mmdet.registry import RUNNERS
+from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.logging import print_log
 from mmengine.runner import Runner
+
+#: mmdet 3.3.0's defaults for ``tools/test.py --tta`` when a config has none.
+DEFAULT_TTA_MODEL = dict(
+    type='DetTTAModel',
+    tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+TTA_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
+                 'flip', 'flip_direction')
 
 
 def parse_runner_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
@@ -45,8 +54,35 @@ def load_runner_config(config: str,
     return cfg
 
 
+def with_test_time_aug(cfg: Config) -> Config:
+    """The config with the model wrapped for test-time augmentation, as mmdet
+    3.3.0's ``tools/test.py --tta`` does: the config's ``tta_model`` and
+    ``tta_pipeline``, or by default horizontal flips merged by NMS."""
+    if 'tta_model' not in cfg:
+        print_log('--tta: the config has no tta_model; using DetTTAModel with NMS',
+                  logger='current')
+        cfg.tta_model = copy.deepcopy(DEFAULT_TTA_MODEL)
+    if 'tta_pipeline' not in cfg:
+        print_log('--tta: the config has no tta_pipeline; flipping the test pipeline',
+                  logger='current')
+        dataset = cfg.test_dataloader.dataset
+        while 'dataset' in dataset:
+            dataset = dataset['dataset']
+        pipeline = copy.deepcopy(dataset.pipeline)
+        pipeline[-1] = dict(
+            type='TestTimeAug',
+            transforms=[[dict(type='RandomFlip', prob=1.0),
+                         dict(type='RandomFlip', prob=0.0)],
+                        [dict(type='PackDetInputs', meta_keys=TTA_META_KEYS)]])
+        cfg.tta_pipeline = pipeline
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    return cfg
+
+
 def build_runner(cfg: Config) -> Runner:
-    """Build the default runner, or the one named by ``runner_type``."""
+    """Build the default runner, or the one named by ``runner_type`` in mmdet's
+    ``RUNNERS`` (which falls back to mmengine's)."""
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)

@@ -1,11 +1,14 @@
 """tools/train.py, tools/test.py and the demo, end to end as subprocesses."""
 import json
+import os
 import os.path as osp
 import re
+import subprocess
+import sys
 
 import pytest
 
-from ..conftest import FP_BENCH_CONFIG, data_root_options, run_tool
+from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
 
 TINY = ['train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
         'default_hooks.checkpoint.max_keep_ckpts=3', 'param_scheduler.0.end=2']
@@ -57,6 +60,41 @@ def test_resume_continues_training(trained, tmp_path):
     assert osp.isfile(osp.join(work_dir, 'epoch_2.pth'))
 
 
+def test_test_tool_loads_a_url_and_runs_test_time_augmentation(trained, tmp_path,
+                                                               monkeypatch):
+    """As mmdet's tools/test.py: an http(s) checkpoint, and --tta (flips)."""
+    import functools
+    import http.server
+    import threading
+    data_root, work_dir = trained
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=work_dir)
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    try:
+        url = f'http://127.0.0.1:{server.server_address[1]}/epoch_1.pth'
+        proc = run_tool(['tools/test.py', FP_BENCH_CONFIG, url, '--tta', '--work-dir',
+                         str(tmp_path), '--cfg-options', *data_root_options(data_root)])
+    finally:
+        server.shutdown()
+    log = proc.stdout + proc.stderr
+    assert 'coco/bbox_mAP' in log and 'DetTTAModel' in log
+
+
+def test_importing_and_plotting_leave_the_matplotlib_backend_alone(tmp_path):
+    code = ('import matplotlib\n'
+            'import mixaq_mmdet, mixaq_mmdet.analysis\n'
+            'from mixaq_mmdet.analysis import plot_pareto\n'
+            f"plot_pareto([dict(name='a', speedup=1.0, bbox_mAP=1.0)], '{tmp_path}/p.png')\n"
+            'print(matplotlib.get_backend())\n')
+    env = dict(os.environ, MPLBACKEND='template', PYTHONPATH=REPO)
+    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == 'template'
+    assert osp.getsize(tmp_path / 'p.png') > 1000
+
+
 def test_test_tool_rejects_missing_checkpoint(tmp_path):
     proc = run_tool(['tools/test.py', FP_BENCH_CONFIG, str(tmp_path / 'none.pth')],
                     check=False)
@@ -89,3 +127,17 @@ def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     proc = run_tool(args)
     assert '(cached)' in proc.stdout and proc.stdout.count('unchanged') == 3
     assert json.load(open(osp.join(work_dir, 'results.json'))) == list(rows.values())
+    # --rows computes some rows and keeps the others
+    proc = run_tool(args[:-3] + ['uniform_w4a8'])
+    assert proc.stdout.count('unchanged') == 1
+    assert json.load(open(osp.join(work_dir, 'results.json'))) == list(rows.values())
+    # a change of the data invalidates the rows computed from it
+    ann = osp.join(tiny_shapes, 'annotations', 'instances_val.json')
+    original = open(ann).read()
+    try:
+        open(ann, 'w').write(original + ' ')
+        proc = run_tool(args[:-3] + ['uniform_w4a8'])
+    finally:
+        open(ann, 'w').write(original)
+    assert 'unchanged' not in proc.stdout and 'uniform_w4a8: evaluating' in proc.stdout
+    assert re.search(r'mixaq_w4a8a4 .*\(stale: inputs changed since\)', proc.stdout)
