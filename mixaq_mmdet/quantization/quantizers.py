@@ -173,7 +173,7 @@ class QuantizerBase(nn.Module):
                     raise ValueError(f'{self.display_name}: {e}') from None
         if not self.fake_quant_enabled:
             return x
-        if not self._is_calibrated:
+        if not self._is_calibrated and x.numel() > 0:
             raise RuntimeError(
                 f'{self.display_name}: fake quantization is on but the quantizer is not '
                 'calibrated; call enable_calibration(model), run forward passes on '

@@ -151,15 +151,6 @@ class MixAQSwinTransformer(SwinTransformer):
         super().train(mode)
         return self
 
-    def init_weights(self) -> None:
-        """mmdet's initialization; the low-branch LayerNorm copies then start
-        equal to the high branch's."""
-        super().init_weights()
-        for module in self.modules():
-            if isinstance(module, TwoBranchSwinBlock):
-                module.norm1_low.load_state_dict(module.norm1.state_dict())
-                module.norm2_low.load_state_dict(module.norm2.state_dict())
-
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         x, hw_shape = self.patch_embed(x)
         if self.use_abs_pos_embed:

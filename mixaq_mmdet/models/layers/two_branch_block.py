@@ -169,8 +169,12 @@ class TwoBranchSwinBlock(nn.Module):
         return layers[2](layers[1](quant.fc2_in(h)))
 
     def _branch(self, windows: Tensor, valid: Tensor, mask: Optional[Tensor],
-                branch: str) -> Tensor:
-        """One group through the block: (B, k, N, C) -> (B, k, N, C)."""
+                branch: str, keep: Tuple[Optional[Tensor], Optional[Tensor]]) -> Tensor:
+        """One group through the block: (B, k, N, C) -> (B, k, N, C).
+
+        ``keep`` holds the per-image DropPath scales of the attention and FFN
+        residuals (None: identity), shared by the branches.
+        """
         b, k, n, c = windows.shape
         norm1, norm2 = self.branch_norms(branch)
         quant = self.branches[branch]
@@ -178,11 +182,9 @@ class TwoBranchSwinBlock(nn.Module):
         y = torch.where(valid.reshape(b * k, n, 1) > 0, norm1(x), self.reparam_pad)
         y = self._attention(y, None if mask is None else mask.flatten(0, 1),
                             quant)
-        x = x + drop_path_per_image(self.attn_drop_path, y.view(b, k, n, c)
-                                    ).flatten(0, 1)
+        x = x + _scaled(y.view(b, k, n, c), keep[0]).flatten(0, 1)
         y = self.ffn_gamma(self._ffn(norm2(x), quant))
-        x = x + drop_path_per_image(self.ffn_drop_path, y.view(b, k, n, c)
-                                    ).flatten(0, 1)
+        x = x + _scaled(y.view(b, k, n, c), keep[1]).flatten(0, 1)
         return x.view(b, k, n, c)
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int], order: Tensor,
@@ -221,23 +223,28 @@ class TwoBranchSwinBlock(nn.Module):
         if order.shape != (b, num_windows):
             raise ValueError(f'window order of shape {tuple(order.shape)} does '
                              f'not match {num_windows} windows of {b} images')
-        groups = dict(zip(('high', 'low'),
-                          split_groups(order, low_ratio, prune_ratio)))
+        groups = dict(zip(BRANCHES, split_groups(order, low_ratio, prune_ratio)))
+        keep = (drop_path_keep(self.attn_drop_path, windows),
+                drop_path_keep(self.ffn_drop_path, windows))
+        # In training every branch runs, an empty one on zero windows, so all its
+        # parameters get (zero) gradients: DDP's find_unused_parameters=False
+        # holds whatever the ratios of the iteration.
+        run_empty = self.training and torch.is_grad_enabled()
         out = windows
         for branch, idx in groups.items():
-            if idx.shape[1] == 0:
+            if idx.shape[1] == 0 and not run_empty:
                 continue
             if idx.shape[1] == num_windows:
                 # the whole partition in one branch: window order is irrelevant
                 out = self._branch(windows, valid.expand(b, -1, -1),
                                    None if mask is None else
-                                   mask.expand(b, -1, -1, -1), branch)
+                                   mask.expand(b, -1, -1, -1), branch, keep)
                 continue
             sel_valid = gather_windows(valid.expand(b, -1, -1), idx)
             sel_mask = None if mask is None else gather_windows(
                 mask.expand(b, -1, -1, -1), idx)
             result = self._branch(gather_windows(windows, idx), sel_valid,
-                                  sel_mask, branch)
+                                  sel_mask, branch, keep)
             out = scatter_windows(out, idx, result)
         x = reverse_windows(out.view(-1, ws, ws, c), *hw_pad)
         if s > 0:
@@ -245,10 +252,23 @@ class TwoBranchSwinBlock(nn.Module):
         return x[:, :h, :w, :].reshape(b, h * w, c)
 
 
-def drop_path_per_image(drop_path: nn.Module, x: Tensor) -> Tensor:
-    """Apply a DropPath (B, k, N, C) with one keep/drop draw per image, as
-    mmdet's block does on (B, L, C) tokens (the identity in eval mode)."""
-    return drop_path(x.reshape(x.shape[0], -1)).view_as(x)
+def drop_path_keep(drop_path: nn.Module, windows: Tensor) -> Optional[Tensor]:
+    """One DropPath draw per image for (B, nW, N, C) windows: a (B, 1, 1, 1)
+    scale, 0 or ``1 / keep_prob``, as mmdet's ``DropPath`` draws per image of
+    (B, L, C) tokens; None where it is the identity (eval, or probability 0).
+    One draw serves every branch of the block, so the windows of one image are
+    kept or dropped together."""
+    p = float(getattr(drop_path, 'drop_prob', 0.0))
+    if not drop_path.training or p == 0.0:
+        return None
+    keep_prob = 1.0 - p
+    draw = torch.rand((windows.shape[0], 1, 1, 1), dtype=windows.dtype,
+                      device=windows.device)
+    return (keep_prob + draw).floor_().div_(keep_prob)
+
+
+def _scaled(x: Tensor, keep: Optional[Tensor]) -> Tensor:
+    return x if keep is None else x * keep
 
 
 def partition_windows(x: Tensor, window_size: int) -> Tensor:
