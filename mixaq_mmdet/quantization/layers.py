@@ -38,6 +38,9 @@ class _QuantLayerMixin:
         self.weight = _take_param(layer.weight, share_params)
         self.bias = _take_param(layer.bias, share_params)
         self.weight_quantizer = _build_weight_quantizer(weight_quantizer)
+        if getattr(self.weight_quantizer, 'per_channel', False):
+            axis = self.weight_quantizer.ch_axis % self.weight.dim()
+            self.weight_quantizer.set_num_channels(self.weight.shape[axis])
         self.input_quantizer = _build_optional(input_quantizer)
 
     @classmethod

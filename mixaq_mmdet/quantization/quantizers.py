@@ -280,10 +280,17 @@ class QuantizerBase(nn.Module):
             # unused low branch of a uniform model): keep this one's fresh state.
             return
         # Per-channel qparams of a calibrated checkpoint may not match the shape of
-        # a freshly built quantizer: take the checkpoint's shape.
+        # a freshly built quantizer: take the checkpoint's shape, unless the
+        # owning layer fixed it (then the checkpoint has another layout).
         for name in self._qparam_names:
             value, current = state_dict.get(prefix + name), getattr(self, name)
             if isinstance(value, Tensor) and value.shape != current.shape:
+                fixed = getattr(self, 'num_channels', None)
+                if fixed is not None:
+                    raise ValueError(
+                        f"{type(self).__name__} '{self.name or prefix[:-1]}': the "
+                        f'checkpoint has {tuple(value.shape)} {name} values, the model\'s '
+                        f'layer has {fixed} channels')
                 current.data = current.data.new_empty(value.shape)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
@@ -363,6 +370,8 @@ class UniformQuantizer(QuantizerBase):
         else:
             self.quant_min, self.quant_max = 0, 2**self.bits - 1
         self.observer = self._make_observer()
+        #: Per-channel count fixed when the owning layer is built, else None.
+        self.num_channels: Optional[int] = None
         self._init_qparams()
 
     def settings(self) -> Dict[str, Any]:
@@ -404,9 +413,37 @@ class UniformQuantizer(QuantizerBase):
             scale, zero_point = self._range_to_qparams(stats.min_val, stats.max_val)
         else:
             scale, zero_point = self._search_percentile_mse(stats)
-        self.scale.data = scale.to(self.scale.device, torch.float32)
-        self.zero_point.data = zero_point.to(self.zero_point.device, self.zero_point.dtype)
+        self._set_qparam('scale', scale)
+        self._set_qparam('zero_point', zero_point)
         return self.scale, self.zero_point
+
+    def set_num_channels(self, num_channels: int) -> None:
+        """Give per-channel qparams their final shape ``(num_channels,)`` now,
+        before an optimizer or DDP holds them (LSQ parameters must never be
+        resized afterwards). A per-tensor quantizer ignores it."""
+        if not self.per_channel:
+            return
+        if self._is_calibrated and self.scale.numel() != num_channels:
+            raise ValueError(f'{self.display_name}: calibrated for {self.scale.numel()} '
+                             f'channels, cannot take {num_channels}')
+        self.num_channels = int(num_channels)
+        for name in self._qparam_names:
+            tensor = getattr(self, name)
+            if tensor.shape != (num_channels, ):
+                tensor.data = tensor.data.new_full((num_channels, ), float(tensor.flatten()[0]))
+
+    def _set_qparam(self, name: str, value: Tensor) -> None:
+        """Store computed qparams in place when the shape is known (a parameter
+        keeps its identity), else take their shape."""
+        tensor = getattr(self, name)
+        value = value.to(tensor.device, tensor.dtype)
+        if tensor.shape == value.shape:
+            tensor.data.copy_(value)
+        elif self.num_channels is not None:
+            raise ValueError(f'{self.display_name}: built for {self.num_channels} channels, '
+                             f'calibration data has {value.numel()}')
+        else:
+            tensor.data = value
 
     def _range_to_qparams(self, min_val: Tensor, max_val: Tensor) -> Tuple[Tensor, Tensor]:
         """torch.ao's qparams for the range ``[min_val, max_val]`` widened to include 0."""

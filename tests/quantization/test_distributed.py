@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from mixaq_mmdet.quantization import (LogSqrt2Quantizer, LSQQuantizer, QuantLinear,
                                       UniformQuantizer, disable_quantization,
@@ -117,6 +118,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _qat_worker(rank: int, port: int, out_dir: str) -> None:
+    """QAT as mmengine runs it: the model is wrapped in DDP and the optimizer
+    built before the LSQ quantizers are calibrated (by a hook, before the first
+    iteration); per-channel step sizes must already have their final shape."""
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                            world_size=2, timeout=timedelta(seconds=60))
+    try:
+        torch.manual_seed(0)
+        lsq = dict(type='LSQQuantizer', bits=4, calib='percentile_mse')
+        model = nn.Sequential(
+            QuantLinear(nn.Linear(8, 6), dict(lsq, per_channel=True), lsq), nn.ReLU(),
+            QuantLinear(nn.Linear(6, 3), dict(lsq, per_channel=True), lsq))
+        ddp = DistributedDataParallel(model, find_unused_parameters=False)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01)
+        gen = torch.Generator().manual_seed(rank)
+        x = torch.randn(32, 8, generator=gen)
+        enable_calibration(model)
+        with torch.no_grad():
+            model(x)
+        finish_calibration(model)
+        for _ in range(3):
+            optimizer.zero_grad()
+            ddp(x).square().mean().backward()
+            optimizer.step()
+        torch.save(qparams(model), os.path.join(out_dir, f'qat{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
 def spawn_two(worker, out_dir: str) -> None:
     context = mp.spawn(worker, args=(free_port(), out_dir), nprocs=2, join=False)
     deadline = time.monotonic() + TIMEOUT_S
@@ -125,6 +155,30 @@ def spawn_two(worker, out_dir: str) -> None:
             for process in context.processes:
                 process.kill()
             pytest.fail(f'distributed calibration did not finish in {TIMEOUT_S} s')
+
+
+@pytest.mark.skipif(not dist.is_available(), reason='torch.distributed is not available')
+def test_per_channel_lsq_trains_under_ddp_when_calibrated_after_wrapping(tmp_path):
+    spawn_two(_qat_worker, str(tmp_path))
+    ranks = [torch.load(tmp_path / f'qat{r}.pt') for r in range(2)]
+    assert ranks[0]['0.weight_quantizer.scale'].shape == (6, )
+    for key, value in ranks[0].items():
+        assert torch.equal(value, ranks[1][key]), key
+
+
+def test_per_channel_shape_is_fixed_when_the_layer_is_built():
+    lsq = dict(type='LSQQuantizer', bits=4, per_channel=True)
+    layer = QuantLinear(nn.Linear(8, 6), lsq, None)
+    scale = layer.weight_quantizer.scale
+    assert isinstance(scale, nn.Parameter) and scale.shape == (6, )
+    enable_calibration(layer)
+    layer(torch.randn(4, 8))
+    finish_calibration(layer)
+    assert layer.weight_quantizer.scale is scale  # calibrated in place
+    other = QuantLinear(nn.Linear(8, 5), lsq, None)
+    with pytest.raises(ValueError, match=r"LSQQuantizer 'weight_quantizer': the checkpoint "
+                       r"has \(6,\) scale values, the model's layer has 5 channels"):
+        other.load_state_dict(layer.state_dict())
 
 
 @pytest.mark.skipif(not dist.is_available(), reason='torch.distributed is not available')
