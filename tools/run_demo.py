@@ -231,7 +231,10 @@ def main() -> None:
         old = previous.get(name)
         if args.rows and name not in args.rows:
             if old is not None:  # not asked for: keep it, flagged if outdated
-                old['stale'] = old.get('fingerprint') != key
+                if old.get('fingerprint') != key:
+                    old['stale'] = True
+                else:
+                    old.pop('stale', None)
                 rows.append(old)
             continue
         if old is not None and old.get('fingerprint') == key:

@@ -299,7 +299,7 @@ class QuantizerBase(nn.Module):
 
     def _check_saved_settings(self, saved: Any, key: str) -> None:
         """Refuse calibrated qparams of a quantizer that is not this one."""
-        where = f"{type(self).__name__} '{self.name or key}'"
+        where = f"{type(self).__name__} '{key}'"
         if not isinstance(saved, Mapping):
             raise ValueError(
                 f'{where}: the checkpoint holds calibrated qparams but not the settings '
