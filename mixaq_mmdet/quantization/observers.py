@@ -288,6 +288,11 @@ class HistogramObserver(MinMaxObserver):
             out.append((torch.where(width > 0, spread, point) * counts).sum(1) / total)
         return torch.stack(out)
 
+    def bin_midpoints(self) -> Tuple[Tensor, Tensor]:
+        """``(midpoints, counts)`` of every bin, both ``(C, num_bins)``, float64."""
+        left, right = self._bin_edges()
+        return (left + right) / 2, self.hist.double()
+
     def _count(self, x: Tensor) -> Tensor:
         """Histogram of one batch on the current exponents, shape ``(C, num_bins)``."""
         num_channels, steps, half = self.exponent.numel(), 2**self.mantissa_bits, self._half

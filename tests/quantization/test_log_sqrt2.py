@@ -88,3 +88,64 @@ def test_bad_input():
         model(torch.tensor([0.2, math.nan]))
     with pytest.raises(ValueError, match=r'bits must be an int in \[2, 8\], got 16'):
         LogSqrt2Quantizer(16)
+
+
+SPREAD = 1.5  # std of the attention logits: 94-99 % of the probabilities below 2^-3.75
+
+
+def _attention(seed: int = 0):
+    """49-token window attention with realistic logits, and its values."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(8, 4, 49, 49, generator=gen) * SPREAD
+    return logits.softmax(-1), torch.randn(8, 4, 49, 16, generator=gen)
+
+
+def _av_error(bits: int, calib: str) -> float:
+    attn, v = _attention()
+    q = LogSqrt2Quantizer(bits, calib=calib)
+    q(attn)  # calibration
+    q.calculate_qparams()
+    q.enable_fake_quant()
+    held_out, v2 = _attention(1)
+    return float(((q(held_out) @ v2 - held_out @ v2)**2).mean())
+
+
+@pytest.mark.parametrize('bits', [2, 3])
+def test_a_calibrated_top_survives_low_bits(bits):
+    """With the fixed top of 1, 2 and 3 bits zero most of a 49-token softmax;
+    a top calibrated by percentile/MSE keeps ``softmax @ v`` far closer."""
+    attn, _ = _attention(1)
+    fixed = calibrated(bits)
+    zeroed = float((fixed(attn) == 0).float().mean())
+    assert zeroed > 0.9
+    assert _av_error(bits, 'percentile_mse') < 0.5 * _av_error(bits, 'fixed')
+
+
+def test_calibrated_top_levels_and_state():
+    attn, _ = _attention()
+    q = LogSqrt2Quantizer(3, calib='percentile_mse')
+    q(attn)
+    q.calculate_qparams()
+    q.enable_fake_quant()
+    top = float(q.scale)
+    assert 0 < top < 1
+    allowed = torch.cat([torch.zeros(1), top * 2.0**(-torch.arange(8.0) / 2)])
+    out = q(attn)
+    assert torch.isin(out, allowed.float()).all()
+    fresh = LogSqrt2Quantizer(3, calib='percentile_mse')
+    fresh.load_state_dict(q.state_dict())
+    fresh.enable_fake_quant()
+    assert torch.equal(fresh(attn), out)
+    with pytest.raises(ValueError, match="calib must be one of .*got 'kl'"):
+        LogSqrt2Quantizer(3, calib='kl')
+
+
+def test_an_lsq_softmax_quantizer_can_replace_it_for_qat():
+    """The backbone takes any registered quantizer for the softmax, e.g. uniform
+    LSQ with a learnable step for QAT."""
+    from mixaq_mmdet.models import MixAQSwinTransformer
+    model = MixAQSwinTransformer(
+        embed_dims=16, depths=(2, 2), num_heads=(1, 2), out_indices=(0, 1), a_bits=(4, 2),
+        softmax_quantizer=dict(type='LSQQuantizer', calib='percentile_mse'))
+    softmax_q = model.stages[0].blocks[0].branches['low'].av.quantizer_a
+    assert type(softmax_q).__name__ == 'LSQQuantizer' and softmax_q.bits == 2
