@@ -195,7 +195,7 @@ def test_matmul():
     assert torch.equal(matmul(attn, v), expected)
     assert not torch.equal(expected, attn @ v)
     assert sorted(matmul.state_dict()) == sorted(
-        ['quantizer_a.calibrated', 'quantizer_a._extra_state'] +
+        ['quantizer_a.calibrated', 'quantizer_a.scale', 'quantizer_a._extra_state'] +
         [f'quantizer_b.{k}' for k in QUANT_KEYS])
     plain = QuantMatMul(None, UniformQuantizer(4))
     q, k = torch.randn(2, 7, 5), torch.randn(2, 5, 7)
