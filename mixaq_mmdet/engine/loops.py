@@ -130,7 +130,7 @@ class PTQLoop(TestLoop):
         state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
         calibrated = any(q.is_calibrated for q in quantizers_of(model))
         if calibrated:
-            check_calibrated_checkpoint(model, state, checkpoint, self.reparam)
+            check_calibrated_checkpoint(model, state, checkpoint, self.setting())
         else:
             check_float_checkpoint(model, state, checkpoint)
         del state
@@ -329,9 +329,10 @@ def check_float_checkpoint(model: nn.Module, checkpoint: Mapping, path: str) -> 
 
 
 def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str,
-                                reparam: bool) -> None:
+                                current: Mapping[str, Any]) -> None:
     """Raise unless the calibrated ``checkpoint`` (loaded from ``path``, already
-    in ``model``) was calibrated for the model's setting.
+    in ``model``) was calibrated for ``current``, the model's setting (see
+    :meth:`PTQLoop.setting`).
 
     Each quantizer's own settings (kind, bits, granularity) were checked as it
     loaded. Here: the checkpoint quantizes exactly the model's layers (no
@@ -340,6 +341,7 @@ def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str
     Other low-bit / prune ratios than at calibration are logged.
     """
     state = checkpoint.get('state_dict', checkpoint)
+    recorded = _recorded_setting(checkpoint)
     prefixes = _quantizer_prefixes(model)
     saved = {k[:-len('calibrated')] for k in state if k.endswith('.calibrated')}
     extra = sorted(saved - set(prefixes))
@@ -349,20 +351,17 @@ def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str
                    f'{extra[0][:-1]})' if extra else
                    f'no state for {len(absent)} of the model\'s quantizers (e.g. '
                    f'{absent[0][:-1]})')
-        recorded = _recorded_setting(checkpoint)
         scope = '' if recorded is None else \
             f" (calibrated with quant_scope={recorded.get('quant_scope')!r})"
         raise ValueError(
             f'calibrated checkpoint {path}{scope} does not fit the model '
             f'(quant_scope={quant_scope(model)!r}): it has {example}; evaluate it with '
             'the config it was calibrated with, or recalibrate from the FP checkpoint')
-    recorded = _recorded_setting(checkpoint)
     if recorded is None:
         print_log(f'PTQ: {path} records no MixA-Q setting in its meta: the quantizers\' '
                   'bits were checked, the ratios and window policy cannot be',
                   logger='current', level=logging.WARNING)
         return
-    current = dict(quant_setting(model), reparam=reparam)
     diff = [f'{k}: checkpoint {recorded.get(k)!r}, config {current[k]!r}'
             for k in STRICT_SETTINGS if recorded.get(k) != current[k]]
     if diff:

@@ -614,14 +614,14 @@ class LogSqrt2Quantizer(QuantizerBase):
         return candidates[errors.argmin()].reshape(1).float()  # first minimum: max wins ties
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
-        if self.calib == 'fixed':
+        if self.calib == 'fixed':  # top 1: no scaling on the default path
             return _LogSqrt2.apply(x, self.bits)
-        return _LogSqrt2.apply(x / self.scale, self.bits) * self.scale
+        return _log_sqrt2_quantize(x, self.scale, self.bits)
 
 
 def _log_sqrt2_quantize(x: Tensor, top: Tensor, bits: int) -> Tensor:
-    """``x`` quantized to the levels ``top * 2^(-k/2)`` (no gradient)."""
-    return _LogSqrt2.apply((x / top).contiguous(), bits) * top
+    """``x`` quantized to the levels ``top * 2^(-k/2)``, straight-through."""
+    return _LogSqrt2.apply(x / top, bits) * top
 
 
 def build_quantizer(cfg: QuantizerCfg,
