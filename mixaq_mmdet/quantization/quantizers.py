@@ -5,6 +5,7 @@ switches, a ``calibrated`` flag in the ``state_dict`` and a ``name`` for error
 messages. The module-level helpers switch every quantizer of a model at once,
 like torch.ao's ``enable_observer`` / ``enable_fake_quant`` helpers.
 """
+import json
 import math
 from numbers import Integral
 from types import MappingProxyType
@@ -261,8 +262,11 @@ class QuantizerBase(nn.Module):
                              f'non-finite value(s) out of {x.numel()} (first: '
                              f'{bad[0].item()}); quantization ranges need finite inputs')
 
-    def get_extra_state(self) -> Dict[str, Any]:
-        return self.settings()
+    def get_extra_state(self) -> Tensor:
+        """:meth:`settings` as JSON in a uint8 tensor: a ``state_dict`` of tensors
+        only, which mmengine broadcasts entry by entry when a distributed run
+        starts."""
+        return encode_settings(self.settings())
 
     def set_extra_state(self, state: Any) -> None:
         """Checked in :meth:`_load_from_state_dict`, where the key is known."""
@@ -272,7 +276,7 @@ class QuantizerBase(nn.Module):
                               unexpected_keys: List[str], error_msgs: List[str]) -> None:
         flag = state_dict.get(prefix + 'calibrated')
         saved_calibrated = flag is not None and bool(flag)
-        saved = state_dict.get(prefix + EXTRA_STATE_KEY)
+        saved = decode_settings(state_dict.get(prefix + EXTRA_STATE_KEY))
         if saved_calibrated:
             self._check_saved_settings(saved, prefix[:-1])
         elif saved is not None and saved != self.settings():
@@ -314,6 +318,20 @@ class QuantizerBase(nn.Module):
                 f'{where}: the checkpoint was calibrated for {_format(saved)}, this model '
                 f'has {_format(mine)} ({diff}); evaluate the checkpoint with the config '
                 'it was calibrated with, or recalibrate from the FP checkpoint')
+
+
+def encode_settings(settings: Mapping[str, Any]) -> Tensor:
+    """Quantizer settings as a uint8 tensor of their JSON text."""
+    text = json.dumps(dict(settings))
+    return torch.tensor(list(text.encode()), dtype=torch.uint8)
+
+
+def decode_settings(saved: Any) -> Any:
+    """Settings saved by :func:`encode_settings` (or as a dict, by the first
+    releases that recorded them); anything else is returned as it is."""
+    if isinstance(saved, Tensor) and saved.dtype == torch.uint8 and saved.dim() == 1:
+        return json.loads(bytes(saved.tolist()).decode())
+    return saved
 
 
 def _format(settings: Mapping[str, Any]) -> str:
@@ -430,7 +448,7 @@ class UniformQuantizer(QuantizerBase):
         for name in self._qparam_names:
             tensor = getattr(self, name)
             if tensor.shape != (num_channels, ):
-                tensor.data = tensor.data.new_full((num_channels, ), float(tensor.flatten()[0]))
+                tensor.data = tensor.data.new_full((num_channels, ), float(tensor.detach().flatten()[0]))
 
     def _set_qparam(self, name: str, value: Tensor) -> None:
         """Store computed qparams in place when the shape is known (a parameter
