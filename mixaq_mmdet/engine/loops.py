@@ -1,40 +1,36 @@
 """PTQLoop: post-training quantization as an mmengine test loop."""
-import copy
 import logging
-import math
 import os.path as osp
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-import torch
-from mmdet.registry import DATASETS, LOOPS
-from mmengine.dist import (all_reduce, broadcast, get_rank, get_world_size,
-                           is_main_process)
+from mmdet.registry import LOOPS
+from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import CheckpointLoader, TestLoop, save_checkpoint
 from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
 from mmengine.runner.loops import _parse_losses
-from mmengine.utils import ProgressBar
 from torch import nn
 from torch.utils.data import DataLoader
 
 from mixaq_mmdet.models import quant_scope, quant_setting
-from mixaq_mmdet.quantization import (QuantizerBase, disable_quantization,
-                                      enable_calibration, enable_fake_quant,
-                                      finish_calibration, quantizers_of)
-from mixaq_mmdet.quantization.reparam import (record_channel_statistics,
-                                              reparameterize)
+from mixaq_mmdet.quantization import QuantizerBase, enable_fake_quant, quantizers_of
+from .calibration import all_reduce_sum, build_calib_dataloader, calibrate_model
 
 #: State that MixA-Q adds to a float detector (low-branch LayerNorm copies, the
 #: padding value of a folded reparameterization): absent from FP checkpoints.
 MIXAQ_ONLY_KEYS = ('_low.', '.reparam_pad')
 #: Key of the MixA-Q setting in a checkpoint's ``meta``.
 META_KEY = 'mixaq'
-#: Settings a calibrated checkpoint must share with the model that evaluates it.
-#: The ratios may differ: they change at run time (set_ratios), and a branch
-#: that was never calibrated raises when reached.
-STRICT_SETTINGS = ('w_bits', 'a_bits', 'quant_scope', 'window_score', 'window_order',
-                   'window_seed', 'reparam')
+#: Settings a calibrated checkpoint must share with the model that evaluates it:
+#: what each quantizer computes and where the quantizers are.
+STRICT_SETTINGS = ('w_bits', 'a_bits', 'quant_scope', 'reparam')
+#: Run-time settings of the window policy: which windows each branch computes.
+#: They may differ from those at calibration or training (set_ratios, the
+#: ablations of the window order); a difference is logged, and a branch that
+#: was never calibrated raises when reached.
+POLICY_SETTINGS = ('low_bit_ratios', 'prune_ratios', 'window_score', 'window_order',
+                   'window_seed')
 
 
 @LOOPS.register_module()
@@ -167,132 +163,17 @@ class PTQLoop(TestLoop):
         """The model's quantization setting and this loop's reparameterization."""
         return dict(quant_setting(self.model), reparam=self.reparam)
 
-    @torch.no_grad()
     def calibrate(self) -> int:
         """Reparameterize (if enabled), observe ``calib_images`` training images,
-        then compute the qparams.
+        then compute the qparams (:func:`calibrate_model`).
 
         Returns:
             The number of images this rank observed.
         """
-        model = self.model
-        model.eval()
-        available = len(self.calib_dataloader.dataset)
-        if available < self.calib_images:
-            print_log(f'PTQ: {self.calib_images} calibration images asked, the '
-                      f'calibration set has only {available}; using {available}',
-                      logger='current', level=logging.WARNING)
-        scope = quant_scope(model)
-        if self.reparam:
-            if not hasattr(model.backbone, 'reparam_targets'):
-                raise ValueError(
-                    f'reparam=True needs a backbone that lists its post-LayerNorm '
-                    f'activations (MixAQSwinTransformer); '
-                    f'{type(model.backbone).__name__} does not: set '
-                    'test_cfg.reparam=False')
-            targets = model.backbone.reparam_targets()
-            disable_quantization(model)
-            with record_channel_statistics(targets) as stats:
-                self._observe_images('statistics for scale reparameterization',
-                                     backbone_only=True)
-            reparameterize(targets, stats)
-        enable_calibration(model)
-        seen = self._observe_images('calibration', backbone_only=scope == 'backbone')
-        unreached = finish_calibration(model, strict=False)
+        seen = calibrate_model(self.model, self.calib_dataloader, self.calib_images,
+                               reparam=self.reparam)
         self.num_calib_images = int(all_reduce_sum(seen))
-        check_same_qparams_on_all_ranks(model)
-        calibrated = sum(q.is_calibrated for q in quantizers_of(model))
-        print_log(f'PTQ: calibrated {calibrated} quantizers on '
-                  f'{self.num_calib_images} images ({scope} scope, '
-                  f'reparam={self.reparam})', logger='current')
-        if unreached:
-            print_log(f'PTQ: {len(unreached)} quantizers saw no data at these '
-                      'ratios (e.g. low-bit branches of pairs with low ratio 0); '
-                      'they stay uncalibrated and raise if used',
-                      logger='current')
         return seen
-
-    def _observe_images(self, what: str, backbone_only: bool) -> int:
-        """Run this rank's share of the calibration images through the backbone
-        (``backbone_only``) or the whole detector."""
-        world_size = get_world_size()
-        target = math.ceil(self.calib_images / world_size)
-        available = math.ceil(len(self.calib_dataloader.dataset) / world_size)
-        print_log(f'PTQ: {what}', logger='current')
-        bar = ProgressBar(min(target, available)) if is_main_process() else None
-        model = self.model
-        seen = 0
-        for data_batch in self.calib_dataloader:
-            batch = _take(data_batch, target - seen)
-            if backbone_only:
-                model.backbone(model.data_preprocessor(batch, False)['inputs'])
-            else:
-                model.test_step(batch)
-            seen += len(batch['inputs'])
-            if bar is not None:
-                for _ in range(len(batch['inputs'])):
-                    bar.update()
-            if seen >= target:
-                break
-        if bar is not None:
-            print()
-        return seen
-
-
-def build_calib_dataloader(runner, dataloader: Union[DataLoader, Dict],
-                           seed: int) -> DataLoader:
-    """Build the calibration dataloader; an empty calibration set is an error."""
-    if not isinstance(dataloader, dict):
-        loader = dataloader
-    else:
-        cfg = copy.deepcopy(dataloader)
-        try:
-            cfg['dataset'] = DATASETS.build(cfg['dataset'])
-        except ValueError:
-            # mmengine cannot serialize an empty data list: say what is wrong
-            probe = DATASETS.build(dict(cfg['dataset'], serialize_data=False))
-            if len(probe) == 0:
-                cfg['dataset'] = probe
-            else:
-                raise
-        loader = runner.build_dataloader(cfg, seed=seed)
-    if len(loader.dataset) == 0:
-        raise ValueError(
-            f'the calibration set is empty: {type(loader.dataset).__name__} '
-            f'({getattr(loader.dataset, "ann_file", "")}) has 0 images; '
-            'check test_cfg.calib_dataloader')
-    return loader
-
-
-def all_reduce_sum(value: float) -> float:
-    """Sum of ``value`` over ranks (the value itself without distributed)."""
-    if get_world_size() == 1:
-        return value
-    tensor = torch.tensor(float(value), dtype=torch.float64)
-    all_reduce(tensor, op='sum')
-    return float(tensor)
-
-
-def check_same_qparams_on_all_ranks(model: nn.Module) -> None:
-    """Raise if any rank holds other qparams than rank 0 (never evaluate a model
-    whose ranks disagree)."""
-    if get_world_size() == 1:
-        return
-    sums = [torch.cat([b.detach().double().flatten().cpu() for b in q.buffers()]).sum()
-            for q in quantizers_of(model) if q.is_calibrated]
-    local = torch.stack(sums) if sums else torch.zeros(1, dtype=torch.float64)
-    reference = local.clone()
-    broadcast(reference, src=0)
-    if not torch.equal(local, reference):
-        raise RuntimeError(f'rank {get_rank()} holds other quantizer parameters '
-                           'than rank 0 after calibration')
-
-
-def _take(data_batch: dict, n: int) -> dict:
-    """The first ``n`` images of a collated batch."""
-    if len(data_batch['inputs']) <= n:
-        return data_batch
-    return {k: v[:n] for k, v in data_batch.items()}
 
 
 def _quantizer_prefixes(model: nn.Module) -> List[str]:
@@ -338,7 +219,7 @@ def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str
     loaded. Here: the checkpoint quantizes exactly the model's layers (no
     neck/head quantizers missing or left over from another scope), and the
     MixA-Q setting recorded in its ``meta`` agrees on :data:`STRICT_SETTINGS`.
-    Other low-bit / prune ratios than at calibration are logged.
+    Other :data:`POLICY_SETTINGS` than at calibration are logged.
     """
     state = checkpoint.get('state_dict', checkpoint)
     recorded = _recorded_setting(checkpoint)
@@ -368,10 +249,10 @@ def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str
         raise ValueError(f'calibrated checkpoint {path} was calibrated for another '
                          f'setting ({"; ".join(diff)}); evaluate it with the config it '
                          'was calibrated with, or recalibrate from the FP checkpoint')
-    for key in ('low_bit_ratios', 'prune_ratios'):
+    for key in POLICY_SETTINGS:
         if recorded.get(key) != current[key]:
-            print_log(f'PTQ: {key} {current[key]} differ from those at calibration '
-                      f'({recorded.get(key)})', logger='current', level=logging.WARNING)
+            print_log(f'PTQ: {key}={current[key]!r} differs from the checkpoint\'s '
+                      f'({recorded.get(key)!r})', logger='current', level=logging.WARNING)
 
 
 def _recorded_setting(checkpoint: Mapping) -> Optional[Dict[str, Any]]:
@@ -379,5 +260,5 @@ def _recorded_setting(checkpoint: Mapping) -> Optional[Dict[str, Any]]:
     return meta.get(META_KEY) if isinstance(meta, Mapping) else None
 
 
-__all__ = ['PTQLoop', 'META_KEY', 'STRICT_SETTINGS', 'check_float_checkpoint',
-           'check_calibrated_checkpoint']
+__all__ = ['PTQLoop', 'META_KEY', 'STRICT_SETTINGS', 'POLICY_SETTINGS',
+           'check_float_checkpoint', 'check_calibrated_checkpoint']

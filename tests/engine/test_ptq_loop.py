@@ -267,8 +267,7 @@ def test_calibrated_checkpoint_under_other_bits_is_refused(tiny_shapes, calibrat
 
 
 @pytest.mark.parametrize('model, match', [
-    (dict(backbone=dict(window_score='contrast')),
-     r"window_score: checkpoint 'l2', config 'contrast'"),
+    (dict(backbone=dict(w_bits=3)), r"the checkpoint was calibrated for .*bits=4"),
     (dict(quant_scope='detector'),
      r"calibrated with quant_scope='backbone'\) does not fit the model "
      r"\(quant_scope='detector'\): it has no state for \d+ of the model's quantizers"),
@@ -310,16 +309,19 @@ def test_evaluating_a_calibrated_checkpoint_builds_no_calibration_data(
 
 def test_other_ratios_are_logged_and_an_uncalibrated_branch_raises(tiny_shapes,
                                                                    calibrated_w4a8, tmp_path):
-    """Ratios may change after calibration; windows routed to a branch that was
-    never calibrated (here: the low branch of a uniform model) raise."""
+    """Ratios and the window order may change after calibration; windows routed
+    to a branch that was never calibrated (here: the low branch of a uniform
+    model) raise."""
     runner = _runner(tiny_shapes, tmp_path, calibrated_w4a8,
-                     model=dict(backbone=dict(low_bit_ratios=0.5)))
+                     model=dict(backbone=dict(low_bit_ratios=0.5, window_order='reverse')))
     with pytest.raises(RuntimeError, match=r"'backbone\.stages\.\d\.blocks\.\d\.branches\."
                        r"low\..*': fake quantization is on but the quantizer is not "
                        r"calibrated"):
         runner.test()
     log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
-    assert 'low_bit_ratios [0.5, 0.5, 0.5, 0.5] differ from those at calibration' in log
+    assert ("low_bit_ratios=[0.5, 0.5, 0.5, 0.5] differs from the checkpoint's "
+            "([0.0, 0.0, 0.0, 0.0])") in log
+    assert "window_order='reverse' differs from the checkpoint's ('importance')" in log
 
 
 def test_backbone_scope_calibration_runs_only_the_backbone(tiny_shapes, fp_checkpoint,
