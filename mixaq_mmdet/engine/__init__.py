@@ -1,6 +1,10 @@
-"""mmengine loops and hooks for PTQ and QAT (registered in mmdet's registries)."""
-from .hooks import BitOpsHook
+"""mmengine loops, hooks and optimizer construction for PTQ and QAT (registered
+in mmdet's registries)."""
+from .calibration import calibrate_model
+from .hooks import BitOpsHook, QATInitHook, RandomStateHook, SAQAHook
 from .loops import PTQLoop
+from .optim_constructor import QATOptimWrapperConstructor
 from .ratio_sampling import sample_uniform_sum_ratios
 
-__all__ = ['PTQLoop', 'BitOpsHook', 'sample_uniform_sum_ratios']
+__all__ = ['PTQLoop', 'BitOpsHook', 'QATInitHook', 'RandomStateHook', 'SAQAHook',
+           'QATOptimWrapperConstructor', 'calibrate_model', 'sample_uniform_sum_ratios']

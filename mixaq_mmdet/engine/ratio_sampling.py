@@ -17,13 +17,14 @@ MAX_RATIO = 0.8
 
 def sample_uniform_sum_ratios(num_pairs: int, seed: int, iteration: int,
                               max_ratio: float = MAX_RATIO, concentration: float = 1.0,
-                              max_tries: int = 10000) -> List[float]:
+                              stream: int = 0, max_tries: int = 10000) -> List[float]:
     """Per-pair ratios by MixA-Q's "uniform-sum" sampling.
 
     A target sum ``S`` is drawn uniformly from ``[0, num_pairs * max_ratio]`` and
     split over the pairs by a symmetric Dirichlet draw (``concentration``); a
     sample with any ratio above ``max_ratio`` is rejected and drawn anew (sum
-    included). Deterministic in ``(seed, iteration)``.
+    included). Deterministic in ``(seed, iteration, stream)``; ``stream``
+    separates independent draws of one iteration (low-bit and prune ratios).
 
     Raises:
         ValueError: for settings out of range, naming the value.
@@ -36,10 +37,10 @@ def sample_uniform_sum_ratios(num_pairs: int, seed: int, iteration: int,
         raise ValueError(f'max_ratio must be in (0, {MAX_RATIO}], got {max_ratio!r}')
     if not isinstance(concentration, Real) or not concentration > 0:
         raise ValueError(f'concentration must be positive, got {concentration!r}')
-    for name, value in (('seed', seed), ('iteration', iteration)):
+    for name, value in (('seed', seed), ('iteration', iteration), ('stream', stream)):
         if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
             raise ValueError(f'{name} must be a non-negative int, got {value!r}')
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(iteration)]))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(iteration), int(stream)]))
     for _ in range(max_tries):
         total = rng.uniform(0.0, num_pairs * max_ratio)
         ratios = total * rng.dirichlet([concentration] * num_pairs)
