@@ -1,9 +1,11 @@
-"""Analysis: BitOPs accounting, and window importance (which windows a Swin stage
-ranks high, how well the scores find objects, pictures of the groups)."""
+"""Analysis: BitOPs accounting, the noise of mAP differences on a val split, and
+window importance (which windows a Swin stage ranks high, how well the scores
+find objects, pictures of the groups)."""
 from .bitops import (SCOPES, BitOpsReport, SpeedupStats, average_speedup,
                      count_bitops, layer_bits, quantizer_bits)
 from .detector import load_detector
 from .plots import plot_pareto
+from .significance import PairedDifference, coco_map, paired_difference
 from .window_maps import (GROUP_HIGH, GROUP_LOW, GROUP_NAMES, GROUP_PRUNED,
                           PARTITIONS, block_geometry, check_swin,
                           draw_window_groups, roc_auc, stage_inputs,
@@ -16,5 +18,6 @@ __all__ = [
     'window_map_to_tokens', 'draw_window_groups', 'PARTITIONS', 'GROUP_HIGH',
     'GROUP_LOW', 'GROUP_PRUNED', 'GROUP_NAMES',
     'count_bitops', 'average_speedup', 'BitOpsReport', 'SpeedupStats',
-    'layer_bits', 'quantizer_bits', 'SCOPES', 'plot_pareto'
+    'layer_bits', 'quantizer_bits', 'SCOPES', 'plot_pareto', 'PairedDifference',
+    'coco_map', 'paired_difference'
 ]

@@ -1,24 +1,24 @@
 """Plots of the results table."""
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from matplotlib.figure import Figure
 
 
 def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
-                y: str = 'bbox_mAP', title: str = '') -> None:
+                y: str = 'bbox_mAP', title: str = '', xlabel: Optional[str] = None) -> None:
     """Scatter ``y`` against ``x`` for every row, labelled by name.
 
-    Uniform rows (``name`` starting with 'uniform') are joined by a line: the
+    Uniform rows (with 'uniform' in their ``name``) are joined by a line: the
     trade-off MixA-Q rows must beat to be worth it.
     """
     # The Figure API, not pyplot: no global backend switch in a user's session.
     fig = Figure(figsize=(7, 5), dpi=110)
     ax = fig.subplots()
-    uniform = sorted((r for r in rows if r['name'].startswith('uniform')),
+    uniform = sorted((r for r in rows if 'uniform' in r['name']),
                      key=lambda r: r[x])
     if uniform:
         ax.plot([r[x] for r in uniform], [r[y] for r in uniform], '--',
-                color='grey', label='uniform PTQ')
+                color='grey', label='uniform')
     xs, ys = [r[x] for r in rows], [r[y] for r in rows]
     x_span = (max(xs) - min(xs)) or 1.0
     y_step = ((max(ys) - min(ys)) or 1.0) * 0.05
@@ -32,8 +32,8 @@ def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
         # a cluster's labels form a column, so close points do not overprint
         top = max(r[y] for r in cluster) + (0.8 * y_step if len(cluster) == 1 else 0)
         for level, row in enumerate(sorted(cluster, key=lambda r: -r[y])):
-            kind = row['name'].split('_')[0]
-            marker = dict(uniform='s', mixaq='o').get(kind, 'D')
+            marker = 's' if 'uniform' in row['name'] else 'o' if 'mixaq' in row['name'] \
+                else 'D'
             ax.scatter(row[x], row[y], marker=marker, s=40, zorder=3)
             ax.annotate(f"{row['name']} ({row[y]:.1f})", (row[x], row[y]),
                         xytext=(cluster[-1][x] + (0.03 if len(cluster) > 1
@@ -42,7 +42,7 @@ def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
                         fontsize=7, va='center',
                         arrowprops=dict(arrowstyle='-', lw=0.4, color='grey')
                         if len(cluster) > 1 else None)
-    ax.set_xlabel('BitOPs speedup over uniform W4A8' if x == 'speedup' else x)
+    ax.set_xlabel(xlabel or x)
     ax.set_ylabel(y.replace('_', ' '))
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -106,14 +106,20 @@ def test_test_tool_rejects_missing_checkpoint(tmp_path):
     assert f'checkpoint {tmp_path}/none.pth does not exist' in proc.stderr
 
 
+def _results(work_dir):
+    return json.load(open(osp.join(work_dir, 'results.json')))
+
+
 def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     work_dir = str(tmp_path / 'demo')
     args = ['tools/run_demo.py', '--work-dir', work_dir, '--data-root', tiny_shapes,
-            '--max-epochs', '1', '--calib-images', '4',
-            '--rows', 'fp', 'uniform_w4a8', 'mixaq_w4a8a4']
+            '--max-epochs', '1', '--qat-epochs', '1', '--calib-images', '4',
+            '--rows', 'fp', 'uniform_w4a8', 'mixaq_w4a8a4', 'qat_uniform_w4a4',
+            'qat_mixaq_w4a4a2_1.35x', 'qat_no_saqa_1.35x', 'qat_mixaq_random_1.35x']
     proc = run_tool(args)
-    rows = {r['name']: r for r in json.load(open(osp.join(work_dir, 'results.json')))}
-    assert list(rows) == ['fp', 'uniform_w4a8', 'mixaq_w4a8a4']
+    results = _results(work_dir)
+    rows = {r['name']: r for r in results['rows']}
+    assert list(rows) == args[-7:]
     for row in rows.values():
         assert 0 <= row['bbox_mAP'] <= 100 and 0 <= row['segm_mAP'] <= 100
     assert rows['uniform_w4a8']['speedup'] == 1.0
@@ -121,26 +127,42 @@ def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     # attention products: the FP row lies between those two ratios
     assert 4 * 8 / (32 * 32) < rows['fp']['speedup'] < 8 * 8 / (32 * 32)
     mixaq = rows['mixaq_w4a8a4']
-    assert 1.3 < mixaq['speedup'] < 1.4
+    assert 1.3 < mixaq['speedup'] < 1.4 and mixaq['method'] == 'PTQ'
     assert mixaq['low_bit_ratios'] == [0.5] * 4 and mixaq['a_bits'] == [8, 4]
     assert 4 < mixaq['act_bits'] < 8 and mixaq['calib_images'] == 4
     assert mixaq['scope'] == 'backbone' and mixaq['window_score'] == 'l2'
     assert osp.getsize(osp.join(work_dir, 'pareto.png')) > 10_000
     assert re.search(r'mixaq_w4a8a4\s+[0-9.]+\s+[0-9.]+\s+1\.3[0-9]+x', proc.stdout)
+    # QAT rows: speedups over uniform W4A4 QAT, A4/A2 windows from the SAQA model
+    assert rows['qat_uniform_w4a4']['speedup'] == 1.0
+    qat = rows['qat_mixaq_w4a4a2_1.35x']
+    assert qat['method'] == 'QAT' and qat['a_bits'] == [4, 2] and qat['calib_images'] == 0
+    assert 1.3 < qat['speedup'] < 1.4 and qat['low_bit_ratios'] == [0.55] * 4
+    assert rows['qat_mixaq_random_1.35x']['window_order'] == 'random'
+    assert rows['qat_no_saqa_1.35x']['model'] == 'qat_saqa_w4a4a2:init'
+    assert osp.isfile(osp.join(work_dir, 'qat_saqa_w4a4a2', 'qat_init.pth'))
+    assert osp.getsize(osp.join(work_dir, 'pareto_qat.png')) > 10_000
+    claims = {t['claim']: t for t in results['targets']}
+    assert len(claims) == 2  # the targets whose two rows were computed
+    for target in claims.values():
+        assert target['std_error'] >= 0 and len(target['folds']) == 4
+        assert target['met'] == (target['diff'] > (2 * target['std_error']
+                                                   if target['test'] == 'noise' else 0))
+    assert re.search(r'\[(met|MISSED)\] 1\.35x: importance order above random', proc.stdout)
     # a rerun trains nothing and reuses every unchanged row
     proc = run_tool(args)
-    assert '(cached)' in proc.stdout and proc.stdout.count('unchanged') == 3
-    assert json.load(open(osp.join(work_dir, 'results.json'))) == list(rows.values())
+    assert proc.stdout.count('(cached)') == 3 and proc.stdout.count('unchanged') == 7
+    assert _results(work_dir) == results
     # --rows computes some rows and keeps the others
-    proc = run_tool(args[:-3] + ['uniform_w4a8'])
-    assert proc.stdout.count('unchanged') == 1
-    assert json.load(open(osp.join(work_dir, 'results.json'))) == list(rows.values())
+    proc = run_tool(args[:-7] + ['uniform_w4a8'])
+    assert proc.stdout.count('unchanged') == 1 and 'trained in' not in proc.stdout
+    assert _results(work_dir)['rows'] == results['rows']
     # a change of the data invalidates the rows computed from it
     ann = osp.join(tiny_shapes, 'annotations', 'instances_val.json')
     original = open(ann).read()
     try:
         open(ann, 'w').write(original + ' ')
-        proc = run_tool(args[:-3] + ['uniform_w4a8'])
+        proc = run_tool(args[:-7] + ['uniform_w4a8'])
     finally:
         open(ann, 'w').write(original)
     assert 'unchanged' not in proc.stdout and 'uniform_w4a8: evaluating' in proc.stdout

@@ -1,0 +1,66 @@
+"""How much of a difference between two rows is the noise of a small val split."""
+import contextlib
+import io
+import math
+from typing import Dict, List, NamedTuple, Sequence
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+
+class PairedDifference(NamedTuple):
+    """``mean`` mAP difference (points) of A minus B on the whole split, and the
+    standard error of that difference estimated from disjoint folds."""
+    mean: float
+    std_error: float
+    folds: List[float]
+
+    def exceeds_noise(self, sigmas: float = 2.0) -> bool:
+        """Whether A beats B by more than ``sigmas`` standard errors."""
+        return self.mean > sigmas * self.std_error
+
+
+def coco_map(gt: COCO, results: Sequence[Dict], iou_type: str = 'bbox',
+             img_ids: Sequence[int] = ()) -> float:
+    """COCO mAP (IoU .50:.95, points) of ``results`` on ``img_ids`` (all if empty)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        ids = list(img_ids) or sorted(gt.getImgIds())
+        picked = [r for r in results if r['image_id'] in set(ids)]
+        if not picked:
+            return 0.0
+        evaluator = COCOeval(gt, gt.loadRes(picked), iou_type)
+        evaluator.params.imgIds = ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return 100.0 * max(float(evaluator.stats[0]), 0.0)
+
+
+def paired_difference(ann_file: str, results_a: Sequence[Dict],
+                      results_b: Sequence[Dict], iou_type: str = 'bbox',
+                      num_folds: int = 5) -> PairedDifference:
+    """mAP(A) - mAP(B) on the split of ``ann_file``, with its standard error.
+
+    The images are split into ``num_folds`` disjoint folds (by sorted image
+    id, every ``num_folds``-th image); the difference is computed on each fold
+    with the same images for A and B (paired), and the standard error of the
+    whole-split difference is ``std(fold differences) / sqrt(num_folds)``: the
+    spread one would see between val splits of the same size.
+    """
+    if num_folds < 2:
+        raise ValueError(f'num_folds must be at least 2, got {num_folds}')
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(ann_file)
+    ids = sorted(gt.getImgIds())
+    if len(ids) < num_folds:
+        raise ValueError(f'{ann_file} has {len(ids)} images, fewer than num_folds='
+                         f'{num_folds}')
+    folds = [coco_map(gt, results_a, iou_type, ids[k::num_folds]) -
+             coco_map(gt, results_b, iou_type, ids[k::num_folds]) for k in range(num_folds)]
+    mean = coco_map(gt, results_a, iou_type) - coco_map(gt, results_b, iou_type)
+    std_error = float(np.std(folds, ddof=1)) / math.sqrt(num_folds)
+    return PairedDifference(round(mean, 3), round(std_error, 3), [round(f, 3) for f in folds])
+
+
+__all__ = ['PairedDifference', 'coco_map', 'paired_difference']
