@@ -20,6 +20,14 @@ from mixaq_mmdet.quantization import (calculate_qparams, disable_quantization,
 from mixaq_mmdet.quantization.reparam import record_channel_statistics, reparameterize
 
 
+def check_calib_images(calib_images: object) -> int:
+    """``calib_images`` if it is a positive int, else a ValueError naming it."""
+    if isinstance(calib_images, bool) or not isinstance(calib_images, int) \
+            or calib_images < 1:
+        raise ValueError(f'calib_images must be a positive int, got {calib_images!r}')
+    return calib_images
+
+
 def build_calib_dataloader(runner, dataloader: Union[DataLoader, Dict],
                            seed: int) -> DataLoader:
     """Build the calibration dataloader; an empty calibration set is an error."""
@@ -170,5 +178,5 @@ def check_same_qparams_on_all_ranks(model: nn.Module) -> None:
                            'than rank 0 after calibration')
 
 
-__all__ = ['build_calib_dataloader', 'calibrate_model', 'all_reduce_sum',
+__all__ = ['check_calib_images', 'build_calib_dataloader', 'calibrate_model', 'all_reduce_sum',
            'check_same_qparams_on_all_ranks']

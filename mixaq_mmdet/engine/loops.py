@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from mixaq_mmdet.models import quant_scope, quant_setting
 from mixaq_mmdet.quantization import QuantizerBase, enable_fake_quant, quantizers_of
-from .calibration import all_reduce_sum, build_calib_dataloader, calibrate_model
+from .calibration import (all_reduce_sum, build_calib_dataloader, calibrate_model,
+                          check_calib_images)
 
 #: State that MixA-Q adds to a float detector (low-branch LayerNorm copies, the
 #: padding value of a folded reparameterization): absent from FP checkpoints.
@@ -86,10 +87,7 @@ class PTQLoop(TestLoop):
                 "model: set model=dict(type='QuantizedDetector', detector='MaskRCNN', "
                 f"quant_scope={scope!r}, ...) and remove scope from test_cfg")
         super().__init__(runner, dataloader, evaluator, fp16)
-        if isinstance(calib_images, bool) or not isinstance(calib_images, int) \
-                or calib_images < 1:
-            raise ValueError(f'calib_images must be a positive int, got {calib_images!r}')
-        self.calib_images = calib_images
+        self.calib_images = check_calib_images(calib_images)
         self.calib_seed = calib_seed
         self.reparam = reparam
         self.save_calibrated = save_calibrated

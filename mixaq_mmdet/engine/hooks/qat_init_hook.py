@@ -14,7 +14,7 @@ from mixaq_mmdet.models import quant_setting
 from mixaq_mmdet.models.layers import TwoBranchSwinBlock
 from mixaq_mmdet.quantization import (LSQQuantizer, UniformQuantizer, quantizers_of,
                                       set_quantizer_names)
-from ..calibration import build_calib_dataloader, calibrate_model
+from ..calibration import build_calib_dataloader, calibrate_model, check_calib_images
 from ..loops import META_KEY, check_float_checkpoint
 
 Ratios = Union[float, Sequence[float]]
@@ -71,11 +71,8 @@ class QATInitHook(Hook):
                  calib_seed: int = 0,
                  calib_low_bit_ratios: Optional[Ratios] = None,
                  save_init: bool = False) -> None:
-        if isinstance(calib_images, bool) or not isinstance(calib_images, int) \
-                or calib_images < 1:
-            raise ValueError(f'calib_images must be a positive int, got {calib_images!r}')
         self.calib_dataloader = calib_dataloader
-        self.calib_images = calib_images
+        self.calib_images = check_calib_images(calib_images)
         self.calib_seed = calib_seed
         self.calib_low_bit_ratios = calib_low_bit_ratios
         self.save_init = save_init
