@@ -327,7 +327,7 @@ def compare(rows: Sequence[Dict], work_dir: str, ann_file: str) -> List[Dict]:
 
 def format_table(rows: Sequence[Dict]) -> str:
     header = (f"{'name':<26}{'bbox mAP':>9}{'segm mAP':>9}{'speedup':>9}"
-              f"{'W':>4}{'A eff':>7}  {'low / prune ratios':<20}{'order':<11}{'calib':>6}")
+              f"{'W':>4}{'A eff':>7}  {'low / prune ratios':<20}{'windows':<14}{'calib':>6}")
     lines = [header, '-' * len(header)]
     for r in rows:
         ratios = '-' if r['low_bit_ratios'] is None else \
@@ -338,7 +338,7 @@ def format_table(rows: Sequence[Dict]) -> str:
         stale = '  (stale: inputs changed since)' if r.get('stale') else ''
         lines.append(f"{r['name']:<26}{r['bbox_mAP']:>9.2f}{r['segm_mAP']:>9.2f}"
                      f"{speedup:>9}{r['w_bits']:>4}{r['act_bits']:>7.2f}  "
-                     f"{ratios:<20}{order:<11}{r['calib_images']:>6}{stale}")
+                     f"{ratios:<20}{order:<14}{r['calib_images']:>6}{stale}")
     return '\n'.join(lines)
 
 
