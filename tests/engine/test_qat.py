@@ -280,6 +280,9 @@ def test_saqa_needs_two_branch_blocks_and_a_calibrated_low_branch(tiny_shapes, q
                        r".*branches.low.*\): set QATInitHook.calib_low_bit_ratios"):
         Runner.from_cfg(cfg).train()
     cfg = Config.fromfile(FP_BENCH_CONFIG)
+    root = tiny_shapes.rstrip('/') + '/'
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        loader.dataset.data_root = root
     cfg.work_dir = str(tmp_path / 'fp')
     cfg.custom_hooks = [dict(type='SAQAHook')]
     runner = Runner.from_cfg(cfg)
