@@ -16,9 +16,9 @@ COCO_CONFIG = osp.join(REPO, 'configs/mixaq/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.p
 
 @pytest.fixture(scope='session')
 def tiny_shapes(tmp_path_factory) -> str:
-    """A tiny benchmark split (8 train, 4 val images at 320 px)."""
+    """A tiny benchmark (8 train, 4 val, 4 search images at 320 px)."""
     root = str(tmp_path_factory.mktemp('shapes_coco'))
-    generate(root, num_train=8, num_val=4, seed=0)
+    generate(root, num_train=8, num_val=4, seed=0, num_search=4)
     return root
 
 

@@ -25,7 +25,9 @@ from pycocotools import mask as mask_utils
 SHAPES_CLASSES: Tuple[str, ...] = ('disc', 'square', 'triangle', 'star')
 TEXTURES: Tuple[str, ...] = ('stripes', 'checker', 'dots', 'grid')
 CLASS_HUES: Tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
-SPLIT_IDS = {'train': 0, 'val': 1}
+#: Each split draws its own images: 'search' (for tuning the window ratios) shares
+#: no image with 'train' (training, calibration) or 'val' (the results).
+SPLIT_IDS = {'train': 0, 'val': 1, 'search': 2}
 
 
 @dataclass(frozen=True)
@@ -267,11 +269,12 @@ def generate_split(out_dir: str, split: str, num_images: int, seed: int = 0,
 
 def generate(out_dir: str, num_train: int = 600, num_val: int = 200,
              seed: int = 0, spec: Optional[ShapesCocoSpec] = None,
-             splits: Sequence[str] = ('train', 'val')) -> Dict[str, str]:
-    """Write the benchmark (both splits) under ``out_dir``.
+             splits: Sequence[str] = ('train', 'val', 'search'),
+             num_search: int = 100) -> Dict[str, str]:
+    """Write the benchmark's ``splits`` under ``out_dir``.
 
     Returns:
         A mapping from split name to its annotation file.
     """
-    sizes = dict(train=num_train, val=num_val)
+    sizes = dict(train=num_train, val=num_val, search=num_search)
     return {s: generate_split(out_dir, s, sizes[s], seed, spec) for s in splits}

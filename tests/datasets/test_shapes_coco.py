@@ -38,6 +38,16 @@ def test_image_does_not_depend_on_split_size(tmp_path):
     assert np.array_equal(px_small[1], px_large[1])
 
 
+def test_search_split_shares_no_image_with_train_or_val(tiny_shapes):
+    """The ratio search tunes on 'search': none of its pictures is a training,
+    calibration or val picture."""
+    pixels = {split: _read_split(tiny_shapes, split)[1] for split in ('train', 'val', 'search')}
+    assert len(pixels['search']) == 4
+    for img in pixels['search']:
+        for other in ('train', 'val'):
+            assert not any(np.array_equal(img, o) for o in pixels[other])
+
+
 def test_valid_coco_masks_decode_and_match_boxes(tiny_shapes):
     coco = COCO(osp.join(tiny_shapes, 'annotations', 'instances_train.json'))
     assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(SHAPES_CLASSES)
