@@ -23,6 +23,8 @@ setup(
         'numpy',
         'opencv-python',
         'matplotlib',
+        'pymoo>=0.6.1,<0.7',  # NSGA-II of the ratio search
+        'scipy',
     ],
     extras_require={'tests': ['pytest']},
 )

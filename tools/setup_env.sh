@@ -10,7 +10,7 @@ set -euo pipefail
 
 VENV=${1:-.venv}
 PYTHON=${PYTHON:-python3}
-STAMP="$VENV/.mixaq_env_v1"
+STAMP="$VENV/.mixaq_env_v2"  # v2: pymoo (the ratio search)
 LOG_DIR="$VENV/setup-logs"
 
 TORCH_PIN="torch==2.13.0"
@@ -18,6 +18,7 @@ SETUPTOOLS_PIN="setuptools>=77,<82"
 MMENGINE_PIN="mmengine==0.10.7"
 MMCV_PIN="mmcv==2.1.0"
 MMDET_PIN="mmdet==3.3.0"
+PYMOO_PIN="pymoo==0.6.2"
 
 die() { echo "setup_env: error: $*" >&2; exit 1; }
 
@@ -63,8 +64,8 @@ step mmengine $PIP install "$MMENGINE_PIN" "$TORCH_PIN"
 echo "setup_env: mmcv is compiled with its ops: ~20 min the first time, then pip reuses the cached wheel"
 step mmcv env MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} $PIP install --no-build-isolation "$MMCV_PIN" "$TORCH_PIN"
 step mmdet $PIP install "$MMDET_PIN" "$MMCV_PIN" "$TORCH_PIN" pycocotools "$SETUPTOOLS_PIN" \
-    pytest matplotlib
+    pytest matplotlib "$PYMOO_PIN"
 step project $PIP install --no-build-isolation --no-deps -e .
-step check "$VENV/bin/python" -c "import mmcv.ops, mmdet, pycocotools, mixaq_mmdet; from mmcv.ops import RoIAlign"
+step check "$VENV/bin/python" -c "import mmcv.ops, mmdet, pycocotools, mixaq_mmdet; from mmcv.ops import RoIAlign; import pymoo"
 touch "$STAMP"
 echo "setup_env: ready ($VENV)"
