@@ -4,7 +4,7 @@ find objects, pictures of the groups)."""
 from .bitops import (SCOPES, BitOpsReport, SpeedupStats, average_speedup,
                      count_bitops, layer_bits, quantizer_bits)
 from .detector import load_detector
-from .plots import plot_pareto
+from .plots import plot_pareto, plot_policy_curves, plot_search
 from .significance import PairedDifference, coco_map, paired_difference
 from .window_maps import (GROUP_HIGH, GROUP_LOW, GROUP_NAMES, GROUP_PRUNED,
                           PARTITIONS, block_geometry, check_swin,
@@ -18,6 +18,6 @@ __all__ = [
     'window_map_to_tokens', 'draw_window_groups', 'PARTITIONS', 'GROUP_HIGH',
     'GROUP_LOW', 'GROUP_PRUNED', 'GROUP_NAMES',
     'count_bitops', 'average_speedup', 'BitOpsReport', 'SpeedupStats',
-    'layer_bits', 'quantizer_bits', 'SCOPES', 'plot_pareto', 'PairedDifference',
+    'layer_bits', 'quantizer_bits', 'SCOPES', 'plot_pareto', 'plot_policy_curves', 'plot_search', 'PairedDifference',
     'coco_map', 'paired_difference'
 ]

@@ -1,5 +1,5 @@
 """Plots of the results table."""
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from matplotlib.figure import Figure
 
@@ -44,6 +44,51 @@ def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
                         if len(cluster) > 1 else None)
     ax.set_xlabel(xlabel or x)
     ax.set_ylabel(y.replace('_', ' '))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc='lower left', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_file)
+
+
+def plot_search(result, uniform_cost: float, out_file: str, targets: Sequence[float] = (),
+                ylabel: str = 'accuracy') -> None:
+    """Every candidate a ratio search evaluated (speedup over the uniform
+    high-bit model against its accuracy), its Pareto front and the targets."""
+    fig = Figure(figsize=(7, 5), dpi=110)
+    ax = fig.subplots()
+    points = [(uniform_cost / e.cost, e.accuracy) for e in result.evaluations
+              if e.accuracy == e.accuracy]  # not nan: inside the band
+    if points:
+        ax.scatter(*zip(*points), s=12, color='lightgrey', label='evaluated')
+    front = sorted((uniform_cost / e.cost, e.accuracy) for e in result.front())
+    if front:
+        ax.plot(*zip(*front), 'o-', color='C0', label='Pareto front')
+    for target in targets:
+        ax.axvline(target, ls='--', lw=0.8, color='C3')
+    ax.set_xlabel('BitOPs speedup over the uniform high-bit model')
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc='lower left', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_file)
+
+
+def plot_policy_curves(curves: Dict[str, Sequence[Tuple[float, float]]],
+                       points: Sequence[Tuple[str, float, float]], out_file: str,
+                       title: str = '', xlabel: str = 'BitOPs speedup') -> None:
+    """One line per window order (``(speedup, mAP)`` along the low-bit ratio)
+    and labelled single points (the uniform bit widths)."""
+    fig = Figure(figsize=(7, 5), dpi=110)
+    ax = fig.subplots()
+    for label, curve in curves.items():
+        ax.plot(*zip(*sorted(curve)), 'o-', ms=4, label=label)
+    for name, x, y in points:
+        ax.scatter(x, y, marker='s', color='black', s=30, zorder=3)
+        ax.annotate(f'{name} ({y:.1f})', (x, y), xytext=(4, 4), textcoords='offset points',
+                    fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('bbox mAP (val)')
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc='lower left', fontsize=8)

@@ -1,10 +1,13 @@
 """PTQLoop: post-training quantization as an mmengine test loop."""
 import logging
+import math
 import os.path as osp
 from typing import Any, Dict, List, Mapping, Optional, Union
 
+import torch
 from mmdet.registry import LOOPS
-from mmengine.dist import is_main_process
+from mmengine.dataset import DefaultSampler
+from mmengine.dist import get_world_size, is_main_process
 from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import CheckpointLoader, TestLoop, save_checkpoint
@@ -116,6 +119,22 @@ class PTQLoop(TestLoop):
         return self._calib_dataloader
 
     def run(self) -> dict:
+        self.prepare_model()
+        self.runner.model.eval()
+        self.test_loss.clear()
+        for idx, data_batch in enumerate(self.dataloader):
+            self.run_iter(idx, data_batch)
+        metrics = self.evaluator.evaluate(len(self.dataloader.dataset))
+        if self.test_loss:
+            metrics.update(_parse_losses(self.test_loss, 'test'))
+        self.runner.call_hook('after_test_epoch', metrics=metrics)
+        self.runner.call_hook('after_test')
+        return metrics
+
+    def prepare_model(self) -> None:
+        """Check the loaded checkpoint, then calibrate it (FP checkpoint, saved
+        as ``calibrated.pth``) or use it as it is (calibrated checkpoint); calls
+        the ``before_test`` and ``before_test_epoch`` hooks in between."""
         checkpoint = self.runner._load_from
         if not checkpoint:
             raise ValueError('PTQ needs a checkpoint: run tools/test.py CONFIG '
@@ -138,16 +157,6 @@ class PTQLoop(TestLoop):
             self.calibrate()
             if self.save_calibrated and is_main_process():
                 self._save_calibrated(checkpoint)
-        self.runner.model.eval()
-        self.test_loss.clear()
-        for idx, data_batch in enumerate(self.dataloader):
-            self.run_iter(idx, data_batch)
-        metrics = self.evaluator.evaluate(len(self.dataloader.dataset))
-        if self.test_loss:
-            metrics.update(_parse_losses(self.test_loss, 'test'))
-        self.runner.call_hook('after_test_epoch', metrics=metrics)
-        self.runner.call_hook('after_test')
-        return metrics
 
     def _save_calibrated(self, fp_checkpoint: str) -> None:
         path = osp.join(self.runner.work_dir, 'calibrated.pth')
@@ -160,6 +169,22 @@ class PTQLoop(TestLoop):
     def setting(self) -> Dict[str, Any]:
         """The model's quantization setting and this loop's reparameterization."""
         return dict(quant_setting(self.model), reparam=self.reparam)
+
+    def calibration_image_paths(self) -> List[str]:
+        """The images :meth:`calibrate` observes (over all ranks): a search
+        or a tuning split must not contain them."""
+        loader = self.calib_dataloader
+        dataset, sampler = loader.dataset, loader.sampler
+        world = get_world_size()
+        num = min(math.ceil(self.calib_images / world) * world, len(dataset))
+        if isinstance(sampler, DefaultSampler) and sampler.shuffle:
+            generator = torch.Generator().manual_seed(sampler.seed + sampler.epoch)
+            indices = torch.randperm(len(dataset), generator=generator).tolist()[:num]
+        elif isinstance(sampler, DefaultSampler):
+            indices = list(range(num))
+        else:
+            indices = list(sampler)[:num]
+        return [dataset.get_data_info(i)['img_path'] for i in indices]
 
     def calibrate(self) -> int:
         """Reparameterize (if enabled), observe ``calib_images`` training images,

@@ -37,3 +37,15 @@ test_cfg = dict(
     calib_images=64,
     calib_seed=0)
 custom_hooks = [dict(type='BitOpsHook')]  # BitOPs speedup of the model's quant scope
+# Images tools/search_ratios.py measures candidate ratios on: the benchmark's
+# 'search' split, which shares no image with train (calibration) or val.
+search_dataloader = dict(
+    batch_size=8,
+    dataset=dict(
+        type={{_base_.dataset_type}},
+        data_root={{_base_.data_root}},
+        metainfo={{_base_.metainfo}},
+        ann_file='annotations/instances_search.json',
+        data_prefix=dict(img='search/'),
+        test_mode=True,
+        pipeline={{_base_.test_pipeline}}))

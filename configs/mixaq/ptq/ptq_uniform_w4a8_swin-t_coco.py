@@ -37,3 +37,15 @@ test_cfg = dict(
     calib_images=32,
     calib_seed=0)
 custom_hooks = [dict(type='BitOpsHook')]  # BitOPs speedup of the model's quant scope
+# Images tools/search_ratios.py measures candidate ratios on: train2017 (never
+# val2017); the search takes a seeded subset (--search-images) and leaves out
+# the calibration images.
+search_dataloader = dict(
+    batch_size=1,
+    dataset=dict(
+        type={{_base_.dataset_type}},
+        data_root={{_base_.data_root}},
+        ann_file='annotations/instances_train2017.json',
+        data_prefix=dict(img='train2017/'),
+        test_mode=True,
+        pipeline={{_base_.test_pipeline}}))

@@ -1,0 +1,20 @@
+"""Per-pair window ratio search: NSGA-II over the low-bit (and prune) ratio of
+every pair of blocks, accuracy against BitOPs.
+
+:mod:`.nsga` is the search itself (pymoo; needs neither torch nor mmdet);
+:mod:`.evaluator` measures a detector at any ratios on a fixed set of images;
+:mod:`.detector_search` joins them with speedup targets and config output.
+"""
+from .nsga import (RATIO_GRID, Candidate, Evaluation, RatioSearchSpace, SearchResult,
+                   cost_range, search_ratios)
+from .evaluator import RatioEvaluator, check_branches_calibrated
+from .detector_search import (OBJECTIVES, check_targets, front_records, objective_fn,
+                              run_search, save_json, speedup_band, uniform_candidates,
+                              uniform_ratio_at, write_searched_config)
+
+__all__ = [
+    'RATIO_GRID', 'Candidate', 'Evaluation', 'RatioSearchSpace', 'SearchResult', 'cost_range',
+    'search_ratios', 'RatioEvaluator', 'check_branches_calibrated', 'OBJECTIVES',
+    'check_targets', 'front_records', 'objective_fn', 'run_search', 'save_json', 'speedup_band',
+    'uniform_candidates', 'uniform_ratio_at', 'write_searched_config'
+]

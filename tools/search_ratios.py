@@ -1,0 +1,226 @@
+"""Search per-pair window ratios (NSGA-II: accuracy against BitOPs) for a MixA-Q model.
+
+    python tools/search_ratios.py CONFIG CHECKPOINT --target-speedup 1.35 \\
+        [--objective map|proxy] [--pop 16 --gens 8] [--prune] [--work-dir DIR]
+
+CHECKPOINT is an FP checkpoint (calibrated first, at ``--calib-low-bit-ratio``
+on every pair so that both branches of every pair see data), a calibrated PTQ
+checkpoint or a QAT/SAQA checkpoint. Candidates are measured on CONFIG's
+``search_dataloader`` split, never on val or on the calibration images. Writes
+into the work dir: ``search_cache.json`` (every evaluation; a rerun resumes),
+``pareto.json`` and ``pareto.png`` (the front), and for each target
+``searched_<target>x.py``, a config inheriting CONFIG with the searched
+``low_bit_ratios`` / ``prune_ratios``. Each target's point and a uniform ratio
+of equal or lower speedup are then evaluated on val (``--no-val`` skips it).
+``--spearman N`` instead measures how well the proxy ranks N random
+candidates like mAP does. Distributed (the search images sharded over the
+ranks): ``torchrun --nproc_per_node N tools/search_ratios.py ... --launcher pytorch``.
+"""
+import argparse
+import os
+import os.path as osp
+import shutil
+from typing import Dict, List
+
+import numpy as np
+from mmengine.dist import get_rank, is_main_process
+from mmengine.logging import print_log
+from mmengine.runner import Runner
+from mmengine.utils import ProgressBar
+
+import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
+from mixaq_mmdet.analysis.plots import plot_search
+from mixaq_mmdet.engine import PTQLoop
+from mixaq_mmdet.search import (OBJECTIVES, RATIO_GRID, Candidate, RatioEvaluator,
+                                RatioSearchSpace, check_branches_calibrated, front_records,
+                                run_search, save_json, uniform_ratio_at,
+                                write_searched_config)
+from mixaq_mmdet.search.detector_search import check_targets
+from mixaq_mmdet.utils import build_runner, load_runner_config, parse_runner_args
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='a MixA-Q test config (PTQ or QAT)')
+    parser.add_argument('checkpoint', help='FP, calibrated or QAT checkpoint')
+    parser.add_argument('--work-dir', help='outputs (default: work_dirs/<config>/search)')
+    parser.add_argument('--target-speedup', type=float, nargs='+', default=[],
+                        help='BitOPs speedups over the uniform high-bit model')
+    parser.add_argument('--tolerance', type=float, default=0.02,
+                        help='a target is met within +- this speedup')
+    parser.add_argument('--objective', choices=OBJECTIVES, default='map')
+    parser.add_argument('--pop', type=int, default=16, help='population size')
+    parser.add_argument('--gens', type=int, default=8, help='generations')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--max-ratio', type=float, default=0.8,
+                        help='largest low-bit (and prune) ratio of the grid 0, 0.1, ...')
+    parser.add_argument('--prune', action='store_true', help='search prune ratios too')
+    parser.add_argument('--search-images', type=int, default=None,
+                        help='a seeded subset of the search split (default: all)')
+    parser.add_argument('--calib-low-bit-ratio', type=float, default=0.5,
+                        help='low-bit ratio of every pair while calibrating an FP checkpoint')
+    parser.add_argument('--no-val', action='store_true',
+                        help='do not evaluate the chosen points on val')
+    parser.add_argument('--spearman', type=int, default=0, metavar='N',
+                        help='only compare the proxy with mAP on N random candidates')
+    return parse_runner_args(parser)
+
+
+def build_space(num_pairs: int, max_ratio: float, prune: bool) -> RatioSearchSpace:
+    """The grid 0, 0.1, ..., ``max_ratio`` for every pair (low-bit, and prune)."""
+    if not 0 < max_ratio <= 1:
+        raise ValueError(f'--max-ratio must be in (0, 1], got {max_ratio!r}')
+    grid = tuple(round(0.1 * k, 1) for k in range(int(round(max_ratio * 10)) + 1))
+    return RatioSearchSpace(num_pairs, grid, grid if prune else ())
+
+
+def prepare(args: argparse.Namespace) -> Runner:
+    """The runner with the model loaded, checked and calibrated if needed."""
+    cfg = load_runner_config(args.config, args.work_dir, args.cfg_options, args.launcher)
+    if args.work_dir is None:
+        cfg.work_dir = osp.join(cfg.work_dir, 'search')
+    if 'search_dataloader' not in cfg:
+        raise ValueError(f'{args.config} has no search_dataloader: add one (a split disjoint '
+                         'from val and the calibration images; see '
+                         'configs/benchmark/ptq/ptq_uniform_w4a8_shapes.py)')
+    if cfg.test_cfg.get('type') != 'PTQLoop':
+        raise ValueError(f"{args.config}: test_cfg.type is {cfg.test_cfg.get('type')!r}; the "
+                         'search needs a quantized MixA-Q config (PTQLoop)')
+    # Only an FP checkpoint is calibrated, at this ratio on every pair; a
+    # calibrated checkpoint keeps its quantizers (the ratios are logged).
+    cfg.model.backbone.low_bit_ratios = args.calib_low_bit_ratio
+    cfg.model.backbone.prune_ratios = 0.0
+    cfg.load_from = args.checkpoint
+    runner = build_runner(cfg)
+    runner._test_loop = runner.build_test_loop(runner._test_loop)
+    runner.call_hook('before_run')
+    runner.load_or_resume()
+    loop: PTQLoop = runner.test_loop
+    loop.prepare_model()
+    return runner
+
+
+def search_evaluator(runner: Runner, args: argparse.Namespace) -> RatioEvaluator:
+    """The evaluator on the search split, checked against val and calibration."""
+    loop: PTQLoop = runner.test_loop
+    calib = set(loop.calibration_image_paths())
+    dataset_cfg = runner.cfg.search_dataloader.dataset
+    evaluator = RatioEvaluator(loop.model, dataset_cfg, num_images=args.search_images,
+                               seed=args.seed, exclude=calib,
+                               batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
+    val = {loop.dataloader.dataset.get_data_info(i)['img_path']
+           for i in range(len(loop.dataloader.dataset))}
+    overlap = sorted(val.intersection(evaluator.img_paths))
+    if overlap:
+        raise ValueError(f'the search split shares {len(overlap)} images with val (e.g. '
+                         f'{overlap[0]}): results are measured on val, nothing may be '
+                         'searched on it; point search_dataloader at another split')
+    return evaluator
+
+
+def spearman(evaluator: RatioEvaluator, space: RatioSearchSpace, num: int, seed: int,
+             out: str) -> None:
+    """Spearman correlation of proxy and mAP rankings over random candidates."""
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(seed)
+    rows: List[Dict] = []
+    bar = ProgressBar(num) if is_main_process() else None
+    uniform = evaluator.uniform_cost()
+    while len(rows) < num:
+        genes = [int(rng.integers(len(space.low_choices))) for _ in range(space.num_pairs)]
+        if space.prune_choices:
+            genes += [int(rng.integers(len(space.prune_choices))) for _ in range(space.num_pairs)]
+        if not space.feasible(genes):
+            continue
+        candidate = space.decode(genes)
+        rows.append(dict(low_bit_ratios=list(candidate.low_bit_ratios),
+                         prune_ratios=list(candidate.prune_ratios),
+                         speedup=uniform / evaluator.cost(candidate),
+                         bbox_mAP=evaluator.bbox_map(candidate),
+                         distortion=evaluator.feature_distortion(candidate)))
+        if bar is not None:
+            bar.update()
+    rho = spearmanr([r['bbox_mAP'] for r in rows], [-r['distortion'] for r in rows])
+    print_log(f'\nsearch: Spearman correlation of -distortion and bbox mAP over {num} random '
+              f'candidates: {rho.statistic:.3f} (p={rho.pvalue:.2g})', logger='current')
+    if is_main_process():
+        save_json(dict(spearman=rho.statistic, p_value=rho.pvalue, candidates=rows), out)
+
+
+def rank_cache(path: str) -> str:
+    """The cache file this rank writes: ``path`` on rank 0; on the others a
+    private copy of it, so that every rank resumes from the same evaluations
+    (the same collective calls) while only rank 0 writes ``path``."""
+    if is_main_process():
+        return path
+    private = f'{path}.rank{get_rank()}'
+    if osp.isfile(path):
+        shutil.copyfile(path, private)
+    elif osp.isfile(private):
+        os.remove(private)
+    return private
+
+
+def main() -> None:
+    args = parse_args()
+    check_targets(args.target_speedup, args.tolerance)
+    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
+    runner = prepare(args)
+    model = runner.test_loop.model
+    backbone = model.backbone
+    space = build_space(backbone.num_pairs, args.max_ratio, args.prune)
+    check_branches_calibrated(backbone, prune_only=False)
+    evaluator = search_evaluator(runner, args)
+    work_dir = runner.work_dir
+    print_log(f'search: {evaluator.num_images} search images, {space.num_genes} genes, '
+              f'objective {args.objective}', logger='current')
+    if args.spearman:
+        spearman(evaluator, space, args.spearman, args.seed, osp.join(work_dir, 'spearman.json'))
+        return
+    bar = ProgressBar(args.gens) if is_main_process() else None
+    result, chosen = run_search(
+        evaluator, space, args.objective, args.target_speedup, args.tolerance,
+        pop_size=args.pop, generations=args.gens, seed=args.seed,
+        cache_path=rank_cache(osp.join(work_dir, 'search_cache.json')),
+        on_generation=(lambda *_: bar.update()) if bar is not None else None)
+    uniform = evaluator.uniform_cost()
+    summary = dict(config=args.config, checkpoint=args.checkpoint, objective=args.objective,
+                   search_images=evaluator.num_images, front=front_records(result, uniform),
+                   targets=[])
+    if not args.no_val:
+        val = RatioEvaluator(model, runner.test_loop.dataloader.dataset,
+                             batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
+    for target, point in chosen.items():
+        baseline = uniform_ratio_at(evaluator, uniform / point.cost)
+        record = dict(target=target, low_bit_ratios=list(point.candidate.low_bit_ratios),
+                      prune_ratios=list(point.candidate.prune_ratios),
+                      search_accuracy=point.accuracy, speedup=uniform / point.cost,
+                      uniform_ratio=baseline.low_bit_ratios[0],
+                      uniform_speedup=uniform / evaluator.cost(baseline))
+        if is_main_process():
+            record['config'] = write_searched_config(
+                args.config, point.candidate, osp.join(work_dir, f'searched_{target:g}x.py'),
+                note=f'Searched by tools/search_ratios.py ({args.objective}, '
+                     f'{evaluator.num_images} search images) for a {target:g}x BitOPs speedup.')
+        if not args.no_val:
+            record['val_bbox_mAP'] = 100 * val.evaluate(point.candidate)['coco/bbox_mAP']
+            record['uniform_val_bbox_mAP'] = 100 * val.evaluate(baseline)['coco/bbox_mAP']
+        summary['targets'].append(record)
+        print_log(f'search: {target:g}x -> low {record["low_bit_ratios"]} prune '
+                  f'{record["prune_ratios"]} ({record["speedup"]:.3f}x)'
+                  + (f', val bbox mAP {record["val_bbox_mAP"]:.1f}; uniform ratio '
+                     f'{baseline.low_bit_ratios[0]:g} ({record["uniform_speedup"]:.3f}x): '
+                     f'{record["uniform_val_bbox_mAP"]:.1f}' if not args.no_val else ''),
+                  logger='current')
+    if is_main_process():
+        save_json(summary, osp.join(work_dir, 'pareto.json'))
+        plot_search(result, uniform, osp.join(work_dir, 'pareto.png'),
+                    targets=args.target_speedup,
+                    ylabel='bbox mAP (search split)' if args.objective == 'map'
+                    else '- feature distortion (search split)')
+        print_log(f'search: written {work_dir}/pareto.json, pareto.png', logger='current')
+
+
+if __name__ == '__main__':
+    main()
