@@ -22,6 +22,34 @@ def tiny_shapes(tmp_path_factory) -> str:
     return root
 
 
+@pytest.fixture(scope='session')
+def fp_checkpoint(tmp_path_factory) -> str:
+    """An FP benchmark detector with random weights (plumbing, not accuracy)."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    path = str(tmp_path_factory.mktemp('fp') / 'fp.pth')
+    init_default_scope('mmdet')
+    torch.manual_seed(0)
+    model = MODELS.build(Config.fromfile(FP_BENCH_CONFIG).model)
+    model.init_weights()
+    torch.save(dict(state_dict=model.state_dict(), meta={}), path)
+    return path
+
+
+def ptq_options(data_root: str, calib_images: int = 4) -> List[str]:
+    """``--cfg-options`` of :func:`data_root_options` plus the PTQ calibration
+    and search sets under ``data_root``."""
+    root = data_root.rstrip('/') + '/'
+    return data_root_options(data_root) + [
+        f'test_cfg.calib_dataloader.dataset.data_root={root}',
+        f'test_cfg.calib_images={calib_images}',
+        'test_cfg.calib_dataloader.num_workers=0',
+        f'search_dataloader.dataset.data_root={root}',
+    ]
+
+
 def data_root_options(data_root: str) -> List[str]:
     """``--cfg-options`` that point the benchmark config at ``data_root``."""
     root = data_root.rstrip('/') + '/'

@@ -31,9 +31,9 @@ from mmengine.utils import ProgressBar
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 from mixaq_mmdet.analysis.plots import plot_search
 from mixaq_mmdet.engine import PTQLoop
-from mixaq_mmdet.search import (OBJECTIVES, RATIO_GRID, Candidate, RatioEvaluator,
+from mixaq_mmdet.search import (OBJECTIVES, RatioEvaluator,
                                 RatioSearchSpace, check_branches_calibrated, front_records,
-                                run_search, save_json, uniform_ratio_at,
+                                run_search, save_json, speedup_band, uniform_ratio_at,
                                 write_searched_config)
 from mixaq_mmdet.search.detector_search import check_targets
 from mixaq_mmdet.utils import build_runner, load_runner_config, parse_runner_args
@@ -119,20 +119,26 @@ def search_evaluator(runner: Runner, args: argparse.Namespace) -> RatioEvaluator
 
 
 def spearman(evaluator: RatioEvaluator, space: RatioSearchSpace, num: int, seed: int,
-             out: str) -> None:
-    """Spearman correlation of proxy and mAP rankings over random candidates."""
+             out: str, targets: List[float], tolerance: float) -> None:
+    """Spearman correlation of proxy and mAP rankings over random candidates
+    (inside the targets' speedup band if given: where the search ranks)."""
     from scipy.stats import spearmanr
     rng = np.random.default_rng(seed)
     rows: List[Dict] = []
     bar = ProgressBar(num) if is_main_process() else None
     uniform = evaluator.uniform_cost()
-    while len(rows) < num:
+    band = speedup_band(uniform, targets, tolerance) if targets else None
+    for _ in range(100000):
+        if len(rows) == num:
+            break
         genes = [int(rng.integers(len(space.low_choices))) for _ in range(space.num_pairs)]
         if space.prune_choices:
             genes += [int(rng.integers(len(space.prune_choices))) for _ in range(space.num_pairs)]
         if not space.feasible(genes):
             continue
         candidate = space.decode(genes)
+        if band is not None and not band[0] <= evaluator.cost(candidate) <= band[1]:
+            continue
         rows.append(dict(low_bit_ratios=list(candidate.low_bit_ratios),
                          prune_ratios=list(candidate.prune_ratios),
                          speedup=uniform / evaluator.cost(candidate),
@@ -140,6 +146,9 @@ def spearman(evaluator: RatioEvaluator, space: RatioSearchSpace, num: int, seed:
                          distortion=evaluator.feature_distortion(candidate)))
         if bar is not None:
             bar.update()
+    if len(rows) < num:
+        raise ValueError(f'only {len(rows)} random candidates of 100000 fall in the band '
+                         f'{targets} +- {tolerance}; widen --tolerance')
     rho = spearmanr([r['bbox_mAP'] for r in rows], [-r['distortion'] for r in rows])
     print_log(f'\nsearch: Spearman correlation of -distortion and bbox mAP over {num} random '
               f'candidates: {rho.statistic:.3f} (p={rho.pvalue:.2g})', logger='current')
@@ -176,7 +185,8 @@ def main() -> None:
     print_log(f'search: {evaluator.num_images} search images, {space.num_genes} genes, '
               f'objective {args.objective}', logger='current')
     if args.spearman:
-        spearman(evaluator, space, args.spearman, args.seed, osp.join(work_dir, 'spearman.json'))
+        spearman(evaluator, space, args.spearman, args.seed, osp.join(work_dir, 'spearman.json'),
+                 args.target_speedup, args.tolerance)
         return
     bar = ProgressBar(args.gens) if is_main_process() else None
     result, chosen = run_search(

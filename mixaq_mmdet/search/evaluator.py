@@ -36,7 +36,7 @@ from mixaq_mmdet.engine.calibration import all_reduce_sum
 from mixaq_mmdet.models import MixAQSwinTransformer
 from mixaq_mmdet.models.layers import TwoBranchSwinBlock
 from mixaq_mmdet.models.layers.window_policy import WindowPolicy
-from mixaq_mmdet.quantization import disable_quantization, enable_fake_quant, quantizers_of
+from mixaq_mmdet.quantization import disable_quantization, quantizers_of
 from .nsga import Candidate
 
 

@@ -16,18 +16,9 @@ from mmengine.registry import init_default_scope
 
 from mixaq_mmdet.datasets import generate
 
-from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
+from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, ptq_options, run_tool
 
 PTQ = osp.join(REPO, 'configs/benchmark/ptq')
-
-
-def _ptq_options(data_root, calib_images=4):
-    root = data_root.rstrip('/') + '/'
-    return data_root_options(data_root) + [
-        f'test_cfg.calib_dataloader.dataset.data_root={root}',
-        f'test_cfg.calib_images={calib_images}',
-        'test_cfg.calib_dataloader.num_workers=0',
-    ]
 
 
 def _metrics(log):
@@ -39,25 +30,12 @@ def _qparams(path):
     return {k: v for k, v in state.items() if k.endswith(('.scale', '.zero_point'))}
 
 
-@pytest.fixture(scope='module')
-def fp_checkpoint(tmp_path_factory):
-    """An FP benchmark detector with random weights (plumbing, not accuracy)."""
-    path = str(tmp_path_factory.mktemp('fp') / 'fp.pth')
-    init_default_scope('mmdet')
-    cfg = Config.fromfile(FP_BENCH_CONFIG)
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    torch.save(dict(state_dict=model.state_dict(), meta={}), path)
-    return path
-
-
 def test_ptq_calibrates_saves_and_reevaluates_identically(tiny_shapes, fp_checkpoint,
                                                           tmp_path):
     config = osp.join(PTQ, 'ptq_mixaq_w4a8a4_shapes.py')
     first = run_tool(['tools/test.py', config, fp_checkpoint, '--work-dir',
                       str(tmp_path / 'a'), '--out', str(tmp_path / 'a.pkl'),
-                      '--cfg-options', *_ptq_options(tiny_shapes)])
+                      '--cfg-options', *ptq_options(tiny_shapes)])
     log = first.stdout + first.stderr
     assert 'PTQ: calibrated' in log and 'on 4 images (backbone scope, reparam=True)' in log
     # BitOpsHook: the speedup at the evaluated sizes, logged with the mAP
@@ -70,7 +48,7 @@ def test_ptq_calibrates_saves_and_reevaluates_identically(tiny_shapes, fp_checkp
     assert any('branches.high' in k for k in qparams)
     again = run_tool(['tools/test.py', config, str(calibrated), '--work-dir',
                       str(tmp_path / 'b'), '--out', str(tmp_path / 'b.pkl'),
-                      '--cfg-options', *_ptq_options(tiny_shapes)])
+                      '--cfg-options', *ptq_options(tiny_shapes)])
     log_again = again.stdout + again.stderr
     assert 'is calibrated; evaluating it as it is' in log_again
     assert 'PTQ: calibrated' not in log_again
@@ -89,7 +67,7 @@ def test_quantized_predictions_differ_from_float(tiny_shapes, fp_checkpoint, tmp
               '--cfg-options', *data_root_options(tiny_shapes)])
     run_tool(['tools/test.py', osp.join(PTQ, 'ptq_uniform_w4a4_shapes.py'), fp_checkpoint,
               '--work-dir', str(tmp_path / 'q'), '--out', str(tmp_path / 'q.pkl'),
-              '--cfg-options', *_ptq_options(tiny_shapes)])
+              '--cfg-options', *ptq_options(tiny_shapes)])
     fp = pickle.load(open(tmp_path / 'fp.pkl', 'rb'))
     q = pickle.load(open(tmp_path / 'q.pkl', 'rb'))
     assert any(a['pred_instances']['scores'].shape != b['pred_instances']['scores'].shape
@@ -99,7 +77,7 @@ def test_quantized_predictions_differ_from_float(tiny_shapes, fp_checkpoint, tmp
 
 def test_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoint, tmp_path):
     config = osp.join(PTQ, 'ptq_mixaq_w4a8a4_shapes.py')
-    options = _ptq_options(tiny_shapes, calib_images=8) + [
+    options = ptq_options(tiny_shapes, calib_images=8) + [
         'test_cfg.calib_dataloader.batch_size=1', 'env_cfg.dist_cfg.backend=gloo']
     run_tool(['tools/test.py', config, fp_checkpoint, '--work-dir', str(tmp_path / 'one'),
               '--cfg-options', *options])
@@ -122,7 +100,7 @@ def test_ptq_rejects_a_checkpoint_of_another_model(tiny_shapes, tmp_path):
     torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}), bad)
     proc = run_tool(['tools/test.py', osp.join(PTQ, 'ptq_uniform_w4a8_shapes.py'), str(bad),
                      '--work-dir', str(tmp_path), '--cfg-options',
-                     *_ptq_options(tiny_shapes)], check=False)
+                     *ptq_options(tiny_shapes)], check=False)
     assert proc.returncode != 0
     assert re.search(r'checkpoint .*resnet\.pth does not fit MaskRCNN: \d+ of its \d+ '
                      r'float weights are missing', proc.stderr)
@@ -388,7 +366,7 @@ def test_w8a8_ptq_stays_within_one_point_of_fp(trained_small, tmp_path):
                    str(tmp_path / 'fp'), '--cfg-options', *data_root_options(root)])
     q = run_tool(['tools/test.py', osp.join(PTQ, 'ptq_uniform_w8a8_shapes.py'), checkpoint,
                   '--work-dir', str(tmp_path / 'w8a8'), '--cfg-options',
-                  *_ptq_options(root, calib_images=16)])
+                  *ptq_options(root, calib_images=16)])
     fp_map = _metrics(fp.stdout + fp.stderr)['coco/bbox_mAP']
     q_map = _metrics(q.stdout + q.stderr)['coco/bbox_mAP']
     assert fp_map > 0.05, f'the briefly trained model must detect something ({fp_map})'

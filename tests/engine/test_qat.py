@@ -5,10 +5,9 @@ import re
 
 import pytest
 import torch
-from mmdet.registry import HOOKS, MODELS
+from mmdet.registry import HOOKS
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 from mixaq_mmdet.engine import SAQAHook
@@ -48,18 +47,6 @@ def _config(data_root: str, work_dir, load_from, config='qat_uniform_w4a4_shapes
     cfg.work_dir = str(work_dir)
     cfg.load_from = load_from
     return cfg
-
-
-@pytest.fixture(scope='module')
-def fp_checkpoint(tmp_path_factory):
-    """An FP benchmark detector with random weights (plumbing, not accuracy)."""
-    path = str(tmp_path_factory.mktemp('fp') / 'fp.pth')
-    init_default_scope('mmdet')
-    torch.manual_seed(0)
-    model = MODELS.build(Config.fromfile(FP_BENCH_CONFIG).model)
-    model.init_weights()
-    torch.save(dict(state_dict=model.state_dict(), meta={}), path)
-    return path
 
 
 @HOOKS.register_module(force=True)

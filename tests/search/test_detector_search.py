@@ -9,9 +9,7 @@ import sys
 
 import pytest
 import torch
-from mmdet.registry import MODELS
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 from mixaq_mmdet.analysis import count_bitops
@@ -20,7 +18,7 @@ from mixaq_mmdet.search import (Candidate, RatioEvaluator, RatioSearchSpace,
                                 check_branches_calibrated, run_search, speedup_band,
                                 uniform_ratio_at, write_searched_config)
 
-from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
+from ..conftest import REPO, ptq_options, run_tool
 
 PTQ = osp.join(REPO, 'configs/benchmark/ptq')
 MIXAQ = osp.join(PTQ, 'ptq_mixaq_w4a8a4_shapes.py')
@@ -28,28 +26,6 @@ MIXAQ = osp.join(PTQ, 'ptq_mixaq_w4a8a4_shapes.py')
 
 def _uniform(ratio, pairs=4):
     return Candidate((ratio, ) * pairs, (0.0, ) * pairs)
-
-
-@pytest.fixture(scope='module')
-def fp_checkpoint(tmp_path_factory):
-    """An FP benchmark detector with random weights (plumbing, not accuracy)."""
-    path = str(tmp_path_factory.mktemp('fp') / 'fp.pth')
-    init_default_scope('mmdet')
-    torch.manual_seed(0)
-    model = MODELS.build(Config.fromfile(FP_BENCH_CONFIG).model)
-    model.init_weights()
-    torch.save(dict(state_dict=model.state_dict(), meta={}), path)
-    return path
-
-
-def _options(data_root, calib_images=4):
-    root = data_root.rstrip('/') + '/'
-    return data_root_options(data_root) + [
-        f'test_cfg.calib_dataloader.dataset.data_root={root}',
-        f'test_cfg.calib_images={calib_images}',
-        'test_cfg.calib_dataloader.num_workers=0',
-        f'search_dataloader.dataset.data_root={root}',
-    ]
 
 
 def _config(data_root, work_dir, checkpoint, config=MIXAQ, **backbone):
@@ -200,7 +176,7 @@ def test_search_tool_end_to_end(tiny_shapes, fp_checkpoint, tmp_path):
     work_dir = str(tmp_path / 'search')
     args = ['tools/search_ratios.py', MIXAQ, fp_checkpoint, '--work-dir', work_dir,
             '--target-speedup', '1.3', '--objective', 'map', '--pop', '4', '--gens', '2',
-            '--cfg-options', *_options(tiny_shapes)]
+            '--cfg-options', *ptq_options(tiny_shapes)]
     proc = run_tool(args)
     assert 'PTQ: calibrated' in proc.stdout + proc.stderr
     summary = json.load(open(osp.join(work_dir, 'pareto.json')))
@@ -212,7 +188,7 @@ def test_search_tool_end_to_end(tiny_shapes, fp_checkpoint, tmp_path):
     cache = json.load(open(osp.join(work_dir, 'search_cache.json')))
     assert cache['evaluations']
     proc = run_tool(['tools/test.py', target['config'], fp_checkpoint, '--work-dir',
-                     str(tmp_path / 'test'), '--cfg-options', *_options(tiny_shapes)])
+                     str(tmp_path / 'test'), '--cfg-options', *ptq_options(tiny_shapes)])
     meta = torch.load(tmp_path / 'test' / 'calibrated.pth', weights_only=False)['meta']
     assert meta['mixaq']['low_bit_ratios'] == target['low_bit_ratios']
     rerun = run_tool(args)
@@ -232,7 +208,7 @@ def test_search_tool_end_to_end(tiny_shapes, fp_checkpoint, tmp_path):
 def test_search_tool_bad_input(tiny_shapes, fp_checkpoint, tmp_path, args, options, match):
     proc = run_tool(['tools/search_ratios.py', MIXAQ, fp_checkpoint, '--work-dir',
                      str(tmp_path), '--pop', '4', '--gens', '1', '--objective', 'proxy',
-                     '--no-val'] + args + ['--cfg-options', *_options(tiny_shapes)] + options,
+                     '--no-val'] + args + ['--cfg-options', *ptq_options(tiny_shapes)] + options,
                     check=False)
     assert proc.returncode != 0
     assert re.search(match, proc.stderr), proc.stderr[-2000:]
@@ -243,7 +219,7 @@ def test_search_tool_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoin
     the same numbers as one process."""
     common = [MIXAQ, fp_checkpoint, '--target-speedup', '1.3', '--objective', 'proxy',
               '--pop', '4', '--gens', '1', '--no-val', '--cfg-options',
-              *_options(tiny_shapes), 'search_dataloader.batch_size=1',
+              *ptq_options(tiny_shapes), 'search_dataloader.batch_size=1',
               'env_cfg.dist_cfg.backend=gloo']
     run_tool(['tools/search_ratios.py', '--work-dir', str(tmp_path / 'one')] + common)
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
