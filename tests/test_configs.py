@@ -133,6 +133,9 @@ def test_coco_ptq_configs_have_their_stated_speedup(name, speedup):
     cfg = _cfg(osp.join(ptq, name))
     assert cfg.test_cfg.type == 'PTQLoop' and cfg.test_cfg.calib_images == 32
     assert cfg.test_cfg.calib_dataloader.dataset.ann_file.endswith('instances_train2017.json')
+    # the ratio search tunes on train2017, never on val2017
+    assert cfg.search_dataloader.dataset.ann_file.endswith('instances_train2017.json')
+    assert cfg.search_dataloader.dataset.data_prefix.img == 'train2017/'
     backbone = MODELS.build(cfg.model.backbone)
     ratio = count_bitops(base, (800, 1333)).bitops / count_bitops(backbone, (800, 1333)).bitops
     assert ratio == pytest.approx(speedup, abs=0.006)
@@ -166,6 +169,7 @@ def test_coco_qat_configs(name, a_bits):
         'instances_train2017.json')
     assert ('SAQAHook' in hooks) == (a_bits == (4, 2)) and 'RandomStateHook' in hooks
     assert cfg.test_cfg.type == 'PTQLoop' and cfg.test_cfg.reparam is False
+    assert cfg.search_dataloader.dataset.ann_file.endswith('instances_train2017.json')
     if a_bits == (4, 2):
         base = MODELS.build(_cfg(osp.join(qat, 'qat_uniform_w4a4_swin-t_coco.py'))
                             .model.backbone)

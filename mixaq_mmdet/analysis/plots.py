@@ -11,9 +11,7 @@ def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
     Uniform rows (with 'uniform' in their ``name``) are joined by a line: the
     trade-off MixA-Q rows must beat to be worth it.
     """
-    # The Figure API, not pyplot: no global backend switch in a user's session.
-    fig = Figure(figsize=(7, 5), dpi=110)
-    ax = fig.subplots()
+    fig, ax = _axes()
     uniform = sorted((r for r in rows if 'uniform' in r['name']),
                      key=lambda r: r[x])
     if uniform:
@@ -42,21 +40,14 @@ def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
                         fontsize=7, va='center',
                         arrowprops=dict(arrowstyle='-', lw=0.4, color='grey')
                         if len(cluster) > 1 else None)
-    ax.set_xlabel(xlabel or x)
-    ax.set_ylabel(y.replace('_', ' '))
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(loc='lower left', fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_file)
+    _save(fig, ax, out_file, xlabel or x, y.replace('_', ' '), title)
 
 
 def plot_search(result, uniform_cost: float, out_file: str, targets: Sequence[float] = (),
                 ylabel: str = 'accuracy') -> None:
     """Every candidate a ratio search evaluated (speedup over the uniform
     high-bit model against its accuracy), its Pareto front and the targets."""
-    fig = Figure(figsize=(7, 5), dpi=110)
-    ax = fig.subplots()
+    fig, ax = _axes()
     points = [(uniform_cost / e.cost, e.accuracy) for e in result.evaluations
               if e.accuracy == e.accuracy]  # not nan: inside the band
     if points:
@@ -66,29 +57,38 @@ def plot_search(result, uniform_cost: float, out_file: str, targets: Sequence[fl
         ax.plot(*zip(*front), 'o-', color='C0', label='Pareto front')
     for target in targets:
         ax.axvline(target, ls='--', lw=0.8, color='C3')
-    ax.set_xlabel('BitOPs speedup over the uniform high-bit model')
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(loc='lower left', fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_file)
+    _save(fig, ax, out_file, 'BitOPs speedup over the uniform high-bit model', ylabel)
 
 
 def plot_policy_curves(curves: Dict[str, Sequence[Tuple[float, float]]],
                        points: Sequence[Tuple[str, float, float]], out_file: str,
                        title: str = '', xlabel: str = 'BitOPs speedup') -> None:
     """One line per window order (``(speedup, mAP)`` along the low-bit ratio)
-    and labelled single points (the uniform bit widths)."""
-    fig = Figure(figsize=(7, 5), dpi=110)
-    ax = fig.subplots()
+    and labelled single points (the uniform bit widths); labels of close
+    points are stacked."""
+    fig, ax = _axes()
     for label, curve in curves.items():
         ax.plot(*zip(*sorted(curve)), 'o-', ms=4, label=label)
-    for name, x, y in points:
+    span = (max(x for _, x, _ in points) - min(x for _, x, _ in points)) or 1.0 if points else 1.0
+    level, previous = 0, None
+    for name, x, y in sorted(points, key=lambda p: p[1]):
+        level = level + 1 if previous is not None and x - previous < 0.12 * span else 0
+        previous = x
         ax.scatter(x, y, marker='s', color='black', s=30, zorder=3)
-        ax.annotate(f'{name} ({y:.1f})', (x, y), xytext=(4, 4), textcoords='offset points',
-                    fontsize=7)
+        ax.annotate(f'{name} ({y:.1f})', (x, y), xytext=(6, 6 - 10 * level),
+                    textcoords='offset points', fontsize=7)
+    _save(fig, ax, out_file, xlabel, 'bbox mAP (val)', title)
+
+
+def _axes():
+    # The Figure API, not pyplot: no global backend switch in a user's session.
+    fig = Figure(figsize=(7, 5), dpi=110)
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, ax, out_file: str, xlabel: str, ylabel: str, title: str = '') -> None:
     ax.set_xlabel(xlabel)
-    ax.set_ylabel('bbox mAP (val)')
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc='lower left', fontsize=8)

@@ -20,6 +20,10 @@ class PairedDifference(NamedTuple):
         """Whether A beats B by more than ``sigmas`` standard errors."""
         return self.mean > sigmas * self.std_error
 
+    def not_worse_beyond_noise(self, sigmas: float = 2.0) -> bool:
+        """Whether A is at least as good as B up to ``sigmas`` standard errors."""
+        return self.mean >= -sigmas * self.std_error
+
 
 def coco_map(gt: COCO, results: Sequence[Dict], iou_type: str = 'bbox',
              img_ids: Sequence[int] = ()) -> float:

@@ -37,6 +37,7 @@ def test_identical_results_differ_by_nothing(gt_file):
     preds = _preds(lambda i: i % 3 == 0)
     diff = paired_difference(gt_file, preds, preds)
     assert diff.mean == 0 and diff.std_error == 0 and not diff.exceeds_noise()
+    assert diff.not_worse_beyond_noise()
 
 
 def test_a_difference_on_few_images_is_within_the_noise(gt_file):
@@ -44,6 +45,11 @@ def test_a_difference_on_few_images_is_within_the_noise(gt_file):
     a, b = _preds(lambda i: True), _preds(lambda i: i != 7)
     diff = paired_difference(gt_file, a, b)
     assert diff.mean > 0 and not diff.exceeds_noise()
+    # the other way round: worse, but not beyond the noise
+    reverse = paired_difference(gt_file, b, a)
+    assert reverse.mean < 0 and reverse.not_worse_beyond_noise()
+    much_worse = paired_difference(gt_file, _preds(lambda i: i % 2 == 0), a)
+    assert not much_worse.not_worse_beyond_noise()
 
 
 def test_bad_fold_counts(gt_file):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from mmengine.config import Config
 
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
 
@@ -114,12 +115,15 @@ def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     work_dir = str(tmp_path / 'demo')
     args = ['tools/run_demo.py', '--work-dir', work_dir, '--data-root', tiny_shapes,
             '--max-epochs', '1', '--qat-epochs', '1', '--calib-images', '4',
+            '--search-images', '4', '--search-pop', '4', '--search-gens', '1',
             '--rows', 'fp', 'uniform_w4a8', 'mixaq_w4a8a4', 'qat_uniform_w4a4',
-            'qat_mixaq_w4a4a2_1.35x', 'qat_no_saqa_1.35x', 'qat_mixaq_random_1.35x']
+            'qat_mixaq_w4a4a2_1.35x', 'qat_no_saqa_1.35x', 'qat_mixaq_random_1.35x',
+            'policy_w4a8a2_reverse_0.25', 'policy_w4a8a2_reverse_0.75', 'search_1.35x',
+            'uniform_ratio_1.35x']
     proc = run_tool(args)
     results = _results(work_dir)
     rows = {r['name']: r for r in results['rows']}
-    assert list(rows) == args[-7:]
+    assert list(rows) == args[-11:]
     for row in rows.values():
         assert 0 <= row['bbox_mAP'] <= 100 and 0 <= row['segm_mAP'] <= 100
     assert rows['uniform_w4a8']['speedup'] == 1.0
@@ -142,19 +146,34 @@ def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     assert rows['qat_no_saqa_1.35x']['model'] == 'qat_saqa_w4a4a2:init'
     assert osp.isfile(osp.join(work_dir, 'qat_saqa_w4a4a2', 'qat_init.pth'))
     assert osp.getsize(osp.join(work_dir, 'pareto_qat.png')) > 10_000
+    # the window-policy sweep: one calibration of the reverse order, two ratios
+    sweep = [rows[f'policy_w4a8a2_reverse_{r}'] for r in ('0.25', '0.75')]
+    assert [r['low_bit_ratios'] for r in sweep] == [[0.25] * 4, [0.75] * 4]
+    assert all(r['window_order'] == 'reverse' and r['a_bits'] == [8, 2] for r in sweep)
+    assert 1.1 < sweep[0]['speedup'] < sweep[1]['speedup'] < 2.5
+    assert proc.stdout.count('policy_w4a8a2_reverse: calibrating') == 1
+    assert osp.getsize(osp.join(work_dir, 'policy_curve.png')) > 10_000
+    # the search: per-pair ratios in the 1.35x band, against one ratio for all
+    searched, base = rows['search_1.35x'], rows['uniform_ratio_1.35x']
+    assert abs(searched['speedup'] - 1.35) <= 0.02 and base['speedup'] <= searched['speedup']
+    assert len(set(base['low_bit_ratios'])) == 1 and searched['search_candidates'] >= 4
+    searched_cfg = Config.fromfile(osp.join(work_dir, 'search_1.35x', 'searched_1.35x.py'))
+    assert searched_cfg.model.backbone.low_bit_ratios == searched['low_bit_ratios']
     claims = {t['claim']: t for t in results['targets']}
-    assert len(claims) == 2  # the targets whose two rows were computed
+    assert len(claims) == 3  # the targets whose two rows were computed
     for target in claims.values():
         assert target['std_error'] >= 0 and len(target['folds']) == 4
-        assert target['met'] == (target['diff'] > (2 * target['std_error']
-                                                   if target['test'] == 'noise' else 0))
+        expected = dict(noise=target['diff'] > 2 * target['std_error'],
+                        not_worse=target['diff'] >= -2 * target['std_error'],
+                        gt=target['diff'] > 0)[target['test']]
+        assert target['met'] == expected
     assert re.search(r'\[(met|MISSED)\] 1\.35x: importance order above random', proc.stdout)
     # a rerun trains nothing and reuses every unchanged row
     proc = run_tool(args)
-    assert proc.stdout.count('(cached)') == 3 and proc.stdout.count('unchanged') == 7
+    assert proc.stdout.count('(cached)') == 3 and proc.stdout.count('unchanged') == 11
     assert _results(work_dir) == results
     # --rows computes some rows and keeps the others
-    proc = run_tool(args[:-7] + ['uniform_w4a8'])
+    proc = run_tool(args[:-11] + ['uniform_w4a8'])
     assert proc.stdout.count('unchanged') == 1 and 'trained in' not in proc.stdout
     assert _results(work_dir)['rows'] == results['rows']
     # a change of the data invalidates the rows computed from it
@@ -162,7 +181,7 @@ def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     original = open(ann).read()
     try:
         open(ann, 'w').write(original + ' ')
-        proc = run_tool(args[:-7] + ['uniform_w4a8'])
+        proc = run_tool(args[:-11] + ['uniform_w4a8'])
     finally:
         open(ann, 'w').write(original)
     assert 'unchanged' not in proc.stdout and 'uniform_w4a8: evaluating' in proc.stdout
