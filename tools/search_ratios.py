@@ -31,11 +31,10 @@ from mmengine.utils import ProgressBar
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 from mixaq_mmdet.analysis.plots import plot_search
 from mixaq_mmdet.engine import PTQLoop
-from mixaq_mmdet.search import (OBJECTIVES, RatioEvaluator,
-                                RatioSearchSpace, check_branches_calibrated, front_records,
+from mixaq_mmdet.search import (OBJECTIVES, RatioEvaluator, RatioSearchSpace,
+                                check_branches_calibrated, check_targets, front_records,
                                 run_search, save_json, speedup_band, uniform_ratio_at,
                                 write_searched_config)
-from mixaq_mmdet.search.detector_search import check_targets
 from mixaq_mmdet.utils import build_runner, load_runner_config, parse_runner_args
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from mmdet.registry import DATASETS, METRICS
 from mmengine.dataset import pseudo_collate
-from mmengine.dist import get_rank, get_world_size
+from mmengine.dist import all_gather_object, get_rank, get_world_size
 from mmengine.evaluator import Evaluator
 from mmengine.logging import MMLogger, print_log
 from torch import Tensor, nn
@@ -35,7 +35,6 @@ from mixaq_mmdet.analysis.bitops import count_bitops
 from mixaq_mmdet.engine.calibration import all_reduce_sum
 from mixaq_mmdet.models import MixAQSwinTransformer
 from mixaq_mmdet.models.layers import TwoBranchSwinBlock
-from mixaq_mmdet.models.layers.window_policy import WindowPolicy
 from mixaq_mmdet.quantization import disable_quantization, quantizers_of
 from .nsga import Candidate
 
@@ -146,19 +145,15 @@ class RatioEvaluator:
 
     def _network_shapes(self) -> List[Tuple[int, int]]:
         """(H, W) of each image as the backbone receives it alone (resized,
-        padded to the preprocessor's divisor), over all ranks."""
+        padded to the preprocessor's divisor), over all ranks: read from the
+        loaded shards (gathered in the sampler's order), not loaded again."""
         divisor = getattr(self.model.data_preprocessor, 'pad_size_divisor', 1)
-        shapes = []
-        for i in range(self.num_images):
-            h, w = self.dataset[i]['data_samples'].img_shape
-            shapes.append((math.ceil(h / divisor) * divisor, math.ceil(w / divisor) * divisor))
-        return shapes
-
-    def set_policy(self, score: str, order: str, seed: int = 0) -> None:
-        """Change the window score and order (the policy sweeps); clears the caches."""
-        self.backbone.policy = WindowPolicy(self.backbone.window_size, score, order, seed)
-        self._map_cache.clear()
-        self._distortion_cache.clear()
+        local = [tuple(s.img_shape) for batch in self.batches for s in batch['data_samples']]
+        shards = all_gather_object(local)
+        world = len(shards)
+        shapes = [shards[p % world][p // world] for p in range(self.num_images)]
+        return [(math.ceil(h / divisor) * divisor, math.ceil(w / divisor) * divisor)
+                for h, w in shapes]
 
     def set_candidate(self, candidate: Candidate) -> None:
         """Set the backbone's per-pair ratios (validated by the backbone)."""
