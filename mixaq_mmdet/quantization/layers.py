@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .quantizers import (DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER, QuantizerBase,
                          QuantizerCfg, build_quantizer)
+from ..utils.tensor_cache import TensorCache
 
 
 def _build_optional(cfg: Optional[QuantizerCfg]) -> Optional[QuantizerBase]:
@@ -42,6 +43,7 @@ class _QuantLayerMixin:
             axis = self.weight_quantizer.ch_axis % self.weight.dim()
             self.weight_quantizer.set_num_channels(self.weight.shape[axis])
         self.input_quantizer = _build_optional(input_quantizer)
+        self._cache = TensorCache()
 
     @classmethod
     def from_float(cls, layer: nn.Module,
@@ -54,6 +56,15 @@ class _QuantLayerMixin:
 
     def _quantized_input(self, x: Tensor) -> Tensor:
         return x if self.input_quantizer is None else self.input_quantizer(x)
+
+    def quantized_weight(self) -> Tensor:
+        """The weight through its quantizer; in inference computed once per
+        weight and qparams (see :class:`~mixaq_mmdet.utils.TensorCache`)."""
+        quantizer = self.weight_quantizer
+        if quantizer.observer_enabled or not quantizer.fake_quant_enabled:
+            return quantizer(self.weight)
+        sources = (self.weight, *quantizer.parameters(), *quantizer.buffers())
+        return self._cache.get('weight', sources, lambda: quantizer(self.weight))
 
 
 class QuantLinear(_QuantLayerMixin, nn.Linear):
@@ -83,8 +94,7 @@ class QuantLinear(_QuantLayerMixin, nn.Linear):
         self._adopt(linear, weight_quantizer, input_quantizer, share_params)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self._quantized_input(x), self.weight_quantizer(self.weight),
-                        self.bias)
+        return F.linear(self._quantized_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
@@ -104,8 +114,8 @@ class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
         self._adopt(conv, weight_quantizer, input_quantizer, share_params)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self._quantized_input(x),
-                                  self.weight_quantizer(self.weight), self.bias)
+        return self._conv_forward(self._quantized_input(x), self.quantized_weight(),
+                                  self.bias)
 
 
 class QuantMatMul(nn.Module):

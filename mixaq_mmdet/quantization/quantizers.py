@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import QUANTIZERS
+from ..utils.tensor_cache import TensorCache
 from .observers import (HistogramObserver, MinMaxObserver, TensorObserver, any_rank,
                         pow2_exact)
 
@@ -71,22 +72,22 @@ class _LogSqrt2(torch.autograd.Function):
     ``2^(-(j + 1/2) / 2)``, ``j = 0 .. 2^bits - 1``, that are ``>= x``: one
     ``searchsorted`` in the input's dtype instead of a float64 logarithm. The
     output is the level ``2^(-k/2)``, or 0 for ``k = 2^bits`` (below the range).
+    ``boundaries`` (ascending) and ``levels`` come from :func:`log_sqrt2_tables`.
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, bits: int) -> Tensor:
-        boundaries, levels = _log_sqrt2_tables(bits, x.dtype, x.device)
+    def forward(ctx: Any, x: Tensor, boundaries: Tensor, levels: Tensor) -> Tensor:
         k = len(boundaries) - torch.searchsorted(boundaries, x.contiguous())
         return levels[k]
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
-        return grad, None
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
+        return grad, None, None
 
 
-def _log_sqrt2_tables(bits: int, dtype: torch.dtype,
-                      device: torch.device) -> Tuple[Tensor, Tensor]:
-    """Ascending rounding boundaries and the levels ``2^(-k/2)`` plus a final 0."""
+def log_sqrt2_tables(bits: int) -> Tuple[Tensor, Tensor]:
+    """Ascending rounding boundaries and the levels ``2^(-k/2)`` plus a final 0,
+    in float64 (cast to the input's dtype where used)."""
     n = 2**bits
     j = torch.arange(n, dtype=torch.float64)
     boundaries = torch.pow(2.0, -(j + 0.5) / 2).flip(0)
@@ -94,7 +95,18 @@ def _log_sqrt2_tables(bits: int, dtype: torch.dtype,
     sqrt2 = torch.where(odd, torch.full_like(j, math.sqrt(2.0)), torch.ones_like(j))
     levels = torch.cat([pow2_exact(-torch.ceil(j / 2)) * sqrt2,
                         torch.zeros(1, dtype=torch.float64)])
-    return boundaries.to(device, dtype), levels.to(device, dtype)
+    return boundaries, levels
+
+
+def _fake_quantize_no_grad(x: Tensor, inv_scale: Tensor, scale: Tensor, low: Tensor,
+                           high: Tensor) -> Tensor:
+    """Bit for bit the values of torch's ``fake_quantize_per_{tensor,channel}_affine``
+    (``x * (1 / scale)`` rounded half to even, shifted by the zero point, clamped,
+    shifted back, times ``scale``: ``low``/``high`` are the integer range minus
+    the zero point), without the gradient mask those kernels compute, in four
+    vectorized passes; float32 arithmetic, the result in ``x``'s dtype."""
+    y = torch.mul(x, inv_scale).round_().clamp_(low, high).mul_(scale)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
@@ -147,6 +159,7 @@ class QuantizerBase(nn.Module):
         self.fake_quant_enabled = False
         self._is_calibrated = False
         self.register_buffer('calibrated', torch.tensor(False))
+        self._cache = TensorCache()
 
     @property
     def display_name(self) -> str:
@@ -456,7 +469,8 @@ class UniformQuantizer(QuantizerBase):
         tensor = getattr(self, name)
         value = value.to(tensor.device, tensor.dtype)
         if tensor.shape == value.shape:
-            tensor.data.copy_(value)
+            with torch.no_grad():  # in place, counted by the version counter
+                tensor.copy_(value)
         elif self.num_channels is not None:
             raise ValueError(f'{self.display_name}: built for {self.num_channels} channels, '
                              f'calibration data has {value.numel()}')
@@ -488,12 +502,28 @@ class UniformQuantizer(QuantizerBase):
         return scales.gather(0, best)[0], zero_points.gather(0, best)[0]
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
-        if self.per_channel:
-            return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point,
-                                                          self.observer.channel_axis(x),
-                                                          self.quant_min, self.quant_max)
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point,
-                                                     self.quant_min, self.quant_max)
+        axis = self.observer.channel_axis(x) if self.per_channel else None
+        if torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad):
+            if axis is not None:
+                return torch.fake_quantize_per_channel_affine(
+                    x, self.scale, self.zero_point, axis, self.quant_min, self.quant_max)
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point,
+                                                         self.quant_min, self.quant_max)
+        params = self._cache.get('affine', (self.scale, self.zero_point),
+                                 lambda: self._affine_params(x.dim(), axis),
+                                 extra=(x.dim(), axis))
+        return _fake_quantize_no_grad(x, *params)
+
+    def _affine_params(self, dim: int, axis: Optional[int]) -> Tuple[Tensor, ...]:
+        """``(1 / scale, scale, quant_min - zero_point, quant_max - zero_point)``
+        shaped to broadcast against a ``dim``-dimensional input."""
+        shape = [1] * dim
+        if axis is not None:
+            shape[axis] = -1
+        scale = self.scale.detach().reshape(shape)
+        zero_point = self.zero_point.detach().reshape(shape).to(scale.dtype)
+        return (torch.reciprocal(scale), scale, self.quant_min - zero_point,
+                self.quant_max - zero_point)
 
 
 @QUANTIZERS.register_module()
@@ -585,6 +615,10 @@ class LogSqrt2Quantizer(QuantizerBase):
         self.observer = HistogramObserver() if calib == 'percentile_mse' else None
         self._observed = False
         self.register_buffer('scale', torch.ones(1))
+        # The tables live on the model's device (no host copy in the forward) as the
+        # bits of float64 values: an integer buffer, so model.half() leaves it exact.
+        for name, table in zip(('log_boundaries', 'log_levels'), log_sqrt2_tables(bits)):
+            self.register_buffer(name, table.view(torch.int64), persistent=False)
 
     def _config_repr(self) -> str:
         return f', calib={self.calib!r}'
@@ -617,7 +651,8 @@ class LogSqrt2Quantizer(QuantizerBase):
             if stats.empty:
                 raise self._no_statistics()
             top = self._search_top(stats)
-        self.scale.data.copy_(top.to(self.scale.device, self.scale.dtype))
+        with torch.no_grad():
+            self.scale.copy_(top.to(self.scale.device, self.scale.dtype))
         return self.scale, torch.zeros(1, dtype=torch.int32)
 
     def _search_top(self, stats: HistogramObserver) -> Tensor:
@@ -626,20 +661,28 @@ class LogSqrt2Quantizer(QuantizerBase):
         candidates = torch.cat([stats.max_val.double(), quantiles, grid]).clamp(min=1e-12)
         midpoints, counts = (t[0] for t in stats.bin_midpoints())
         errors = torch.stack([
-            (counts * (_log_sqrt2_quantize(midpoints, top, self.bits) - midpoints)**2).sum()
+            (counts * (self._quantize(midpoints, top) - midpoints)**2).sum()
             for top in candidates
         ])
         return candidates[errors.argmin()].reshape(1).float()  # first minimum: max wins ties
 
+    def _tables(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        """Boundaries and levels in ``dtype``."""
+        def cast() -> Tuple[Tensor, Tensor]:
+            return (self.log_boundaries.view(torch.float64).to(dtype),
+                    self.log_levels.view(torch.float64).to(dtype))
+        return self._cache.get('tables', (self.log_boundaries, ), cast, extra=(dtype, ))
+
+    def _quantize(self, x: Tensor, top: Optional[Tensor]) -> Tensor:
+        """``x`` quantized to the levels ``top * 2^(-k/2)`` (top 1 if None),
+        straight-through."""
+        if top is None:
+            return _LogSqrt2.apply(x, *self._tables(x.dtype))
+        return _LogSqrt2.apply(x / top, *self._tables(x.dtype)) * top
+
     def _fake_quantize(self, x: Tensor) -> Tensor:
-        if self.calib == 'fixed':  # top 1: no scaling on the default path
-            return _LogSqrt2.apply(x, self.bits)
-        return _log_sqrt2_quantize(x, self.scale, self.bits)
-
-
-def _log_sqrt2_quantize(x: Tensor, top: Tensor, bits: int) -> Tensor:
-    """``x`` quantized to the levels ``top * 2^(-k/2)``, straight-through."""
-    return _LogSqrt2.apply(x / top, bits) * top
+        # top 1: no scaling on the default path
+        return self._quantize(x, None if self.calib == 'fixed' else self.scale)
 
 
 def build_quantizer(cfg: QuantizerCfg,
