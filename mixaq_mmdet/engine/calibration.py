@@ -90,7 +90,7 @@ def calibrate_model(model: nn.Module, dataloader: DataLoader, num_images: int,
                 'does not: set reparam=False')
         targets = model.backbone.reparam_targets()
         disable_quantization(model)
-        with record_channel_statistics(targets) as stats:
+        with record_channel_statistics(targets) as stats, model.backbone.whole_windows():
             _observe(model, dataloader, num_images, True,
                      f'{prefix}: statistics for scale reparameterization')
         reparameterize(targets, stats)

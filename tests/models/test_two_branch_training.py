@@ -31,7 +31,7 @@ def test_drop_path_draws_once_per_image_for_all_branches():
                                  low_bit_ratios=0.5)
     model.init_weights()
     block = model.stages[0].blocks[1]
-    for drop_path in (block.attn_drop_path, block.ffn_drop_path):
+    for drop_path in (block.attn.drop, block.ffn.dropout_layer):
         drop_path.drop_prob = 0.7
     x = torch.randn(8, 28 * 28, 16)
     order = torch.stack([torch.randperm(16) for _ in range(8)])

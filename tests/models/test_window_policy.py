@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from mixaq_mmdet.models.layers.window_policy import (
     WINDOW_ORDERS, WINDOW_SCORES, WindowOrders, WindowPolicy, check_ratios,
-    gather_windows, group_sizes, normalize_ratios, order_windows,
-    scatter_windows, split_groups, token_scores, window_scores)
+    group_sizes, normalize_ratios, order_windows, split_groups, token_scores,
+    window_scores)
 
 WS = 7
 
@@ -216,45 +216,6 @@ def test_split_groups_takes_consecutive_slices_of_the_order():
     assert low.shape == (2, 0) and pruned.shape == (2, 0)
 
 
-def test_gather_scatter_round_trip():
-    windows = torch.randn(2, 6, 49, 3)
-    idx = torch.tensor([[4, 0, 5], [1, 2, 3]])
-    picked = gather_windows(windows, idx)
-    assert picked.shape == (2, 3, 49, 3)
-    assert torch.equal(picked[0, 0], windows[0, 4])
-    assert torch.equal(picked[1, 2], windows[1, 3])
-    assert torch.equal(scatter_windows(windows, idx, picked), windows)
-    perm = torch.tensor([[2, 5, 0, 1, 4, 3], [5, 4, 3, 2, 1, 0]])
-    rebuilt = scatter_windows(
-        torch.zeros_like(windows), perm, gather_windows(windows, perm))
-    assert torch.equal(rebuilt, windows)
-
-
-def test_scatter_is_out_of_place_and_differentiable():
-    dst = torch.randn(2, 4, 5, requires_grad=True)
-    src = torch.randn(2, 2, 5, requires_grad=True)
-    idx = torch.tensor([[1, 3], [0, 2]])
-    dst_before = dst.detach().clone()
-    weights = torch.randn(2, 4, 5)
-    out = scatter_windows(dst, idx, src)
-    assert torch.equal(out[0, 3], src[0, 1].detach())
-    assert torch.equal(out[1, 1], dst_before[1, 1])
-    (out * weights).sum().backward()
-    assert torch.equal(dst.detach(), dst_before)
-    expected_dst_grad = weights.clone()
-    expected_dst_grad[0, [1, 3]] = 0
-    expected_dst_grad[1, [0, 2]] = 0
-    assert torch.equal(dst.grad, expected_dst_grad)
-    assert torch.equal(src.grad, torch.stack([weights[0, [1, 3]],
-                                              weights[1, [0, 2]]]))
-
-
-def test_gather_is_differentiable():
-    windows = torch.randn(1, 3, 2, requires_grad=True)
-    gather_windows(windows, torch.tensor([[2, 0]])).sum().backward()
-    assert windows.grad.tolist() == [[[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]]
-
-
 def test_normalize_ratios_accepts_float_or_one_value_per_pair():
     assert normalize_ratios(0.3, 6, 'low_bit_ratios') == [0.3] * 6
     assert normalize_ratios(1, 2, 'prune_ratios') == [1.0, 1.0]
@@ -322,9 +283,6 @@ def test_name_and_shape_errors():
         WindowPolicy(WS).rank(torch.zeros(1, 49, 2), (7, 7), shift_size=7)
     with pytest.raises(ValueError, match='got -3'):
         WindowPolicy(WS).rank(torch.zeros(1, 49, 2), (7, 7), shift_size=-3)
-    with pytest.raises(ValueError, match=r'idx \(B, k\)'):
-        gather_windows(torch.zeros(2, 3, 4), torch.zeros(3, 1,
-                                                         dtype=torch.long))
 
 
 def test_tiny_input_single_window():

@@ -1,6 +1,7 @@
 """MixAQSwinTransformer: mmdet's Swin with Two-Branch mixed-precision blocks."""
 import copy
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mmdet.models.backbones.swin import SwinTransformer
 from mmdet.registry import MODELS
@@ -11,7 +12,8 @@ from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER,
                                       QuantLinear, disable_quantization,
                                       enable_fake_quant, quantizers_of)
 from mixaq_mmdet.quantization.reparam import ReparamTarget
-from ..layers import TwoBranchSwinBlock, WindowPolicy
+from mixaq_mmdet.utils.tensor_cache import TensorCache
+from ..layers import TwoBranchSwinBlock, WindowLayout, WindowPolicy
 from ..layers.window_policy import check_ratios, normalize_ratios
 
 Ratios = Union[float, Sequence[float]]
@@ -120,14 +122,15 @@ class MixAQSwinTransformer(SwinTransformer):
         self.act_quantizer_cfgs = act_cfgs
         for stage in self.stages:
             for j, block in enumerate(stage.blocks):
-                stage.blocks[j] = TwoBranchSwinBlock(
-                    block, block.attn.window_size, block.attn.shift_size,
-                    weight_cfg, act_cfgs, softmax_cfgs)
+                stage.blocks[j] = TwoBranchSwinBlock(block, weight_cfg, act_cfgs,
+                                                     softmax_cfgs)
             if stage.downsample is not None:
                 stage.downsample.reduction = QuantLinear(
                     stage.downsample.reduction, weight_cfg, act_cfgs['high'])
         self.patch_embed.projection = QuantConv2d(
             self.patch_embed.projection, weight_cfg, act_cfgs['high'])
+        # token maps and shift masks per input shape: the last few shapes
+        self._cache = TensorCache(max_entries=16 * len(self.stages))
         self.quant = quant
         if quant:
             enable_fake_quant(self)
@@ -162,11 +165,10 @@ class MixAQSwinTransformer(SwinTransformer):
         x = self.drop_after_pos(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            shift = max(block.shift_size for block in stage.blocks)
-            orders = self.policy.rank(x, hw_shape, shift)
+            layouts = self._window_layouts(i, x, hw_shape)
             for j, block in enumerate(stage.blocks):
                 pair = self.pair_index[i][j]
-                x = block(x, hw_shape, orders.select(block.shift_size > 0),
+                x = block(x, hw_shape, layouts.get(block.shift_size),
                           self.low_bit_ratios[pair], self.prune_ratios[pair])
             out, out_hw_shape = x, hw_shape
             if stage.downsample is not None:
@@ -177,6 +179,38 @@ class MixAQSwinTransformer(SwinTransformer):
                     .permute(0, 3, 1, 2).contiguous()
                 outs.append(out)
         return tuple(outs)
+
+    @contextmanager
+    def whole_windows(self) -> Iterator[None]:
+        """Within the context every block runs the Two-Branch path on whole
+        windows, padding tokens included, never mmdet's dense path nor the FFN
+        on real tokens only: what hooks on the block's layers observe for
+        calibration (RepQ-ViT's channel statistics) stays what it always was."""
+        blocks = [b for b in self.modules() if isinstance(b, TwoBranchSwinBlock)]
+        saved = [b.whole_windows for b in blocks]
+        for block in blocks:
+            block.whole_windows = True
+        try:
+            yield
+        finally:
+            for block, value in zip(blocks, saved):
+                block.whole_windows = value
+
+    def _window_layouts(self, stage: int, x: Tensor,
+                        hw_shape: Tuple[int, int]) -> Dict[int, WindowLayout]:
+        """The window layout per shift size of the stage's blocks that need one
+        (none when every block runs mmdet's dense path), from one ranking of the
+        stage input ``x``."""
+        blocks = self.stages[stage].blocks
+        shifts = sorted({
+            block.shift_size for j, block in enumerate(blocks)
+            if not block.runs_dense(self.low_bit_ratios[self.pair_index[stage][j]],
+                                    self.prune_ratios[self.pair_index[stage][j]])})
+        if not shifts:
+            return {}
+        orders = self.policy.rank(x, hw_shape, max(shifts))
+        return {s: WindowLayout(orders.select(s > 0), hw_shape, self.window_size, s,
+                                self._cache) for s in shifts}
 
     def reparam_targets(self) -> List[ReparamTarget]:
         """The post-LayerNorm activations RepQ-ViT reparameterizes: the inputs

@@ -1,14 +1,13 @@
 from .two_branch_block import BranchQuantizers, TwoBranchSwinBlock
+from .window_layout import WindowLayout
 from .window_policy import (WINDOW_ORDERS, WINDOW_SCORES, WindowOrders,
-                            WindowPolicy, check_ratios, gather_windows,
-                            group_sizes, normalize_ratios, order_windows,
-                            scatter_windows, split_groups, token_scores,
-                            window_scores)
+                            WindowPolicy, check_ratios, group_sizes,
+                            normalize_ratios, order_windows, split_groups,
+                            token_scores, window_scores)
 
 __all__ = [
-    'TwoBranchSwinBlock', 'BranchQuantizers',
+    'TwoBranchSwinBlock', 'BranchQuantizers', 'WindowLayout',
     'WINDOW_ORDERS', 'WINDOW_SCORES', 'WindowOrders', 'WindowPolicy',
-    'check_ratios', 'gather_windows', 'group_sizes', 'normalize_ratios',
-    'order_windows', 'scatter_windows', 'split_groups', 'token_scores',
-    'window_scores'
+    'check_ratios', 'group_sizes', 'normalize_ratios', 'order_windows',
+    'split_groups', 'token_scores', 'window_scores'
 ]

@@ -1,4 +1,4 @@
-"""Window importance for MixA-Q: scores, orders, group sizes and gather/scatter.
+"""Window importance for MixA-Q: scores, orders and group sizes.
 
 A Swin stage ranks its attention windows once, from the residual stream entering
 its first block; every block of the stage then splits that order into a high-bit
@@ -309,23 +309,3 @@ def split_groups(order: Tensor, low_ratio: float,
     n_high, n_low, _ = group_sizes(order.shape[1], low_ratio, prune_ratio)
     return (order[:, :n_high], order[:, n_high:n_high + n_low],
             order[:, n_high + n_low:])
-
-
-def _batch_index(windows: Tensor, idx: Tensor) -> Tensor:
-    """(B, 1) batch indices that pair with ``idx`` (B, k) for indexing."""
-    if idx.dim() != 2 or windows.dim() < 2 or idx.shape[0] != windows.shape[0]:
-        raise ValueError(f'expected windows (B, nW, ...) and idx (B, k), got '
-                         f'{tuple(windows.shape)} and {tuple(idx.shape)}')
-    return torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
-
-
-def gather_windows(windows: Tensor, idx: Tensor) -> Tensor:
-    """Select windows per image: (B, nW, ...) and (B, k) -> (B, k, ...)."""
-    return windows[_batch_index(windows, idx), idx]
-
-
-def scatter_windows(dst: Tensor, idx: Tensor, src: Tensor) -> Tensor:
-    """Return a copy of ``dst`` (B, nW, ...) with ``src`` (B, k, ...) placed at
-    the windows ``idx`` (B, k); out of place, so gradients reach both ``dst``
-    (at the other windows) and ``src``."""
-    return dst.index_put((_batch_index(dst, idx), idx), src)
