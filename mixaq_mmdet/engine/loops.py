@@ -37,6 +37,24 @@ POLICY_SETTINGS = ('low_bit_ratios', 'prune_ratios', 'window_score', 'window_ord
                    'window_seed')
 
 
+#: Arguments of ``torch.compile`` a loop's ``compile`` dict may set.
+COMPILE_ARGS = ('fullgraph', 'dynamic', 'backend', 'mode', 'options', 'disable')
+
+
+def compile_kwargs(compile: Union[bool, Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """``torch.compile`` arguments of a ``compile`` option (None: off)."""
+    if isinstance(compile, bool):
+        return {} if compile else None
+    if not isinstance(compile, Mapping):
+        raise TypeError(f'compile must be a bool or a dict of torch.compile arguments, '
+                        f'got {compile!r}')
+    unknown = sorted(set(compile) - set(COMPILE_ARGS))
+    if unknown:
+        raise ValueError(f'compile has unknown torch.compile argument(s) {unknown}; '
+                         f'valid: {", ".join(COMPILE_ARGS)}')
+    return dict(compile)
+
+
 @LOOPS.register_module()
 class PTQLoop(TestLoop):
     """Calibrate a quantized detector on training images, then test it.
@@ -71,6 +89,12 @@ class PTQLoop(TestLoop):
             calibration images collects per-channel statistics.
         save_calibrated: write the calibrated checkpoint.
         fp16: as in TestLoop.
+        compile: evaluate with the backbone compiled by ``torch.compile`` (True,
+            or a dict of its arguments, e.g. ``dict(mode='reduce-overhead')`` for
+            CUDA graphs), after calibration or loading, like mmengine's
+            ``compile`` for training. In place (``nn.Module.compile``): the
+            state_dict keys stay. Each distinct input shape compiles once, so
+            pad the test images to one size (``Pad(size=...)``) to compile once.
     """
 
     def __init__(self,
@@ -83,6 +107,7 @@ class PTQLoop(TestLoop):
                  reparam: bool = True,
                  save_calibrated: bool = True,
                  fp16: bool = False,
+                 compile: Union[bool, Dict[str, Any]] = False,
                  scope: Optional[str] = None) -> None:
         if scope is not None:
             raise ValueError(
@@ -94,6 +119,7 @@ class PTQLoop(TestLoop):
         self.calib_seed = calib_seed
         self.reparam = reparam
         self.save_calibrated = save_calibrated
+        self.compile_kwargs = compile_kwargs(compile)
         self._calib_dataloader = calib_dataloader
         self.num_calib_images = 0
         if not quantizers_of(self.model):
@@ -120,6 +146,10 @@ class PTQLoop(TestLoop):
 
     def run(self) -> dict:
         self.prepare_model()
+        if self.compile_kwargs is not None:
+            self.model.backbone.compile(**self.compile_kwargs)
+            print_log(f'PTQ: backbone compiled with torch.compile({self.compile_kwargs})',
+                      logger='current')
         self.runner.model.eval()
         self.test_loss.clear()
         for idx, data_batch in enumerate(self.dataloader):
@@ -283,5 +313,5 @@ def _recorded_setting(checkpoint: Mapping) -> Optional[Dict[str, Any]]:
     return meta.get(META_KEY) if isinstance(meta, Mapping) else None
 
 
-__all__ = ['PTQLoop', 'META_KEY', 'STRICT_SETTINGS', 'POLICY_SETTINGS',
+__all__ = ['PTQLoop', 'compile_kwargs', 'COMPILE_ARGS', 'META_KEY', 'STRICT_SETTINGS', 'POLICY_SETTINGS',
            'check_float_checkpoint', 'check_calibrated_checkpoint']

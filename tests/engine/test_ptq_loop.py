@@ -157,6 +157,8 @@ def test_empty_and_short_calibration_sets(tiny_shapes, fp_checkpoint, tmp_path):
     (dict(calib_images=0), 'calib_images must be a positive int, got 0'),
     (dict(scope='detector'), r"test_cfg.scope='detector': the quantization scope is a "
      r"property of the model: set model=dict\(type='QuantizedDetector'"),
+    (dict(compile=dict(fullgrpah=True)), r"compile has unknown torch.compile argument\(s\) "
+     r"\['fullgrpah'\]; valid: fullgraph, dynamic, backend"),
 ])
 def test_bad_loop_settings(tiny_shapes, fp_checkpoint, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -224,6 +226,21 @@ def _calibrated_checkpoint(tiny_shapes, fp_checkpoint, work_dir, **model):
 def calibrated_w4a8(tiny_shapes, fp_checkpoint, tmp_path_factory):
     return _calibrated_checkpoint(tiny_shapes, fp_checkpoint,
                                   str(tmp_path_factory.mktemp('w4a8')))
+
+
+def test_compiled_evaluation_gives_the_eager_metrics(tiny_shapes, calibrated_w4a8, tmp_path):
+    import torch._dynamo as dynamo
+    eager = _runner(tiny_shapes, tmp_path / 'eager', calibrated_w4a8).test()
+    dynamo.reset()
+    # aot_eager: the traced graph on eager kernels, so the numbers are the same bits
+    runner = _runner(tiny_shapes, tmp_path / 'compiled', calibrated_w4a8,
+                     compile=dict(backend='aot_eager'))
+    compiled = runner.test()
+    dynamo.reset()
+    assert runner.model.backbone._compiled_call_impl is not None
+    assert compiled == eager and 'coco/bbox_mAP' in compiled
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert "backbone compiled with torch.compile({'backend': 'aot_eager'})" in log
 
 
 def test_calibrated_checkpoint_records_its_setting(calibrated_w4a8):
