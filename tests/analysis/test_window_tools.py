@@ -279,13 +279,26 @@ def test_visualizer_rejects_missing_image(checkpoint, tmp_path):
 def test_speed_benchmark_runs_tiny(tmp_path):
     out = str(tmp_path / 'speed.json')
     proc = run_tool(['benchmarks/backbone_speed.py', '--tiny', '--shapes',
-                     '64x64', '--repeats', '1', '--warmup', '0', '--threads',
-                     '1', '--calib-shape', '256x256', '--json', out])
+                     '64x64', '--batch-sizes', '1', '2', '--repeats', '1',
+                     '--warmup', '0', '--threads', '1', '--calib-shape',
+                     '256x256', '--json', out])
     result = json.load(open(out))
-    variants = [r['variant'] for r in result['rows']]
-    assert variants[0] == 'mmdet_fp' and len(variants) == 6
-    assert result['rows'][0]['ratio'] == 1.0
+    cases = {}
+    for r in result['rows']:
+        cases.setdefault((r['shape'], r['batch'], r['precision']), []).append(r)
+    assert list(cases) == [('64x64', 1, 'fp32'), ('64x64', 2, 'fp32')]
+    for rows in cases.values():
+        assert [r['variant'] for r in rows][0] == 'mmdet_fp' and len(rows) == 7
+        assert len({r['variant'] for r in rows}) == 7
+        assert rows[0]['ratio'] == 1.0
     assert all(r['median_ms'] > 0 for r in result['rows'])
-    assert {c['variant'] for c in result['checks']} == {
-        'mixaq_float', 'mixaq_float_prune0.5', 'mixaq_fq_low0.5'}
-    assert 'ratio to mmdet_fp' in proc.stdout and 'mixaq_fq_low0.5' in proc.stdout
+    # the cpu targets check batch 1 only, one limit per variant at 64x64
+    assert {c['batch'] for c in result['checks']} == {1}
+    assert sorted(c['variant'] for c in result['checks']) == [
+        'mixaq_float', 'mixaq_float_low0.5', 'mixaq_float_prune0.5',
+        'mixaq_fq_low0.5', 'mixaq_twobranch_low0.5']
+    lines = proc.stdout.splitlines()
+    assert ['shape', 'batch', 'precision', 'variant', 'median', 'ms',
+            'ratio'] in [line.split() for line in lines]
+    assert any(line.startswith('PASS') or line.startswith('FAIL')
+               for line in lines) and 'mixaq_fq_low0.5' in proc.stdout
