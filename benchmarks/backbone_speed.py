@@ -275,10 +275,9 @@ def make_runners(models: Dict[str, nn.Module],
     new_step = (torch.compiler.cudagraph_mark_step_begin
                 if device.type == 'cuda' else (lambda: None))
 
-    def eager(model: nn.Module, low: float, prune: float) -> Callable[[], float]:
+    def timed(model: nn.Module, before: Callable[[], None]) -> Callable[[], float]:
         def run() -> float:
-            if isinstance(model, MixAQSwinTransformer):
-                model.set_ratios(low, prune)
+            before()
             sync()
             start = time.perf_counter()
             model(x)
@@ -286,15 +285,14 @@ def make_runners(models: Dict[str, nn.Module],
             return (time.perf_counter() - start) * 1000.0
         return run
 
+    def eager(model: nn.Module, low: float, prune: float) -> Callable[[], float]:
+        def set_ratios() -> None:
+            if isinstance(model, MixAQSwinTransformer):
+                model.set_ratios(low, prune)
+        return timed(model, set_ratios)
+
     def compiled_run(model: nn.Module) -> Callable[[], float]:
-        def run() -> float:
-            new_step()
-            sync()
-            start = time.perf_counter()
-            model(x)
-            sync()
-            return (time.perf_counter() - start) * 1000.0
-        return run
+        return timed(model, new_step)
 
     runners = {name: eager(models[key], low, prune)
                for name, key, low, prune in VARIANTS}
