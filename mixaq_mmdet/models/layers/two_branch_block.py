@@ -163,7 +163,7 @@ class TwoBranchSwinBlock(nn.Module):
             'branches_equal', sources, lambda: all(torch.equal(a, b) for a, b in pairs)
             and not bool(self.reparam_pad.any()))
 
-    def _attention(self, x: Tensor, mask: Optional[Tensor], bias: Tensor,
+    def _attention(self, x: Tensor, mask: Optional[Tensor],
                    quant: BranchQuantizers) -> Tensor:
         """Window attention of (M, N, C) windows with (M, N, N) masks."""
         w_msa = self.attn.w_msa
@@ -172,7 +172,7 @@ class TwoBranchSwinBlock(nn.Module):
         qkv = w_msa.qkv(quant.qkv_in(x)).reshape(m, n, 3, heads, c // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = quant.qk(q * w_msa.scale, k.transpose(-2, -1))
-        attn = attn + bias.unsqueeze(0)
+        attn = attn + self.relative_position_bias().unsqueeze(0)
         if mask is not None:
             attn = attn + mask.unsqueeze(1)
         attn = w_msa.attn_drop(attn.softmax(dim=-1))
@@ -186,20 +186,21 @@ class TwoBranchSwinBlock(nn.Module):
         return self.ffn.gamma2(layers[2](layers[1](quant.fc2_in(h))))
 
     def _attention_residual(self, x: Tensor, valid: Optional[Tensor],
-                            mask: Optional[Tensor], bias: Tensor, branch: str,
+                            mask: Optional[Tensor], branch: str,
                             keep: Optional[Tensor], inplace: bool) -> Tensor:
-        """``x + attention(norm1(x))`` of one group's (k, B, N, C) windows.
+        """``x + attention(norm1(x))`` of one group's (P, Q, N, C) windows
+        (window-major or image-major), ``valid`` and ``mask`` laid out alike.
 
-        ``keep`` is the per-image DropPath scale of the residual (None:
-        identity); ``inplace`` adds into ``x`` (inference: ``x`` is a slice of
-        the gathered windows)."""
-        k, b, n, c = x.shape
-        y = self.branch_norms(branch)[0](x.view(k * b, n, c))
+        ``keep`` is the DropPath scale of the residual, broadcast to ``x``
+        (None: identity); ``inplace`` adds into ``x`` (inference: ``x`` is a
+        slice of the gathered windows)."""
+        p, q, n, c = x.shape
+        y = self.branch_norms(branch)[0](x.reshape(p * q, n, c))
         if valid is not None:
-            y = torch.where(valid.reshape(k * b, n, 1), y, self.reparam_pad)
-        y = self._attention(y, None if mask is None else mask.reshape(k * b, n, n), bias,
+            y = torch.where(valid.reshape(p * q, n, 1), y, self.reparam_pad)
+        y = self._attention(y, None if mask is None else mask.reshape(p * q, n, n),
                             self.branches[branch])
-        return _residual(x, y.view(k, b, n, c), keep, inplace)
+        return _residual(x, y.view(p, q, n, c), keep, inplace)
 
     def _ffn_residual(self, x: Tensor, branch: str, keep: Optional[Tensor],
                       inplace: bool) -> Tensor:
@@ -242,7 +243,6 @@ class TwoBranchSwinBlock(nn.Module):
         n_high, n_low, _ = group_sizes(layout.num_windows, low_ratio, prune_ratio)
         keep = (drop_path_keep(self.attn.drop, windows),
                 drop_path_keep(self.ffn.dropout_layer, windows))
-        bias = self.relative_position_bias()
         # In training every branch runs, an empty one on zero windows, so all its
         # parameters get (zero) gradients: DDP's find_unused_parameters=False
         # holds whatever the ratios of the iteration.
@@ -254,28 +254,36 @@ class TwoBranchSwinBlock(nn.Module):
                 groups.append((branch, slice(start, start + size)))
             start += size
         valid, mask = layout.valid, layout.mask
-        inplace = not torch.is_grad_enabled()
-        if inplace and self._ffn_on_real_tokens(layout, groups, x):
+        if torch.is_grad_enabled():
+            # out of place, each group's windows image-major: the rows of every
+            # product, and so the order in which weight gradients sum, are the
+            # reference block's
+            outs = []
             for branch, group in groups:
-                self._attention_residual(windows[group], valid[group],
-                                         None if mask is None else mask[group], bias,
-                                         branch, keep[0], True)
-            slots, scatter, starts = layout.real_rows()
-            rows = windows.view(-1, c).index_select(0, slots)
-            for branch, group in groups:
-                self._ffn_residual(rows[starts[group.start]:starts[group.stop]], branch,
-                                   keep[1], True)
-            return rows.index_select(0, scatter).view(b, length, c)
-        outs: List[Tensor] = []
+                y = self._attention_residual(
+                    windows[group].transpose(0, 1),
+                    None if valid is None else valid[group].transpose(0, 1),
+                    None if mask is None else mask[group].transpose(0, 1), branch,
+                    None if keep[0] is None else keep[0].transpose(0, 1), False)
+                y = self._ffn_residual(y, branch,
+                                       None if keep[1] is None else keep[1].transpose(0, 1),
+                                       False)
+                outs.append(y.transpose(0, 1))
+            return layout.scatter(torch.cat(outs + [windows[start:]]))
         for branch, group in groups:
-            y = self._attention_residual(windows[group],
-                                         None if valid is None else valid[group],
-                                         None if mask is None else mask[group], bias,
-                                         branch, keep[0], inplace)
-            outs.append(self._ffn_residual(y, branch, keep[1], inplace))
-        if not inplace:
-            windows = torch.cat(outs + [windows[start:]])
-        return layout.scatter(windows)
+            self._attention_residual(windows[group], None if valid is None else valid[group],
+                                     None if mask is None else mask[group], branch, keep[0],
+                                     True)
+        if not self._ffn_on_real_tokens(layout, groups, x):
+            for branch, group in groups:
+                self._ffn_residual(windows[group], branch, keep[1], True)
+            return layout.scatter(windows)
+        slots, scatter, starts = layout.real_rows()
+        rows = windows.view(-1, c).index_select(0, slots)
+        for branch, group in groups:
+            self._ffn_residual(rows[starts[group.start]:starts[group.stop]], branch, keep[1],
+                               True)
+        return rows.index_select(0, scatter).view(b, length, c)
 
     def _ffn_on_real_tokens(self, layout: WindowLayout, groups: List[Tuple[str, slice]],
                             x: Tensor) -> bool:
