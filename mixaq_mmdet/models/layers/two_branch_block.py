@@ -261,19 +261,14 @@ class TwoBranchSwinBlock(nn.Module):
             outs = []
             for branch, group in groups:
                 y = self._attention_residual(
-                    windows[group].transpose(0, 1),
-                    None if valid is None else valid[group].transpose(0, 1),
-                    None if mask is None else mask[group].transpose(0, 1), branch,
-                    None if keep[0] is None else keep[0].transpose(0, 1), False)
-                y = self._ffn_residual(y, branch,
-                                       None if keep[1] is None else keep[1].transpose(0, 1),
-                                       False)
-                outs.append(y.transpose(0, 1))
+                    _image_major(windows[group]), _image_major(_take(valid, group)),
+                    _image_major(_take(mask, group)), branch, _image_major(keep[0]), False)
+                y = self._ffn_residual(y, branch, _image_major(keep[1]), False)
+                outs.append(_image_major(y))
             return layout.scatter(torch.cat(outs + [windows[start:]]))
         for branch, group in groups:
-            self._attention_residual(windows[group], None if valid is None else valid[group],
-                                     None if mask is None else mask[group], branch, keep[0],
-                                     True)
+            self._attention_residual(windows[group], _take(valid, group), _take(mask, group),
+                                     branch, keep[0], True)
         if not self._ffn_on_real_tokens(layout, groups, x):
             for branch, group in groups:
                 self._ffn_residual(windows[group], branch, keep[1], True)
@@ -299,6 +294,16 @@ class TwoBranchSwinBlock(nn.Module):
             return False
         starts = layout.real_rows()[2]
         return all(starts[g.stop] - starts[g.start] >= MIN_FFN_ROWS for _, g in groups)
+
+
+def _take(t: Optional[Tensor], group: slice) -> Optional[Tensor]:
+    """The ranks ``group`` of a rank-major (nW, ...) tensor; None stays None."""
+    return None if t is None else t[group]
+
+
+def _image_major(t: Optional[Tensor]) -> Optional[Tensor]:
+    """(k, B, ...) <-> (B, k, ...), a view; None stays None."""
+    return None if t is None else t.transpose(0, 1)
 
 
 def _residual(x: Tensor, y: Tensor, keep: Optional[Tensor], inplace: bool) -> Tensor:

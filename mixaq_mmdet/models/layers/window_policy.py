@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .window_layout import padded_shape
+
 WINDOW_SCORES = ('l2', 'contrast')
 WINDOW_ORDERS = ('importance', 'random', 'reverse')
 
@@ -141,8 +143,8 @@ def window_scores(score_map: Tensor, window_size: int,
         raise ValueError(f'shift_size must be in [0, window_size={window_size})'
                          f', got {shift_size}')
     B, H, W = score_map.shape
-    pad_b = (window_size - H % window_size) % window_size
-    pad_r = (window_size - W % window_size) % window_size
+    hp, wp = padded_shape((H, W), window_size)
+    pad_b, pad_r = hp - H, wp - W
     valid = score_map.new_ones((B, H, W), dtype=torch.bool)
     score_map = F.pad(score_map, (0, pad_r, 0, pad_b))
     valid = F.pad(valid, (0, pad_r, 0, pad_b))
