@@ -313,5 +313,5 @@ def _recorded_setting(checkpoint: Mapping) -> Optional[Dict[str, Any]]:
     return meta.get(META_KEY) if isinstance(meta, Mapping) else None
 
 
-__all__ = ['PTQLoop', 'compile_kwargs', 'COMPILE_ARGS', 'META_KEY', 'STRICT_SETTINGS', 'POLICY_SETTINGS',
-           'check_float_checkpoint', 'check_calibrated_checkpoint']
+__all__ = ['PTQLoop', 'compile_kwargs', 'COMPILE_ARGS', 'META_KEY', 'STRICT_SETTINGS',
+           'POLICY_SETTINGS', 'check_float_checkpoint', 'check_calibrated_checkpoint']
