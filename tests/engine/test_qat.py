@@ -14,6 +14,7 @@ from mixaq_mmdet.engine import SAQAHook
 from mixaq_mmdet.quantization import LSQQuantizer, quantizers_of
 
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
+from ..multiprocess import free_port
 
 QAT = osp.join(REPO, 'configs/benchmark/qat')
 
@@ -213,7 +214,7 @@ def test_saqa_trains_under_ddp_with_two_gloo_processes(qat_run, tiny_shapes, tmp
     w4a4 = osp.join(qat_run[0].work_dir, 'epoch_1.pth')
     root = tiny_shapes.rstrip('/') + '/'
     proc = run_tool(['-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                     '--master_port', str(_free_port()), 'tools/train.py',
+                     '--master_port', str(free_port()), 'tools/train.py',
                      osp.join(QAT, 'qat_saqa_w4a4a2_shapes.py'), '--launcher', 'pytorch',
                      '--work-dir', str(tmp_path), '--cfg-options',
                      *data_root_options(tiny_shapes), f'load_from={w4a4}',
@@ -227,13 +228,6 @@ def test_saqa_trains_under_ddp_with_two_gloo_processes(qat_run, tiny_shapes, tmp
     assert 'Epoch(train) [2][2/2]' in log
     state = torch.load(tmp_path / 'epoch_2.pth', weights_only=False)['state_dict']
     assert any('branches.low' in k and k.endswith('.scale') for k in state)
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_non_learnable_quantizers_and_float_models_are_refused(tiny_shapes, fp_checkpoint,

@@ -1,19 +1,15 @@
 """The Two-Branch block trains like mmdet's SwinBlock: drop path, gradients, DDP."""
 import os
-import socket
-import time
-from datetime import timedelta
 
-import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from mmdet.models.backbones import SwinTransformer
 from mmengine.config import ConfigDict
 from torch.nn.parallel import DistributedDataParallel
 
 from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
 from mixaq_mmdet.quantization import enable_calibration, finish_calibration
+
+from ..multiprocess import finish_gloo, init_gloo, spawn_ranks
 
 NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
 LSQ = dict(type='LSQQuantizer', calib='percentile_mse')
@@ -137,15 +133,8 @@ def test_init_weights_keeps_the_low_copies_of_a_mixaq_checkpoint(tmp_path):
 
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
-                            world_size=2, timeout=timedelta(seconds=60))
+    init_gloo(rank, port)
     try:
         torch.manual_seed(0)
         model = MixAQSwinTransformer(**NANO, quant=True, drop_path_rate=0.2,
@@ -177,18 +166,11 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
                  if isinstance(v, torch.Tensor)}
         torch.save(state, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
-        dist.destroy_process_group()
+        finish_gloo()
 
 
 def test_two_gloo_processes_train_while_ratios_change_every_iteration(tmp_path):
-    context = mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2,
-                       join=False)
-    deadline = time.monotonic() + 300
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail('DDP training did not finish in 300 s')
+    spawn_ranks(_ddp_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
     for key, value in ranks[0].items():
         assert torch.equal(value, ranks[1][key]), key

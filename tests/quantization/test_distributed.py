@@ -1,14 +1,10 @@
 """Two gloo ranks calibrate on different data and must agree with one process on the union."""
 import os
-import socket
-import time
-from datetime import timedelta
 from typing import Dict, List
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -18,8 +14,7 @@ from mixaq_mmdet.quantization import (LogSqrt2Quantizer, LSQQuantizer, QuantLine
 from mixaq_mmdet.quantization.reparam import (ReparamTarget, record_channel_statistics,
                                               reparameterize)
 
-TIMEOUT_S = 120
-
+from ..multiprocess import finish_gloo, init_gloo, spawn_ranks
 
 def build_model() -> nn.ModuleDict:
     return nn.ModuleDict(dict(
@@ -65,14 +60,13 @@ def qparams(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
-                            world_size=2, timeout=timedelta(seconds=60))
+    init_gloo(rank, port)
     try:
         model = build_model()
         calibrate(model, rank_batches(rank), rank)
         torch.save(qparams(model), os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
-        dist.destroy_process_group()
+        finish_gloo()
 
 
 class LayerWithNorm(nn.Module):
@@ -102,28 +96,20 @@ class LayerWithNorm(nn.Module):
 def _uneven_worker(rank: int, port: int, out_dir: str) -> None:
     """Rank 1 sees no calibration data at all: it must take part in every
     collective (reparameterization ranges, weight and activation statistics)."""
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
-                            world_size=2, timeout=timedelta(seconds=60))
+    init_gloo(rank, port)
     try:
         layer = LayerWithNorm()
         layer.calibrate(rank_batches(0) if rank == 0 else [])
         torch.save(qparams(layer), os.path.join(out_dir, f'uneven{rank}.pt'))
     finally:
-        dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+        finish_gloo()
 
 
 def _qat_worker(rank: int, port: int, out_dir: str) -> None:
     """QAT as mmengine runs it: the model is wrapped in DDP and the optimizer
     built before the LSQ quantizers are calibrated (by a hook, before the first
     iteration); per-channel step sizes must already have their final shape."""
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
-                            world_size=2, timeout=timedelta(seconds=60))
+    init_gloo(rank, port)
     try:
         torch.manual_seed(0)
         lsq = dict(type='LSQQuantizer', bits=4, calib='percentile_mse')
@@ -144,22 +130,12 @@ def _qat_worker(rank: int, port: int, out_dir: str) -> None:
             optimizer.step()
         torch.save(qparams(model), os.path.join(out_dir, f'qat{rank}.pt'))
     finally:
-        dist.destroy_process_group()
-
-
-def spawn_two(worker, out_dir: str) -> None:
-    context = mp.spawn(worker, args=(free_port(), out_dir), nprocs=2, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f'distributed calibration did not finish in {TIMEOUT_S} s')
+        finish_gloo()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason='torch.distributed is not available')
 def test_per_channel_lsq_trains_under_ddp_when_calibrated_after_wrapping(tmp_path):
-    spawn_two(_qat_worker, str(tmp_path))
+    spawn_ranks(_qat_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f'qat{r}.pt') for r in range(2)]
     assert ranks[0]['0.weight_quantizer.scale'].shape == (6, )
     for key, value in ranks[0].items():
@@ -183,7 +159,7 @@ def test_per_channel_shape_is_fixed_when_the_layer_is_built():
 
 @pytest.mark.skipif(not dist.is_available(), reason='torch.distributed is not available')
 def test_a_rank_without_data_takes_part_and_agrees(tmp_path):
-    spawn_two(_uneven_worker, str(tmp_path))
+    spawn_ranks(_uneven_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f'uneven{r}.pt') for r in range(2)]
     single = LayerWithNorm()
     single.calibrate(rank_batches(0))
@@ -196,7 +172,7 @@ def test_a_rank_without_data_takes_part_and_agrees(tmp_path):
 
 @pytest.mark.skipif(not dist.is_available(), reason='torch.distributed is not available')
 def test_two_rank_calibration_equals_single_process_on_union(tmp_path):
-    spawn_two(_worker, str(tmp_path))
+    spawn_ranks(_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
 
     single = build_model()

@@ -19,6 +19,7 @@ from mixaq_mmdet.search import (Candidate, RatioEvaluator, RatioSearchSpace,
                                 uniform_ratio_at, write_searched_config)
 
 from ..conftest import REPO, ptq_options, run_tool
+from ..multiprocess import free_port
 
 PTQ = osp.join(REPO, 'configs/benchmark/ptq')
 MIXAQ = osp.join(PTQ, 'ptq_mixaq_w4a8a4_shapes.py')
@@ -224,7 +225,7 @@ def test_search_tool_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoin
     run_tool(['tools/search_ratios.py', '--work-dir', str(tmp_path / 'one')] + common)
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node',
-                           '2', '--master_port', '29531', 'tools/search_ratios.py',
+                           '2', '--master_port', str(free_port()), 'tools/search_ratios.py',
                            '--work-dir', str(tmp_path / 'two'), '--launcher', 'pytorch']
                           + common, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
