@@ -36,7 +36,9 @@ timing (compilation, CUDA graph recording), untimed.
 
 Each repeat times every row once, eager and compiled interleaved in a rotating
 order, after ``--warmup`` untimed rounds, so machine noise hits all alike; the
-table shows the median and its ratio to the reference of the same case. Fake
+table shows the median time and the median over rounds of the time's ratio to
+the reference's in the same round (a paired ratio: a slow spell of the shared
+machine slows both sides of a round, so it cancels). Fake
 quantization simulates integer arithmetic in float, so its latency is an
 overhead, not a speed-up.
 
@@ -330,19 +332,23 @@ def time_case(models: Dict[str, nn.Module], compiled: Dict[str, nn.Module],
     return times
 
 
+def paired_ratio(times: List[float], reference: List[float]) -> float:
+    """Median over rounds of ``times[r] / reference[r]``."""
+    return statistics.median(t / ref for t, ref in zip(times, reference, strict=True))
+
+
 def summarize(case: Case, times: Dict[str, List[float]]) -> List[dict]:
-    """One row per variant: median ms, its ratio to the row's reference
-    (``mmdet_fp``, or ``mmdet_fp+compile`` for compiled rows) and to eager
-    ``mmdet_fp``."""
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    """One row per variant: median ms and its paired ratio to the row's
+    reference (``mmdet_fp``, or ``mmdet_fp+compile`` for compiled rows) and to
+    eager ``mmdet_fp``."""
     rows = []
     for name, values in times.items():
         reference = REFERENCE + COMPILED if name.endswith(COMPILED) else REFERENCE
         rows.append(dict(shape=case.shape_text, batch=case.batch,
                          precision=case.precision, variant=name,
-                         reference=reference, median_ms=medians[name],
-                         ratio=medians[name] / medians[reference],
-                         ratio_to_eager=medians[name] / medians[REFERENCE],
+                         reference=reference, median_ms=statistics.median(values),
+                         ratio=paired_ratio(values, times[reference]),
+                         ratio_to_eager=paired_ratio(values, times[REFERENCE]),
                          times_ms=values))
     return rows
 

@@ -17,7 +17,7 @@ from mixaq_mmdet.analysis import (GROUP_PRUNED, PARTITIONS, draw_window_groups,
                                   window_object_labels)
 from mixaq_mmdet.models.backbones import MixAQSwinTransformer
 from mixaq_mmdet.models.layers import WindowPolicy, group_sizes
-from ..conftest import FP_BENCH_CONFIG, data_root_options, run_tool
+from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
 
 NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
             window_size=7)
@@ -302,3 +302,21 @@ def test_speed_benchmark_runs_tiny(tmp_path):
             'ratio'] in [line.split() for line in lines]
     assert any(line.startswith('PASS') or line.startswith('FAIL')
                for line in lines) and 'mixaq_fq_low0.5' in proc.stdout
+
+
+def test_speed_ratios_pair_each_round_with_its_reference():
+    """A slow spell of the machine in one round slows both sides of that round:
+    the paired ratio keeps the true 1.10x where the ratio of medians would not."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'backbone_speed', osp.join(REPO, 'benchmarks/backbone_speed.py'))
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    reference = [100.0, 300.0, 300.0, 100.0, 100.0]
+    variant = [110.0, 330.0, 330.0, 330.0, 110.0]  # round 3: the variant alone was slow
+    rows = speed.summarize(speed.Case((64, 64), 1, 'fp32'),
+                           {speed.REFERENCE: reference, 'mixaq_float': variant})
+    assert rows[1]['median_ms'] == 330.0 and rows[1]['ratio'] == pytest.approx(1.1)
+    assert rows[0]['ratio'] == 1.0
+    with pytest.raises(ValueError):
+        speed.paired_ratio(variant, reference[:4])
