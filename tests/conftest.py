@@ -70,9 +70,12 @@ def data_root_options(data_root: str) -> List[str]:
 
 
 def run_tool(args: List[str], cwd: str = REPO, timeout: int = 600,
-             check: bool = True) -> subprocess.CompletedProcess:
-    """Run a repository script with this interpreter; fail with its output."""
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='2')
+             check: bool = True, threads: int = 2) -> subprocess.CompletedProcess:
+    """Run a repository script with this interpreter; fail with its output.
+
+    ``threads``: OpenMP threads per process (1 for a launcher that starts a
+    process per core: more threads than cores make gloo's ranks crawl)."""
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

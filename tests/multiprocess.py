@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Callable
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -39,6 +40,9 @@ def finish_gloo() -> None:
 
 def _traced(rank: int, worker: Callable, port: int, out_dir: str, stack_dir: str,
             deadline: float) -> None:
+    # One thread per rank, as torch.distributed.run sets: ranks x threads beyond
+    # the cores make the busy-waiting BLAS threads starve gloo's.
+    torch.set_num_threads(1)
     with open(osp.join(stack_dir, f'rank{rank}.txt'), 'w') as stacks:
         faulthandler.dump_traceback_later(max(deadline - time.time(), 0.1), file=stacks)
         try:

@@ -222,7 +222,7 @@ def test_saqa_trains_under_ddp_with_two_gloo_processes(qat_run, tiny_shapes, tmp
                      'custom_hooks.0.calib_dataloader.num_workers=0',
                      'custom_hooks.0.calib_images=4', 'train_dataloader.batch_size=2',
                      'train_cfg.max_epochs=2', 'train_cfg.val_interval=100',
-                     'param_scheduler.0.end=1', 'param_scheduler.1.end=2'])
+                     'param_scheduler.0.end=1', 'param_scheduler.1.end=2'], threads=1)
     log = proc.stdout + proc.stderr
     assert 'QAT: calibrated 64 quantizers on 4 images' in log
     assert 'Epoch(train) [2][2/2]' in log
