@@ -17,6 +17,7 @@ from mmengine.registry import init_default_scope
 from mixaq_mmdet.datasets import generate
 
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, ptq_options, run_tool
+from ..multiprocess import free_port
 
 PTQ = osp.join(REPO, 'configs/benchmark/ptq')
 
@@ -81,7 +82,7 @@ def test_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoint, tmp_path)
         'test_cfg.calib_dataloader.batch_size=1', 'env_cfg.dist_cfg.backend=gloo']
     run_tool(['tools/test.py', config, fp_checkpoint, '--work-dir', str(tmp_path / 'one'),
               '--cfg-options', *options])
-    env = dict(os.environ, PYTHONPATH=REPO, PYTHON=sys.executable, PORT='29517',
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHON=sys.executable, PORT=str(free_port()),
                OMP_NUM_THREADS='1')
     proc = subprocess.run(['bash', 'tools/dist_test.sh', config, fp_checkpoint, '2',
                            '--work-dir', str(tmp_path / 'two'), '--cfg-options', *options],
