@@ -31,7 +31,7 @@ from mmengine.utils import ProgressBar
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 from mixaq_mmdet.analysis.plots import plot_search
 from mixaq_mmdet.engine import PTQLoop
-from mixaq_mmdet.search import (OBJECTIVES, RatioEvaluator, RatioSearchSpace,
+from mixaq_mmdet.search import (DEFAULT_SEARCH_IMAGES, OBJECTIVES, RatioEvaluator, RatioSearchSpace,
                                 check_branches_calibrated, check_targets, front_records,
                                 run_search, save_json, speedup_band, uniform_ratio_at,
                                 write_searched_config)
@@ -55,7 +55,9 @@ def parse_args() -> argparse.Namespace:
                         help='largest low-bit (and prune) ratio of the grid 0, 0.1, ...')
     parser.add_argument('--prune', action='store_true', help='search prune ratios too')
     parser.add_argument('--search-images', type=int, default=None,
-                        help='a seeded subset of the search split (default: all)')
+                        help='a seeded subset of this many images of the search split '
+                        f'(default: at most {DEFAULT_SEARCH_IMAGES}; more than the split '
+                        'has is an error)')
     parser.add_argument('--calib-low-bit-ratio', type=float, default=0.5,
                         help='low-bit ratio of every pair while calibrating an FP checkpoint')
     parser.add_argument('--no-val', action='store_true',
@@ -105,7 +107,7 @@ def search_evaluator(runner: Runner, args: argparse.Namespace) -> RatioEvaluator
     calib = set(loop.calibration_image_paths())
     dataset_cfg = runner.cfg.search_dataloader.dataset
     evaluator = RatioEvaluator(loop.model, dataset_cfg, num_images=args.search_images,
-                               seed=args.seed, exclude=calib,
+                               max_images=DEFAULT_SEARCH_IMAGES, seed=args.seed, exclude=calib,
                                batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
     val = {loop.dataloader.dataset.get_data_info(i)['img_path']
            for i in range(len(loop.dataloader.dataset))}
@@ -198,7 +200,8 @@ def main() -> None:
                    search_images=evaluator.num_images, front=front_records(result, uniform),
                    targets=[])
     if not args.no_val:
-        val = RatioEvaluator(model, runner.test_loop.dataloader.dataset,
+        # val (5000 images on COCO) is streamed, not held: two candidates per target
+        val = RatioEvaluator(model, runner.test_loop.dataloader.dataset, hold_images=False,
                              batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
     for target, point in chosen.items():
         baseline = uniform_ratio_at(evaluator, uniform / point.cost)

@@ -7,15 +7,15 @@ from .quantizers import (CALIB_METHODS, DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QU
                          PERCENTILES, LogSqrt2Quantizer, LSQQuantizer, QuantizerBase,
                          QuantizerCfg, UniformQuantizer, build_quantizer, calculate_qparams,
                          disable_quantization, enable_calibration, enable_fake_quant,
-                         fake_quantize, finish_calibration, quantizers_of, reset_statistics,
-                         set_quantizer_names)
+                         fake_quantize, finish_calibration, quantization_disabled,
+                         quantizers_of, reset_statistics, set_quantizer_names)
 
 __all__ = [
     'quantize_layers', 'ReparamTarget', 'reparameterize', 'QuantizerBase', 'UniformQuantizer', 'LSQQuantizer', 'LogSqrt2Quantizer',
     'QuantLinear', 'QuantConv2d', 'QuantMatMul', 'MinMaxObserver', 'HistogramObserver',
     'TensorObserver', 'QuantizerCfg', 'build_quantizer', 'fake_quantize',
     'enable_calibration', 'calculate_qparams', 'finish_calibration', 'enable_fake_quant',
-    'disable_quantization', 'reset_statistics',
+    'disable_quantization', 'quantization_disabled', 'reset_statistics',
     'set_quantizer_names', 'quantizers_of', 'CALIB_METHODS', 'PERCENTILES',
     'DEFAULT_WEIGHT_QUANTIZER', 'DEFAULT_ACT_QUANTIZER'
 ]

@@ -5,11 +5,12 @@ switches, a ``calibrated`` flag in the ``state_dict`` and a ``name`` for error
 messages. The module-level helpers switch every quantizer of a model at once,
 like torch.ao's ``enable_observer`` / ``enable_fake_quant`` helpers.
 """
+import contextlib
 import json
 import math
 from numbers import Integral
 from types import MappingProxyType
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -802,3 +803,18 @@ def disable_quantization(model: nn.Module) -> None:
     for quantizer in quantizers_of(model):
         quantizer.disable_observer()
         quantizer.disable_fake_quant()
+
+
+@contextlib.contextmanager
+def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in float (:func:`disable_quantization`) inside the block, each
+    quantizer's fake-quant and observer switches as they were after it."""
+    quantizers = quantizers_of(model)
+    states = [(q.fake_quant_enabled, q.observer_enabled) for q in quantizers]
+    disable_quantization(model)
+    try:
+        yield model
+    finally:
+        for quantizer, (fake_quant, observer) in zip(quantizers, states):
+            quantizer.enable_fake_quant(fake_quant)
+            quantizer.enable_observer(observer)

@@ -7,14 +7,16 @@ every pair of blocks, accuracy against BitOPs.
 """
 from .nsga import (RATIO_GRID, Candidate, Evaluation, RatioSearchSpace, SearchResult,
                    cost_range, search_ratios)
-from .evaluator import RatioEvaluator, check_branches_calibrated
+from .evaluator import (DEFAULT_REFERENCE_BUDGET_MB, DEFAULT_SEARCH_IMAGES, RatioEvaluator,
+                        check_branches_calibrated)
 from .detector_search import (OBJECTIVES, check_targets, front_records, objective_fn,
                               run_search, save_json, speedup_band, uniform_candidates,
                               uniform_ratio_at, write_searched_config)
 
 __all__ = [
     'RATIO_GRID', 'Candidate', 'Evaluation', 'RatioSearchSpace', 'SearchResult', 'cost_range',
-    'search_ratios', 'RatioEvaluator', 'check_branches_calibrated', 'OBJECTIVES',
+    'search_ratios', 'RatioEvaluator', 'check_branches_calibrated', 'DEFAULT_SEARCH_IMAGES',
+    'DEFAULT_REFERENCE_BUDGET_MB', 'OBJECTIVES',
     'check_targets', 'front_records', 'objective_fn', 'run_search', 'save_json', 'speedup_band',
     'uniform_candidates', 'uniform_ratio_at', 'write_searched_config'
 ]
