@@ -1,5 +1,4 @@
 """PTQLoop: post-training quantization as an mmengine test loop."""
-import logging
 import math
 import os.path as osp
 from typing import Any, Dict, List, Mapping, Optional, Union
@@ -16,26 +15,12 @@ from mmengine.runner.loops import _parse_losses
 from torch import nn
 from torch.utils.data import DataLoader
 
-from mixaq_mmdet.models import quant_scope, quant_setting
-from mixaq_mmdet.quantization import QuantizerBase, enable_fake_quant, quantizers_of
+from mixaq_mmdet.models import quant_setting
+from mixaq_mmdet.quantization import enable_fake_quant, quantizers_of
 from .calibration import (all_reduce_sum, build_calib_dataloader, calibrate_model,
                           check_calib_images)
-
-#: State that MixA-Q adds to a float detector (low-branch LayerNorm copies, the
-#: padding value of a folded reparameterization): absent from FP checkpoints.
-MIXAQ_ONLY_KEYS = ('_low.', '.reparam_pad')
-#: Key of the MixA-Q setting in a checkpoint's ``meta``.
-META_KEY = 'mixaq'
-#: Settings a calibrated checkpoint must share with the model that evaluates it:
-#: what each quantizer computes and where the quantizers are.
-STRICT_SETTINGS = ('w_bits', 'a_bits', 'quant_scope', 'reparam')
-#: Run-time settings of the window policy: which windows each branch computes.
-#: They may differ from those at calibration or training (set_ratios, the
-#: ablations of the window order); a difference is logged, and a branch that
-#: was never calibrated raises when reached.
-POLICY_SETTINGS = ('low_bit_ratios', 'prune_ratios', 'window_score', 'window_order',
-                   'window_seed')
-
+from .checkpoints import (META_KEY, check_base_model, check_calibrated_checkpoint,
+                          check_float_checkpoint)
 
 #: Arguments of ``torch.compile`` a loop's ``compile`` dict may set.
 COMPILE_ARGS = ('fullgraph', 'dynamic', 'backend', 'mode', 'options', 'disable')
@@ -176,6 +161,7 @@ class PTQLoop(TestLoop):
             check_calibrated_checkpoint(model, state, checkpoint, self.setting())
         else:
             check_float_checkpoint(model, state, checkpoint)
+            check_base_model(state, checkpoint, self.runner.cfg.get('base_model'))
         del state
         self.runner.call_hook('before_test')
         self.runner.call_hook('before_test_epoch')
@@ -229,89 +215,4 @@ class PTQLoop(TestLoop):
         return seen
 
 
-def _quantizer_prefixes(model: nn.Module) -> List[str]:
-    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, QuantizerBase)]
-
-
-def check_float_checkpoint(model: nn.Module, checkpoint: Mapping, path: str) -> None:
-    """Raise unless ``checkpoint`` (loaded from ``path``) holds every float
-    weight of ``model``.
-
-    mmengine loads checkpoints non-strictly, so a checkpoint of another detector
-    would otherwise leave random weights in place without an error.
-    """
-    state = checkpoint.get('state_dict', checkpoint)
-    quant_prefixes = tuple(_quantizer_prefixes(model))
-    model_state = model.state_dict()
-    expected = [k for k in model_state
-                if not k.startswith(quant_prefixes)
-                and not any(m in k for m in MIXAQ_ONLY_KEYS)]
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise ValueError(
-            f'checkpoint {path} does not fit {type(model).__name__}: '
-            f'{len(missing)} of its {len(expected)} float weights are missing '
-            f'(e.g. {", ".join(missing[:3])}); PTQ needs the FP checkpoint of the '
-            'same detector (a Swin Mask R-CNN with these settings)')
-    mismatched = [k for k in expected
-                  if tuple(state[k].shape) != tuple(model_state[k].shape)]
-    if mismatched:
-        raise ValueError(
-            f'checkpoint {path} does not fit {type(model).__name__}: '
-            f'{len(mismatched)} weights have other shapes (e.g. {mismatched[0]}: '
-            f'{tuple(state[mismatched[0]].shape)} in the checkpoint)')
-
-
-def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str,
-                                current: Mapping[str, Any]) -> None:
-    """Raise unless the calibrated ``checkpoint`` (loaded from ``path``, already
-    in ``model``) was calibrated for ``current``, the model's setting (see
-    :meth:`PTQLoop.setting`).
-
-    Each quantizer's own settings (kind, bits, granularity) were checked as it
-    loaded. Here: the checkpoint quantizes exactly the model's layers (no
-    neck/head quantizers missing or left over from another scope), and the
-    MixA-Q setting recorded in its ``meta`` agrees on :data:`STRICT_SETTINGS`.
-    Other :data:`POLICY_SETTINGS` than at calibration are logged.
-    """
-    state = checkpoint.get('state_dict', checkpoint)
-    recorded = _recorded_setting(checkpoint)
-    prefixes = _quantizer_prefixes(model)
-    saved = {k[:-len('calibrated')] for k in state if k.endswith('.calibrated')}
-    extra = sorted(saved - set(prefixes))
-    absent = [p for p in prefixes if p not in saved]
-    if extra or absent:
-        example = (f'{len(extra)} quantizers the model does not have (e.g. '
-                   f'{extra[0][:-1]})' if extra else
-                   f'no state for {len(absent)} of the model\'s quantizers (e.g. '
-                   f'{absent[0][:-1]})')
-        scope = '' if recorded is None else \
-            f" (calibrated with quant_scope={recorded.get('quant_scope')!r})"
-        raise ValueError(
-            f'calibrated checkpoint {path}{scope} does not fit the model '
-            f'(quant_scope={quant_scope(model)!r}): it has {example}; evaluate it with '
-            'the config it was calibrated with, or recalibrate from the FP checkpoint')
-    if recorded is None:
-        print_log(f'PTQ: {path} records no MixA-Q setting in its meta: the quantizers\' '
-                  'bits were checked, the ratios and window policy cannot be',
-                  logger='current', level=logging.WARNING)
-        return
-    diff = [f'{k}: checkpoint {recorded.get(k)!r}, config {current[k]!r}'
-            for k in STRICT_SETTINGS if recorded.get(k) != current[k]]
-    if diff:
-        raise ValueError(f'calibrated checkpoint {path} was calibrated for another '
-                         f'setting ({"; ".join(diff)}); evaluate it with the config it '
-                         'was calibrated with, or recalibrate from the FP checkpoint')
-    for key in POLICY_SETTINGS:
-        if recorded.get(key) != current[key]:
-            print_log(f'PTQ: {key}={current[key]!r} differs from the checkpoint\'s '
-                      f'({recorded.get(key)!r})', logger='current', level=logging.WARNING)
-
-
-def _recorded_setting(checkpoint: Mapping) -> Optional[Dict[str, Any]]:
-    meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
-    return meta.get(META_KEY) if isinstance(meta, Mapping) else None
-
-
-__all__ = ['PTQLoop', 'compile_kwargs', 'COMPILE_ARGS', 'META_KEY', 'STRICT_SETTINGS',
-           'POLICY_SETTINGS', 'check_float_checkpoint', 'check_calibrated_checkpoint']
+__all__ = ['PTQLoop', 'compile_kwargs', 'COMPILE_ARGS']

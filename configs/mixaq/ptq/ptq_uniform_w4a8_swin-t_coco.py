@@ -1,9 +1,19 @@
-# PTQ of mmdet's Swin-T Mask R-CNN on COCO, uniform W4A8 (RepQ-ViT's setting,
-# the PTQ base of MixA-Q). Calibrates on 32 train2017 images:
+# PTQ of mmdet's 3x Swin-T Mask R-CNN on COCO (the paper's FP base, 46.0 box AP),
+# uniform W4A8 (RepQ-ViT's setting, the PTQ base of MixA-Q). Calibrates on 32
+# train2017 images; the official checkpoint (or its URL, see
+# ../mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py) is checked to be that model:
 #   python tools/test.py configs/mixaq/ptq/ptq_uniform_w4a8_swin-t_coco.py \
-#       mask_rcnn_swin-t-p4-w7_fpn_1x_coco.pth
+#       mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth
 # Other bit settings inherit this file and change a few lines.
-_base_ = '../mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+_base_ = '../mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
+
+# The FP detector every MixA-Q COCO setting quantizes: an FP checkpoint whose
+# meta or release file name says it is another model (e.g. the 1x one) is
+# refused (mixaq_mmdet.engine.checkpoints.check_base_model). The AMP-trained 3x
+# release is the same model.
+base_model = ['mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco',
+              'mask-rcnn_swin-t-p4-w7_fpn_fp16_ms-crop-3x_coco',
+              'mask-rcnn_swin-t-p4-w7_fpn_amp-ms-crop-3x_coco']
 
 model = dict(
     type='QuantizedDetector',
@@ -17,7 +27,9 @@ model = dict(
         prune_ratios=0.0,
         window_score='l2',
         window_order='importance',
-        quant=True))
+        quant=True,
+        # A whole detector checkpoint follows: no ImageNet download first.
+        init_cfg=None))
 
 test_cfg = dict(
     _delete_=True,

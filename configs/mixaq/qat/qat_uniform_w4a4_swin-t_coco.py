@@ -1,9 +1,13 @@
-# QAT of mmdet's Swin-T Mask R-CNN on COCO, uniform W4A4 (the paper's QAT base,
-# LSQ step sizes for weights and activations). Starts from mmdet's trained
-# detector; the QATInitHook calibrates every quantizer on 32 train2017 images
-# before the first iteration. 8 GPUs, 2 images each:
+# QAT of mmdet's 3x Swin-T Mask R-CNN on COCO, uniform W4A4 (the paper's QAT
+# base is OFQ; here LSQ step sizes for weights and activations), 6 epochs.
+# Starts from the trained FP detector (no ImageNet download: the PTQ base sets
+# backbone.init_cfg=None, and QATInitHook refuses a run that would download);
+# the QATInitHook calibrates every quantizer on 32 train2017 images before the
+# first iteration. 8 GPUs, 2 images each:
 #   bash tools/dist_train.sh configs/mixaq/qat/qat_uniform_w4a4_swin-t_coco.py 8 \
-#       --cfg-options load_from=mask_rcnn_swin-t-p4-w7_fpn_1x_coco.pth
+#       --cfg-options load_from=mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth
+# SAQA continues this model for 6 more epochs; its same-length baseline is
+# qat_uniform_w4a4-12e_swin-t_coco.py.
 #   bash tools/dist_test.sh configs/mixaq/qat/qat_uniform_w4a4_swin-t_coco.py \
 #       work_dirs/qat_uniform_w4a4_swin-t_coco/epoch_6.pth 8
 # Other QAT settings inherit this file and change a few lines.

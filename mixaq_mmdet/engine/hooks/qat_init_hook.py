@@ -15,7 +15,8 @@ from mixaq_mmdet.models.layers import TwoBranchSwinBlock
 from mixaq_mmdet.quantization import (LSQQuantizer, UniformQuantizer, quantizers_of,
                                       set_quantizer_names)
 from ..calibration import build_calib_dataloader, calibrate_model, check_calib_images
-from ..loops import META_KEY, check_float_checkpoint
+from ..checkpoints import (META_KEY, check_base_model, check_float_checkpoint,
+                           check_no_download)
 
 Ratios = Union[float, Sequence[float]]
 #: File name of the model as initialized, before any training step.
@@ -44,6 +45,10 @@ class QATInitHook(Hook):
       values and quantize. Before that, each Two-Branch block whose low branch
       is new (all its quantizers uncalibrated) gets its low LayerNorm copies
       from the high ones: a low branch that never ran has nothing to keep;
+    - a run that loads a detector (``load_from``, ``--resume``) must not
+      download initial weights first (``init_cfg``, see
+      :func:`~mixaq_mmdet.engine.checkpoints.check_no_download`); an FP
+      ``load_from`` must be the config's ``base_model`` if it names one;
     - the ``load_from`` checkpoint must hold every float weight of the model
       (mmengine loads non-strictly: another detector's weights would otherwise
       leave random ones in place);
@@ -78,6 +83,10 @@ class QATInitHook(Hook):
         self.save_init = save_init
         self.reparam = False
 
+    def before_run(self, runner) -> None:
+        check_no_download(unwrap(runner.model), runner.cfg.get('load_from'),
+                          bool(runner.cfg.get('resume')))
+
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = unwrap(runner.model)
         path = runner._load_from or 'the resumed checkpoint'
@@ -85,6 +94,8 @@ class QATInitHook(Hook):
         recorded = (checkpoint.get('meta') or {}).get(META_KEY)
         if isinstance(recorded, Mapping):
             self.reparam = bool(recorded.get('reparam', False))
+        else:  # an FP detector: the one the config quantizes?
+            check_base_model(checkpoint, path, runner.cfg.get('base_model'))
 
     def before_train(self, runner) -> None:
         model = unwrap(runner.model)
