@@ -16,6 +16,7 @@ machine without CUDA the process group is initialized without selecting a device
 import os.path as osp
 from typing import Any, Callable, Iterable, List, Optional, Union
 
+import mmcv
 import mmengine.dist.utils as mmengine_dist_utils
 import numpy as np
 import torch
@@ -83,3 +84,39 @@ def init_dist_pytorch_without_cuda(backend: str, init_backend: str = 'torch',
 
 
 mmengine_dist_utils._init_dist_pytorch = init_dist_pytorch_without_cuda
+
+
+def check_mmcv_ops(device: Union[str, torch.device]) -> None:
+    """Raise unless mmcv was built with the ops of ``device``: a CPU-only mmcv
+    on a GPU would otherwise fail deep inside the first RoIAlign or NMS."""
+    if not str(device).startswith('cuda'):
+        return
+    from mmcv.ops import get_compiling_cuda_version
+    version = get_compiling_cuda_version()
+    if version == 'not available':
+        raise RuntimeError(
+            f'mmcv {mmcv.__version__} has no CUDA ops (mmcv.ops.get_compiling_cuda_version() '
+            f"is {version!r}) but this run is on {device}: build the environment on this "
+            'machine (rm -rf .venv && make env: tools/setup_env.sh builds mmcv with CUDA ops '
+            "where nvidia-smi is found, or with MIXAQ_CUDA=1), or run on CPU "
+            "(CUDA_VISIBLE_DEVICES='')")
+
+
+def run_mmcv_ops(device: Union[str, torch.device]) -> None:
+    """Run mmcv's NMS and RoIAlign on ``device`` and compare them with the CPU
+    (the set-up's check that the compiled ops work, not only import)."""
+    from mmcv.ops import RoIAlign, nms
+    check_mmcv_ops(device)
+    generator = torch.Generator().manual_seed(0)
+    xy = torch.rand(64, 2, generator=generator) * 100
+    boxes = torch.cat([xy, xy + 10 + 40 * torch.rand(64, 2, generator=generator)], 1)
+    scores = torch.rand(64, generator=generator)
+    feats = torch.rand(1, 8, 40, 40, generator=generator)
+    rois = torch.cat([torch.zeros(64, 1), boxes / 4], 1)
+    align = RoIAlign((7, 7), 0.25, sampling_ratio=0, aligned=True)
+    keep_cpu, keep = nms(boxes, scores, 0.5)[1], nms(boxes.to(device), scores.to(device), 0.5)[1]
+    pooled_cpu, pooled = align(feats, rois), align(feats.to(device), rois.to(device))
+    if not torch.equal(keep_cpu, keep.cpu()) or not torch.allclose(pooled_cpu, pooled.cpu(),
+                                                                    atol=1e-5):
+        raise RuntimeError(f"mmcv's NMS / RoIAlign on {device} disagree with the CPU")
+    print(f"mmcv {mmcv.__version__}: NMS and RoIAlign run on {device}")

@@ -7,8 +7,11 @@ from typing import Optional
 
 from mmdet.registry import RUNNERS
 from mmengine.config import Config, ConfigDict, DictAction
+from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.runner import Runner
+
+from mixaq_mmdet.compat import check_mmcv_ops
 
 #: mmdet 3.3.0's defaults for ``tools/test.py --tta`` when a config has none.
 DEFAULT_TTA_MODEL = dict(
@@ -82,7 +85,9 @@ def with_test_time_aug(cfg: Config) -> Config:
 
 def build_runner(cfg: Config) -> Runner:
     """Build the default runner, or the one named by ``runner_type`` in mmdet's
-    ``RUNNERS`` (which falls back to mmengine's)."""
+    ``RUNNERS`` (which falls back to mmengine's), after checking that mmcv's
+    ops run on the device the runner will use."""
+    check_mmcv_ops(get_device())
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
