@@ -2,7 +2,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
-from typing import List
+from typing import List, Optional
 
 import pytest
 
@@ -70,11 +70,15 @@ def data_root_options(data_root: str) -> List[str]:
 
 
 def run_tool(args: List[str], cwd: str = REPO, timeout: int = 600,
-             check: bool = True, threads: int = 2) -> subprocess.CompletedProcess:
+             check: bool = True, threads: Optional[int] = None) -> subprocess.CompletedProcess:
     """Run a repository script with this interpreter; fail with its output.
 
     ``threads``: OpenMP threads per process (1 for a launcher that starts a
-    process per core: more threads than cores make gloo's ranks crawl)."""
+    process per core: more threads than cores make gloo's ranks crawl); by
+    default ``$MIXAQ_TEST_TOOL_THREADS`` or 2 (set it to check that a test's
+    outcome does not depend on the tools' thread count)."""
+    if threads is None:
+        threads = int(os.environ.get('MIXAQ_TEST_TOOL_THREADS', 2))
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -1,5 +1,6 @@
 """Run a worker in gloo ranks spawned by ``torch.multiprocessing`` and fail,
 never hang, when one of them stalls."""
+import contextlib
 import faulthandler
 import os
 import os.path as osp
@@ -7,7 +8,7 @@ import socket
 import tempfile
 import time
 from datetime import timedelta
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -38,6 +39,19 @@ def finish_gloo() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One intra-op thread inside the block, as every rank runs (see ``_traced``):
+    a reference computed in the test process then rounds as the ranks do,
+    whatever thread count the test process has (OMP_NUM_THREADS, the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _traced(rank: int, worker: Callable, port: int, out_dir: str, stack_dir: str,
             deadline: float) -> None:
     # One thread per rank, as torch.distributed.run sets: ranks x threads beyond
@@ -51,19 +65,38 @@ def _traced(rank: int, worker: Callable, port: int, out_dir: str, stack_dir: str
             faulthandler.cancel_dump_traceback_later()
 
 
+#: How long past its deadline a stalled run waits for a late rank's stack dump.
+STARTUP_GRACE_S = 120
+
+
+def _stacks_dumped(context, stack_dir: str) -> bool:
+    """Whether every rank still running has written its stack dump."""
+    for rank, process in enumerate(context.processes):
+        path = osp.join(stack_dir, f'rank{rank}.txt')
+        if process.is_alive() and not (osp.exists(path) and osp.getsize(path) > 0):
+            return False
+    return True
+
+
 def spawn_ranks(worker: Callable[[int, int, str], None], out_dir: str, nprocs: int = 2,
                 timeout_s: float = 300) -> None:
     """Run ``worker(rank, port, out_dir)`` in ``nprocs`` processes.
 
     A rank that raises fails the test with its traceback (torch's
     ``ProcessRaisedException``); ranks still running after ``timeout_s`` are
-    killed and the test fails with every thread's Python stack of each rank."""
+    killed and the test fails with every thread's Python stack of each rank
+    (waiting, past ``timeout_s``, until each rank still running has dumped it)."""
     stack_dir = tempfile.mkdtemp(prefix='stacks-', dir=out_dir)
     deadline = time.time() + timeout_s  # the ranks dump their stacks then
     context = mp.spawn(_traced, args=(worker, free_port(), out_dir, stack_dir, deadline),
                        nprocs=nprocs, join=False)
     while not context.join(timeout=1):
-        if time.time() > deadline + 3:
+        # Past the deadline, wait for the stack of every rank still running: on a
+        # loaded machine a rank may start (import torch) after the deadline and
+        # dump only then, 0.1 s after it started (at most STARTUP_GRACE_S more).
+        now = time.time()
+        if now > deadline + 3 and (now > deadline + STARTUP_GRACE_S
+                                   or _stacks_dumped(context, stack_dir)):
             for process in context.processes:
                 process.kill()
             stacks = []
