@@ -39,6 +39,7 @@ import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 from mixaq_mmdet.analysis import (count_bitops, paired_difference, plot_pareto,
                                   plot_policy_curves)
 from mixaq_mmdet.datasets import generate_split
+from mixaq_mmdet.engine import prepare_test_loop
 from mixaq_mmdet.engine.hooks.qat_init_hook import INIT_CHECKPOINT
 from mixaq_mmdet.models import quant_scope
 from mixaq_mmdet.search import (Candidate, RatioEvaluator, RatioSearchSpace,
@@ -404,11 +405,7 @@ def prepare_model(cfg: Config, checkpoint: str) -> PreparedModel:
     cfg = copy.deepcopy(cfg)
     cfg.load_from, cfg.resume = checkpoint, False
     runner = Runner.from_cfg(cfg)
-    runner._test_loop = runner.build_test_loop(runner._test_loop)
-    runner.call_hook('before_run')
-    runner.load_or_resume()
-    loop = runner.test_loop
-    loop.prepare_model()
+    loop = prepare_test_loop(runner)
     val = RatioEvaluator(loop.model, loop.dataloader.dataset, batch_size=EVAL_BATCH,
                          metrics=('bbox', 'segm'))
     return PreparedModel(runner, val, loop.num_calib_images)

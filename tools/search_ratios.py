@@ -30,7 +30,7 @@ from mmengine.utils import ProgressBar
 
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 from mixaq_mmdet.analysis.plots import plot_search
-from mixaq_mmdet.engine import PTQLoop
+from mixaq_mmdet.engine import PTQLoop, prepare_test_loop
 from mixaq_mmdet.search import (DEFAULT_SEARCH_IMAGES, OBJECTIVES, RatioEvaluator, RatioSearchSpace,
                                 check_branches_calibrated, check_targets, front_records,
                                 run_search, save_json, speedup_band, uniform_ratio_at,
@@ -92,12 +92,8 @@ def prepare(args: argparse.Namespace) -> Runner:
     cfg.model.backbone.low_bit_ratios = args.calib_low_bit_ratio
     cfg.model.backbone.prune_ratios = 0.0
     cfg.load_from = args.checkpoint
-    runner = build_runner(cfg)
-    runner._test_loop = runner.build_test_loop(runner._test_loop)
-    runner.call_hook('before_run')
-    runner.load_or_resume()
-    loop: PTQLoop = runner.test_loop
-    loop.prepare_model()
+    runner = build_runner(cfg, dataloaders=['test_dataloader', 'search_dataloader'])
+    prepare_test_loop(runner)
     return runner
 
 

@@ -9,7 +9,7 @@ from mmengine.dataset import DefaultSampler
 from mmengine.dist import get_world_size, is_main_process
 from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
-from mmengine.runner import CheckpointLoader, TestLoop, save_checkpoint
+from mmengine.runner import CheckpointLoader, Runner, TestLoop, save_checkpoint
 from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
 from mmengine.runner.loops import _parse_losses
 from torch import nn
@@ -150,7 +150,7 @@ class PTQLoop(TestLoop):
         """Check the loaded checkpoint, then calibrate it (FP checkpoint, saved
         as ``calibrated.pth``) or use it as it is (calibrated checkpoint); calls
         the ``before_test`` and ``before_test_epoch`` hooks in between."""
-        checkpoint = self.runner._load_from
+        checkpoint = self.runner.cfg.get('load_from')
         if not checkpoint:
             raise ValueError('PTQ needs a checkpoint: run tools/test.py CONFIG '
                              'CHECKPOINT (load_from is not set)')
@@ -215,4 +215,19 @@ class PTQLoop(TestLoop):
         return seen
 
 
-__all__ = ['PTQLoop', 'compile_kwargs', 'COMPILE_ARGS']
+def prepare_test_loop(runner: Runner) -> PTQLoop:
+    """``runner``'s PTQ loop with its model calibrated (FP checkpoint) or checked
+    (calibrated one), ready to evaluate: what ``Runner.test`` does before the
+    loop's evaluation, for tools that evaluate the model their own way (the
+    search, the demo's rows)."""
+    loop = runner.test_loop  # mmengine builds the loop on first access
+    if not isinstance(loop, PTQLoop):
+        raise TypeError(f'test_cfg builds a {type(loop).__name__}; a quantized model needs '
+                        "test_cfg=dict(type='PTQLoop', ...)")
+    runner.call_hook('before_run')
+    runner.load_or_resume()
+    loop.prepare_model()
+    return loop
+
+
+__all__ = ['PTQLoop', 'compile_kwargs', 'prepare_test_loop', 'COMPILE_ARGS']

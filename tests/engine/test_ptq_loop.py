@@ -1,5 +1,6 @@
 """PTQ through tools/test.py: calibrate, save, evaluate; and its failure modes."""
 import json
+import math
 import os
 import os.path as osp
 import pickle
@@ -14,6 +15,7 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import init_default_scope
 
+from mixaq_mmdet.analysis import paired_difference
 from mixaq_mmdet.datasets import generate
 
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, ptq_options, run_tool
@@ -80,8 +82,10 @@ def test_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoint, tmp_path)
     config = osp.join(PTQ, 'ptq_mixaq_w4a8a4_shapes.py')
     options = ptq_options(tiny_shapes, calib_images=8) + [
         'test_cfg.calib_dataloader.batch_size=1', 'env_cfg.dist_cfg.backend=gloo']
+    # one thread, as each of the two ranks: the qparams are compared bit for bit,
+    # and a thread count of its own could round the activations differently
     run_tool(['tools/test.py', config, fp_checkpoint, '--work-dir', str(tmp_path / 'one'),
-              '--cfg-options', *options])
+              '--cfg-options', *options], threads=1)
     env = dict(os.environ, PYTHONPATH=REPO, PYTHON=sys.executable, PORT=str(free_port()),
                OMP_NUM_THREADS='1')
     proc = subprocess.run(['bash', 'tools/dist_test.sh', config, fp_checkpoint, '2',
@@ -206,7 +210,7 @@ def test_detector_scope_is_built_with_the_model_and_follows_it_to_a_device(
     assert model.rpn_head.rpn_conv.weight_quantizer.bits == 4
     assert model.neck.lateral_convs[0].conv.input_quantizer.fake_quant_enabled
     model.to('meta')
-    runner.build_test_loop(runner._test_loop)
+    runner.test_loop  # built after the move: the loop must not move anything back
     devices = {t.device.type for t in list(model.parameters()) + list(model.buffers())}
     assert devices == {'meta'}
 
@@ -378,14 +382,88 @@ def trained_small(tmp_path_factory):
     return root, osp.join(work_dir, 'epoch_8.pth')
 
 
-def test_w8a8_ptq_stays_within_one_point_of_fp(trained_small, tmp_path):
+def _neck_features(model, batch):
+    with torch.no_grad():
+        inputs = model.data_preprocessor(batch, False)['inputs']
+        return list(model.extract_feat(inputs))
+
+
+def test_w8a8_ptq_stays_close_to_fp(trained_small, tmp_path):
+    """W8A8 PTQ of a trained model computes nearly the FP function, measured so
+    that neither the machine's float rounding nor the noise of a 24-image val
+    split decides the outcome (a fixed 1-point mAP tolerance failed on one
+    machine at 37.6 FP against 36.3 W8A8).
+
+    Fidelity (the sharp check): the SQNR of the neck's features (every FPN
+    level, summed) of the calibrated W8A8 model against the FP checkpoint's,
+    per val image, ``-10 log10(mean |f_q - f_fp|^2 / |f_fp|^2)``. It covers the
+    reparameterization fold and every quantizer of the backbone. Its noise:
+    float rounding moves it by less than 1e-4 dB (1 and 2 threads agree to 4
+    decimals); six W8A8 calibrations (models of training seeds 0, 1, 2, i.e.
+    what another machine's rounding may train, and three more calibration
+    draws of model 0) measured 31.7 to 36.9 dB, mean 33.3, standard deviation
+    1.9. The threshold, 24 dB (noise power at most 0.4 % of the features'),
+    lies 5 deviations below that mean. Broken quantization falls below it:
+    W4A4 PTQ of model 0 measures 15.0 dB and W4A8 18.3 (4-bit weights; 24.6 and
+    25.2 on models 1 and 2), an uncalibrated or wrongly folded quantizer far less.
+
+    Accuracy (the task-level claim, a guard against breakage): the paired bbox
+    mAP difference W8A8 - FP on the same 24 val images (:func:`paired_difference`,
+    standard error from 5 folds of about 5 images) must lie within
+    ``4.6 * std_error + 2`` points. 4.6 is the two-sided 99 % quantile of
+    Student's t with the folds' 4 degrees of freedom (the standard error is
+    itself estimated from 5 values). The 2-point floor covers the noise the
+    folds do not see, the calibration draw and the trained model: over the four
+    calibration draws of model 0, models 1 and 2 and the failing machine's model
+    the difference was 0.01, 0.22, 0.19, 0.99, -0.26, -0.08 and -1.3 points
+    (root mean square 0.64; the floor is 3 of it). On 24 images mAP barely
+    separates moderate quantization noise (W4A4 lost 0.2 points where its SQNR
+    lost 18 dB), so this check is for a broken model (mAP near 0, from about
+    37), and the SQNR for fidelity.
+    """
     root, checkpoint = trained_small
     fp = run_tool(['tools/test.py', FP_BENCH_CONFIG, checkpoint, '--work-dir',
-                   str(tmp_path / 'fp'), '--cfg-options', *data_root_options(root)])
+                   str(tmp_path / 'fp'), '--cfg-options', *data_root_options(root),
+                   f'test_evaluator.outfile_prefix={tmp_path}/fp'])
     q = run_tool(['tools/test.py', osp.join(PTQ, 'ptq_uniform_w8a8_shapes.py'), checkpoint,
                   '--work-dir', str(tmp_path / 'w8a8'), '--cfg-options',
-                  *ptq_options(root, calib_images=16)])
+                  *ptq_options(root, calib_images=16),
+                  f'test_evaluator.outfile_prefix={tmp_path}/w8a8'])
     fp_map = _metrics(fp.stdout + fp.stderr)['coco/bbox_mAP']
     q_map = _metrics(q.stdout + q.stderr)['coco/bbox_mAP']
+    # 0.05 is far below what 8 epochs reach (about 0.37): the model detects shapes
     assert fp_map > 0.05, f'the briefly trained model must detect something ({fp_map})'
-    assert abs(fp_map - q_map) <= 0.01, (fp_map, q_map)
+
+    ann = osp.join(root, 'annotations', 'instances_val.json')
+    diff = paired_difference(ann, json.load(open(tmp_path / 'w8a8.bbox.json')),
+                             json.load(open(tmp_path / 'fp.bbox.json')))
+    # the predictions the logged mAPs came from (those are rounded to 0.001)
+    assert diff.mean == pytest.approx(100 * (q_map - fp_map), abs=0.11)
+    bound = 4.6 * diff.std_error + 2.0
+    assert abs(diff.mean) <= bound, (fp_map, q_map, diff, bound)
+
+    # fidelity: the calibrated W8A8 model, loaded as tools/test.py loads it
+    from mmengine.runner import Runner, load_checkpoint
+
+    from mixaq_mmdet.engine import prepare_test_loop
+    cfg = _config(root, 'ptq_uniform_w8a8_shapes.py')
+    cfg.work_dir, cfg.load_from = str(tmp_path / 'fidelity'), str(tmp_path / 'w8a8' /
+                                                                   'calibrated.pth')
+    loop = prepare_test_loop(Runner.from_cfg(cfg))
+    quantized = loop.model.eval()
+    init_default_scope('mmdet')
+    float_model = MODELS.build(Config.fromfile(FP_BENCH_CONFIG).model)
+    load_checkpoint(float_model, checkpoint, map_location='cpu')
+    float_model.eval()
+    ratios = []
+    for batch in loop.dataloader:
+        err = energy = 0
+        for f_q, f in zip(_neck_features(quantized, batch), _neck_features(float_model, batch)):
+            err = err + (f_q - f).double().pow(2).flatten(1).sum(1)
+            energy = energy + f.double().pow(2).flatten(1).sum(1)
+        ratios.extend((err / energy).tolist())
+    assert len(ratios) == 24
+    sqnr = -10 * math.log10(sum(ratios) / len(ratios))
+    print(f'W8A8: bbox mAP {q_map} vs FP {fp_map}, paired {diff}, bound {bound:.2f}; '
+          f'neck SQNR {sqnr:.2f} dB')
+    assert sqnr >= 24.0, (sqnr, fp_map, q_map, diff)

@@ -89,7 +89,7 @@ class QATInitHook(Hook):
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = unwrap(runner.model)
-        path = runner._load_from or 'the resumed checkpoint'
+        path = runner.cfg.get('load_from') or 'the resumed checkpoint'
         check_float_checkpoint(model, checkpoint, path)
         recorded = (checkpoint.get('meta') or {}).get(META_KEY)
         if isinstance(recorded, Mapping):
@@ -104,7 +104,7 @@ class QATInitHook(Hook):
             print_log(f'QAT: resumed at iteration {runner.iter}; quantizers as saved',
                       logger='current')
             return
-        if not runner._load_from:
+        if not runner.cfg.get('load_from'):
             print_log('QAT: no load_from checkpoint: quantizing the initial weights',
                       logger='current', level=logging.WARNING)
         new = [q for q in quantizers_of(model) if not q.is_calibrated]
