@@ -211,6 +211,9 @@ class HistogramObserver(MinMaxObserver):
     def observe(self, x: Tensor) -> None:
         if x.numel() == 0:
             return
+        # the bins are float32's exponents and mantissas (_count): a float64
+        # value that is 0 in float32 must also be 0 where zeros are binned
+        x = x.float()
         min_val, max_val = self._batch_minmax(x)
         amax = torch.maximum(min_val.abs(), max_val.abs())
         exponent = torch.where(amax > 0, torch.frexp(amax.double()).exponent.long(),

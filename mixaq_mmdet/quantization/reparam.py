@@ -115,7 +115,9 @@ def equalizing_map(lo: Tensor, hi: Tensor,
 @torch.no_grad()
 def fold_channel_map(target: ReparamTarget, r: Tensor, delta: Tensor) -> None:
     """Apply ``X~ = (X - delta) / r`` to the outputs of ``target.norms`` and undo
-    it in ``target.linear``: the float function is unchanged."""
+    it in ``target.linear``: the float function is unchanged. The map is
+    applied in the model's dtype (its statistics are float32)."""
+    r, delta = r.to(target.linear.weight), delta.to(target.linear.weight)
     for norm in target.norms:
         if norm.weight is None or norm.bias is None:
             raise ValueError(f'{norm} has no affine parameters to fold into')

@@ -17,6 +17,7 @@ from torch._dynamo.utils import counters
 from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
 from mixaq_mmdet.quantization import (build_quantizer, enable_calibration,
                                       finish_calibration)
+from .blas_rows import DTYPE, assert_same_outputs
 
 # two stages: what compiles is the same per stage, and compiling takes minutes
 ARCH = dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2), strides=(4, 2),
@@ -56,16 +57,17 @@ def test_fake_quant_backbone_is_one_graph_without_breaks():
 
 
 def test_several_compiled_models_compile_once_each_and_match_eager():
-    models = [_fake_quant_model(low_bit_ratios=0.5, prune_ratios=0.25),
-              _fake_quant_model(seed=1, a_bits=(6, 3), low_bit_ratios=[0.25, 0.5])]
+    models = [_fake_quant_model(low_bit_ratios=0.5, prune_ratios=0.25).to(DTYPE),
+              _fake_quant_model(seed=1, a_bits=(6, 3), low_bit_ratios=[0.25, 0.5]).to(DTYPE)]
     compiled = [copy.deepcopy(m) for m in models]
     for m in compiled:
         m.compile(backend='aot_eager')
-    x = torch.randn(1, 3, 97, 131)
+    x = torch.randn(1, 3, 97, 131).to(DTYPE)
     with torch.no_grad():
         for _ in range(3):
             for model, comp in zip(models, compiled):
-                assert all(torch.equal(a, b) for a, b in zip(model(x), comp(x)))
+                # compiled, the FFN runs whole windows; eager, real tokens only
+                assert_same_outputs(comp(x), model(x))
     assert counters['stats']['unique_graphs'] == 2  # one per model, never again
     assert not counters['graph_break']
 

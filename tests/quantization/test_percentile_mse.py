@@ -150,3 +150,16 @@ def test_bad_histogram_settings(kwargs):
     name, value = next(iter(kwargs.items()))
     with pytest.raises(ValueError, match=f'{name} must be an int in .*, got {value!r}'):
         HistogramObserver(**kwargs)
+
+
+def test_float64_values_that_underflow_in_float32_stay_in_the_histogram():
+    # the bins are float32's exponents and mantissas: a float64 value that is 0 in
+    # float32 must be counted as 0 (it fell outside every bin, and a negative one
+    # made bincount raise)
+    x = torch.tensor([1e-50, -1e-50, 0.01, -0.02], dtype=torch.float64)
+    obs = HistogramObserver()
+    obs.observe(x)
+    assert int(obs.hist.sum()) == 4
+    expected = HistogramObserver()
+    expected.observe(x.float())
+    assert torch.equal(obs.hist, expected.hist)
