@@ -47,7 +47,7 @@ def main() -> None:
         cfg = trigger_visualization_hook(cfg, args)
     if args.tta:
         cfg = with_test_time_aug(cfg)
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, dataloaders=['test_dataloader'])
     if args.out is not None:
         runner.test_evaluator.metrics.append(
             DumpDetResults(out_file_path=args.out))

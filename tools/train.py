@@ -41,7 +41,7 @@ def main() -> None:
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
-    build_runner(cfg).train()
+    build_runner(cfg, dataloaders=['train_dataloader', 'val_dataloader']).train()
 
 
 if __name__ == '__main__':

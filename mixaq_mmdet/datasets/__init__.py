@@ -4,5 +4,7 @@ __all__ = ['SHAPES_CLASSES', 'ShapesCocoSpec', 'generate', 'generate_split']
 from .coco_fixture import (COCO_CATEGORIES, COCO_CATEGORY_IDS, COCO_CLASSES,
                            generate_coco_fixture, generate_coco_split)
 
-__all__ += ['COCO_CATEGORIES', 'COCO_CATEGORY_IDS', 'COCO_CLASSES',
+from .layout import COCO_LAYOUT, check_dataset_files
+
+__all__ += ['COCO_LAYOUT', 'check_dataset_files', 'COCO_CATEGORIES', 'COCO_CATEGORY_IDS', 'COCO_CLASSES',
             'generate_coco_fixture', 'generate_coco_split']

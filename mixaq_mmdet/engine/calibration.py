@@ -3,6 +3,7 @@ initialization of QAT (:class:`QATInitHook`)."""
 import copy
 import logging
 import math
+import time
 from typing import Dict, List, Union
 
 import torch
@@ -13,6 +14,7 @@ from mmengine.utils import ProgressBar
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mixaq_mmdet.datasets.layout import check_dataset_files
 from mixaq_mmdet.models import quant_scope
 from mixaq_mmdet.quantization import (calculate_qparams, disable_quantization,
                                       enable_calibration, enable_fake_quant,
@@ -35,6 +37,7 @@ def build_calib_dataloader(runner, dataloader: Union[DataLoader, Dict],
         loader = dataloader
     else:
         cfg = copy.deepcopy(dataloader)
+        check_dataset_files(cfg['dataset'], 'calib_dataloader.dataset')
         try:
             cfg['dataset'] = DATASETS.build(cfg['dataset'])
         except ValueError:
@@ -72,6 +75,7 @@ def calibrate_model(model: nn.Module, dataloader: DataLoader, num_images: int,
     Returns:
         The number of images this rank observed.
     """
+    start = time.perf_counter()
     model.eval()
     available = len(dataloader.dataset)
     if available < num_images:
@@ -108,8 +112,8 @@ def calibrate_model(model: nn.Module, dataloader: DataLoader, num_images: int,
     new = len(quantizers_of(model)) - len(unreached) - len(keep)
     print_log(f'{prefix}: calibrated {new} quantizers on {total} images '
               f'({quant_scope(model)} scope, reparam={reparam}'
-              + (f', {len(keep)} calibrated ones kept' if keep else '') + ')',
-              logger='current')
+              + (f', {len(keep)} calibrated ones kept' if keep else '')
+              + f') in {time.perf_counter() - start:.1f} s', logger='current')
     if unreached:
         print_log(f'{prefix}: {len(unreached)} quantizers saw no data (e.g. low-bit '
                   'branches of pairs with low ratio 0); they stay uncalibrated and '

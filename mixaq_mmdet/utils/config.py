@@ -3,7 +3,7 @@ import argparse
 import copy
 import os
 import os.path as osp
-from typing import Optional
+from typing import Optional, Sequence
 
 from mmdet.registry import RUNNERS
 from mmengine.config import Config, ConfigDict, DictAction
@@ -12,6 +12,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mixaq_mmdet.compat import check_mmcv_ops
+from mixaq_mmdet.datasets.layout import check_dataset_files
 
 #: mmdet 3.3.0's defaults for ``tools/test.py --tta`` when a config has none.
 DEFAULT_TTA_MODEL = dict(
@@ -83,11 +84,15 @@ def with_test_time_aug(cfg: Config) -> Config:
     return cfg
 
 
-def build_runner(cfg: Config) -> Runner:
+def build_runner(cfg: Config, dataloaders: Sequence[str] = ()) -> Runner:
     """Build the default runner, or the one named by ``runner_type`` in mmdet's
     ``RUNNERS`` (which falls back to mmengine's), after checking that mmcv's
-    ops run on the device the runner will use."""
+    ops run on the device the runner will use and that the files of the
+    ``dataloaders`` the run reads (e.g. ``'test_dataloader'``) exist."""
     check_mmcv_ops(get_device())
+    for name in dataloaders:
+        if cfg.get(name) is not None:
+            check_dataset_files(cfg[name].dataset, f'{name}.dataset')
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
