@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env test demo clean
+.PHONY: env test demo smoke-coco clean
 
 env:
 	@PYTHON=$(PYTHON) tools/setup_env.sh $(VENV)
@@ -15,6 +15,10 @@ test: env
 
 demo: env
 	$(PY) tools/run_demo.py
+
+# Every configs/mixaq/ config at full size on a COCO-layout fixture (CPU).
+smoke-coco: env
+	$(PY) tools/smoke_coco.py
 
 clean:
 	rm -rf work_dirs/demo
