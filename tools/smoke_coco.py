@@ -113,7 +113,7 @@ class Result:
     count: int
     s_per_unit: Optional[float]
     calib_s: Optional[float]
-    log: str
+    log_file: str
     error: str = ''
 
 
@@ -278,6 +278,9 @@ def run_forked(target: Callable[[], None], log_file: str, timeout_s: float):
             fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
+            # the streams too: a parent's sys.stdout may be no file of fd 1 (pytest)
+            sys.stdout = open(1, 'w', buffering=1, closefd=False)
+            sys.stderr = open(2, 'w', buffering=1, closefd=False)
             target()
             code = 0
         except SystemExit as exc:

@@ -105,7 +105,7 @@ def test_smoke_coco_runs_every_config_at_full_size(tmp_path):
     # PTQ calibrated and saved; QAT resumed where the first run stopped
     assert osp.isfile(work / 'work_dirs' / 'ptq' / 'ptq_uniform_w4a8_swin-t_coco' /
                       'calibrated.pth')
-    resumed = open(results['qat/qat_uniform_w4a4_swin-t_coco --resume']['log']).read()
+    resumed = open(results['qat/qat_uniform_w4a4_swin-t_coco --resume']['log_file']).read()
     assert 'resumed at iteration 1' in resumed and 'Epoch(val) [2][1/1]' in resumed
     for name, result in results.items():
         assert result['peak_rss_mb'] > 500, name  # the model alone is ~200 MB of weights
