@@ -24,6 +24,7 @@ The speedup of a configuration is ``bitops_uniform / bitops``, where
 ``bitops_uniform`` counts the same model with every window high-bit and
 nothing pruned.
 """
+import contextlib
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ from torch.nn.modules.utils import _pair
 
 from mixaq_mmdet.models import MixAQSwinTransformer, quant_scope
 from mixaq_mmdet.models.layers import TwoBranchSwinBlock, group_sizes
-from mixaq_mmdet.quantization import QuantizerBase
+from mixaq_mmdet.quantization import QuantizerBase, quantization_disabled
 from .window_maps import block_geometry
 
 SCOPES = ('backbone', 'detector')
@@ -327,27 +328,21 @@ def _head_costs(detector: nn.Module, backbone: SwinTransformer,
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
     modes = {m: m.training for part in parts.values() for m in part.modules()}
-    switches = {q: (q.observer_enabled, q.fake_quant_enabled)
-                for part in parts.values() for q in part.modules()
-                if isinstance(q, QuantizerBase)}
-    try:
+    with contextlib.ExitStack() as stack:
         for part in parts.values():
-            part.eval()  # no BatchNorm statistics from the zero features
-        for quantizer in switches:
-            quantizer.disable_observer()
-            quantizer.disable_fake_quant()
-        if neck is not None:
-            feats = neck(feats)
-        for head in heads.values():
-            head(feats)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, training in modes.items():
-            module.training = training
-        for quantizer, (observer, fake_quant) in switches.items():
-            quantizer.enable_observer(observer)
-            quantizer.enable_fake_quant(fake_quant)
+            stack.enter_context(quantization_disabled(part))
+        try:
+            for part in parts.values():
+                part.eval()  # no BatchNorm statistics from the zero features
+            if neck is not None:
+                feats = neck(feats)
+            for head in heads.values():
+                head(feats)
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, training in modes.items():
+                module.training = training
     return costs
 
 

@@ -271,3 +271,21 @@ def test_bad_input():
         with pytest.raises(ValueError, match='two positive ints'):
             count_bitops(model, shape)
     assert isinstance(count_bitops(model, torch.Size([64, 64])), BitOpsReport)
+
+
+def test_counting_leaves_the_models_modes_and_quantizer_switches_as_they_were():
+    from mixaq_mmdet.quantization import quantizers_of
+    from ..conftest import REPO
+    cfg = Config.fromfile(f'{REPO}/configs/benchmark/ptq/ptq_uniform_w4a8_shapes.py')
+    cfg.model.quant_scope = 'detector'
+    init_default_scope('mmdet')
+    model = MODELS.build(cfg.model).train()
+    quantizers = [q for q in quantizers_of(model) if q not in set(quantizers_of(model.backbone))]
+    assert len(quantizers) > 4
+    for index, quantizer in enumerate(quantizers):  # a mix, as in the middle of calibration
+        quantizer.enable_observer(index % 2 == 0)
+        quantizer.enable_fake_quant(index % 3 == 0)
+    switches = [(q.observer_enabled, q.fake_quant_enabled) for q in quantizers]
+    count_bitops(model, (320, 320))
+    assert [(q.observer_enabled, q.fake_quant_enabled) for q in quantizers] == switches
+    assert all(m.training for m in model.modules())
