@@ -32,14 +32,13 @@ import time
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from mmengine.config import Config
-from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 from mixaq_mmdet.analysis import (count_bitops, paired_difference, plot_pareto,
                                   plot_policy_curves)
 from mixaq_mmdet.datasets import generate_split
-from mixaq_mmdet.engine import prepare_test_loop
+from mixaq_mmdet.engine import prepare_test_loop, unwrap
 from mixaq_mmdet.engine.hooks.qat_init_hook import INIT_CHECKPOINT
 from mixaq_mmdet.models import quant_scope
 from mixaq_mmdet.search import (Candidate, RatioEvaluator, RatioSearchSpace,
@@ -358,7 +357,7 @@ def run_row(row: Row, cfg: Config, checkpoint: str) -> Dict:
     runner = Runner.from_cfg(cfg)
     start = time.time()
     metrics = runner.test()
-    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    model = unwrap(runner.model)
     quantized = cfg.test_cfg.get('type') == 'PTQLoop'
     calib = runner.test_loop.num_calib_images if quantized else 0
     return row_record(row.name, model, metrics, row.model, row.base, quantized, calib,

@@ -3,8 +3,9 @@ in mmdet's registries)."""
 from .calibration import calibrate_model
 from .hooks import BitOpsHook, QATInitHook, RandomStateHook, SAQAHook
 from .loops import PTQLoop, prepare_test_loop
+from .model_wrappers import unwrap
 from .optim_constructor import QATOptimWrapperConstructor
 from .ratio_sampling import sample_uniform_sum_ratios
 
 __all__ = ['PTQLoop', 'prepare_test_loop', 'BitOpsHook', 'QATInitHook', 'RandomStateHook', 'SAQAHook',
-           'QATOptimWrapperConstructor', 'calibrate_model', 'sample_uniform_sum_ratios']
+           'QATOptimWrapperConstructor', 'calibrate_model', 'sample_uniform_sum_ratios', 'unwrap']

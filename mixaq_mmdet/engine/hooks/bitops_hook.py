@@ -4,9 +4,9 @@ from typing import List, Optional, Sequence, Tuple
 from mmdet.registry import HOOKS
 from mmengine.dist import all_gather_object
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from mixaq_mmdet.analysis import SCOPES, average_speedup, count_bitops
+from ..model_wrappers import unwrap
 
 
 @HOOKS.register_module()
@@ -50,8 +50,7 @@ class BitOpsHook(Hook):
         shapes = [s for rank in all_gather_object(self._shapes) for s in rank]
         if not shapes:
             return
-        model = runner.model.module if is_model_wrapper(runner.model) \
-            else runner.model
+        model = unwrap(runner.model)
         stats = average_speedup(model, shapes, self.scope)
         values = {
             'mixaq/bitops_speedup': round(stats.mean, 4),

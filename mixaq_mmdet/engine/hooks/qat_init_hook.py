@@ -6,7 +6,6 @@ import torch
 from mmdet.registry import HOOKS
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -15,17 +14,13 @@ from mixaq_mmdet.models.layers import TwoBranchSwinBlock
 from mixaq_mmdet.quantization import (LSQQuantizer, UniformQuantizer, quantizers_of,
                                       set_quantizer_names)
 from ..calibration import build_calib_dataloader, calibrate_model, check_calib_images
+from ..model_wrappers import unwrap
 from ..checkpoints import (META_KEY, check_base_model, check_float_checkpoint,
                            check_no_download)
 
 Ratios = Union[float, Sequence[float]]
 #: File name of the model as initialized, before any training step.
 INIT_CHECKPOINT = 'qat_init.pth'
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The detector inside a DDP (or other) wrapper."""
-    return model.module if is_model_wrapper(model) else model
 
 
 @HOOKS.register_module()

@@ -9,7 +9,7 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 #: Key of the saved generator states in a checkpoint's ``meta``.
-META_KEY = 'random_state'
+RANDOM_STATE_META_KEY = 'random_state'
 
 
 @HOOKS.register_module()
@@ -35,10 +35,10 @@ class RandomStateHook(Hook):
                      torch=torch.get_rng_state())
         if torch.cuda.is_available():
             state['cuda'] = torch.cuda.get_rng_state_all()
-        checkpoint.setdefault('meta', {})[META_KEY] = state
+        checkpoint.setdefault('meta', {})[RANDOM_STATE_META_KEY] = state
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        self._loaded = (checkpoint.get('meta') or {}).get(META_KEY)
+        self._loaded = (checkpoint.get('meta') or {}).get(RANDOM_STATE_META_KEY)
 
     def before_train(self, runner) -> None:
         state, self._loaded = self._loaded, None

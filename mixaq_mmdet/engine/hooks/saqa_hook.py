@@ -7,7 +7,7 @@ from mmengine.logging import print_log
 
 from mixaq_mmdet.quantization import quantizers_of
 from ..ratio_sampling import MAX_RATIO, sample_uniform_sum_ratios
-from .qat_init_hook import unwrap
+from ..model_wrappers import unwrap
 
 
 @HOOKS.register_module()
