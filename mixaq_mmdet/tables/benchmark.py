@@ -1,0 +1,156 @@
+"""The embedded benchmark's table (``make demo``): the nano Swin Mask R-CNN on
+the shapes data at 320x320, PTQ and QAT rows, the window-policy sweep, two
+ratio searches and the paper's claims on them."""
+import os.path as osp
+from typing import Dict, Optional, Sequence, Tuple
+
+from ..analysis import plot_policy_curves
+from .rows import Options, Row, Search, Table, Target, Training
+
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+FP_CONFIG = 'mask-rcnn_swin-nano-p4-w7_fpn_shapes.py'
+PTQ_BASE, QAT_BASE = 'uniform_w4a8', 'qat_uniform_w4a4'
+SAQA = 'qat/qat_saqa_w4a4a2_shapes.py'
+#: Low-bit ratios of the QAT rows: BitOPs speedups over uniform W4A4 of about
+#: 1.25x and 1.35x (1.245x, 1.337x at 320x320), and 1.53x with prune 0.2.
+RATIO_125, RATIO_135 = 0.49, 0.55
+#: Window orders of the sweeps: label, score, order. 'random' and 'reverse'
+#: use the 'contrast' score (the one the MixA-Q rows use on the benchmark).
+ORDERS: Tuple[Tuple[str, str, str], ...] = (
+    ('l2', 'l2', 'importance'), ('contrast', 'contrast', 'importance'),
+    ('random', 'contrast', 'random'), ('reverse', 'contrast', 'reverse'))
+#: The sweeps calibrate every pair at this low-bit ratio (both branches see data).
+CALIB_RATIO = 0.5
+#: Low-bit ratio of W4 A8/A2 at 1.35x over W4A8 (320x320).
+RATIO_A2_135 = 0.42
+#: The sweeps: row prefix, config, base row, low-bit ratios evaluated.
+SWEEPS: Tuple[Tuple[str, str, str, Tuple[float, ...]], ...] = (
+    ('policy_w4a8a2', 'ptq/ptq_mixaq_w4a8a2_shapes.py', PTQ_BASE,
+     (0.25, RATIO_A2_135, 0.5, 0.75)),
+    ('policy_w4a4a2', 'ptq/ptq_mixaq_w4a4a2_shapes.py', 'uniform_w4a4', (0.5, )),
+)
+
+
+def at(low: float, prune: float = 0.0, order: Optional[str] = None,
+       score: Optional[str] = None) -> Options:
+    """Options of a row evaluated at ``low`` / ``prune`` ratios on every pair."""
+    options = [('model.backbone.low_bit_ratios', low), ('model.backbone.prune_ratios', prune)]
+    if order:
+        options.append(('model.backbone.window_order', order))
+    if score:
+        options.append(('model.backbone.window_score', score))
+    return tuple(options)
+
+
+def sweep_rows() -> Tuple[Row, ...]:
+    """``<prefix>_<order>_<ratio>``: each order calibrated once at
+    :data:`CALIB_RATIO`, then evaluated at each ratio (same on every pair)."""
+    rows = []
+    for prefix, config, base, ratios in SWEEPS:
+        for label, score, order in ORDERS:
+            calib = (('model.backbone.window_score', score),
+                     ('model.backbone.window_order', order),
+                     ('model.backbone.low_bit_ratios', CALIB_RATIO))
+            rows += [Row(f'{prefix}_{label}_{ratio:g}', config, 'fp', base,
+                         options=(('model.backbone.low_bit_ratios', ratio), ),
+                         calibration=f'{prefix}_{label}', calib_options=calib, plotted=False)
+                     for ratio in ratios]
+    return tuple(rows)
+
+
+def plot_policy(rows: Sequence[Dict], out_file: str) -> None:
+    """bbox mAP against speedup over W4A8 along the low-bit ratio of the W4
+    A8/A2 sweep, one line per window order from uniform W4A8 (ratio 0) to
+    uniform W4A2 (ratio 1); the uniform bit widths and the searched point."""
+    by_name = {r['name']: r for r in rows if r.get('speedup')}
+    prefix, _, _, ratios = SWEEPS[0]
+    ends = [by_name[n] for n in (PTQ_BASE, 'uniform_w4a2') if n in by_name]
+    curves = {}
+    for label, score, order in ORDERS:
+        points = [by_name[f'{prefix}_{label}_{r:g}'] for r in ratios
+                  if f'{prefix}_{label}_{r:g}' in by_name]
+        if points:
+            name = f'{score}/{order}' if order != 'importance' else f'{score} (importance)'
+            curves[name] = [(r['speedup'], r['bbox_mAP']) for r in ends[:1] + points + ends[1:]]
+    singles = [(n, by_name[n]['speedup'], by_name[n]['bbox_mAP'])
+               for n in ('uniform_w4a8', 'uniform_w4a6', 'uniform_w4a4', 'uniform_w4a3',
+                         'uniform_w4a2', 'search_1.35x') if n in by_name]
+    if curves:
+        plot_policy_curves(curves, singles, out_file,
+                           title='Window policy, PTQ W4 A8/A2 (val, 320x320)',
+                           xlabel=f'BitOPs speedup over {PTQ_BASE}')
+
+
+def _ptq(name: str) -> Row:
+    return Row(name, f'ptq/ptq_{name}_shapes.py', 'fp', PTQ_BASE)
+
+
+BENCHMARK = Table(
+    name='benchmark',
+    title='the embedded benchmark (val, 320x320)',
+    config_root=osp.join(REPO, 'configs', 'benchmark'),
+    data_root='data/shapes_coco',
+    ann_files={split: f'annotations/instances_{split}.json'
+               for split in ('train', 'val', 'search')},
+    img_shape=(320, 320),
+    eval_batch=8,
+    trainings=(
+        Training('fp', FP_CONFIG),
+        Training('qat_uniform_w4a4', 'qat/qat_uniform_w4a4_shapes.py', 'fp'),
+        Training('qat_uniform_w4a3', 'qat/qat_uniform_w4a3_shapes.py', 'fp'),
+        Training('qat_saqa_w4a4a2', SAQA, 'qat_uniform_w4a4'),
+        Training('qat_saqa_prune_w4a4a2', 'qat/qat_saqa_prune_w4a4a2_shapes.py',
+                 'qat_uniform_w4a4'),
+    ),
+    rows=(
+        Row('fp', FP_CONFIG, 'fp', PTQ_BASE),
+        *(_ptq(f'uniform_{bits}') for bits in ('w8a8', 'w4a8', 'w4a6', 'w4a4', 'w4a3', 'w4a2')),
+        _ptq('mixaq_w4a8a4'),
+        _ptq('mixaq_w4a8a4_prune'),
+        Row('qat_uniform_w4a4', 'qat/qat_uniform_w4a4_shapes.py', 'qat_uniform_w4a4', QAT_BASE),
+        Row('qat_uniform_w4a3', 'qat/qat_uniform_w4a3_shapes.py', 'qat_uniform_w4a3', QAT_BASE),
+        Row('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2', QAT_BASE),
+        Row('qat_mixaq_w4a4a2_1.25x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_125)),
+        Row('qat_mixaq_w4a4a2_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135)),
+        Row('qat_mixaq_prune_1.5x', 'qat/qat_saqa_prune_w4a4a2_shapes.py',
+            'qat_saqa_prune_w4a4a2', QAT_BASE, at(0.5, 0.2)),
+        Row('qat_no_saqa_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135), init=True),
+        Row('qat_mixaq_l2_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135, score='l2')),
+        Row('qat_mixaq_random_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE,
+            at(RATIO_135, order='random')),
+        Row('qat_mixaq_reverse_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE,
+            at(RATIO_135, order='reverse')),
+        *sweep_rows(),
+    ),
+    searches=(
+        Search('search', 'ptq/ptq_mixaq_w4a8a2_shapes.py', 'fp', PTQ_BASE, (1.35, ),
+               uniform_name='uniform_ratio',
+               calib_options=(('model.backbone.low_bit_ratios', CALIB_RATIO), )),
+        Search('qat_search', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, (1.35, ),
+               uniform_name='qat_uniform_ratio'),
+    ),
+    targets=(
+        Target('PTQ A8/A2 1.35x: contrast order above random, beyond noise',
+               'policy_w4a8a2_contrast_0.42', 'policy_w4a8a2_random_0.42', 'noise'),
+        Target('PTQ A8/A2 1.35x: contrast order above its reverse, beyond noise',
+               'policy_w4a8a2_contrast_0.42', 'policy_w4a8a2_reverse_0.42', 'noise'),
+        Target('PTQ A8/A2 1.35x: searched ratios not worse than one ratio for all pairs',
+               'search_1.35x', 'uniform_ratio_1.35x', 'not_worse'),
+        Target('QAT A4/A2 1.35x: searched ratios not worse than one ratio for all pairs',
+               'qat_search_1.35x', 'qat_uniform_ratio_1.35x', 'not_worse'),
+        Target('SAQA, every window high-bit >= uniform W4A4 QAT', 'qat_saqa_all_high',
+               'qat_uniform_w4a4', 'ge'),
+        Target('MixA-Q 1.25x within 0.5 of uniform W4A4 QAT', 'qat_mixaq_w4a4a2_1.25x',
+               'qat_uniform_w4a4', 'within'),
+        Target('MixA-Q 1.35x above uniform W4A3 QAT (same cost)', 'qat_mixaq_w4a4a2_1.35x',
+               'qat_uniform_w4a3', 'gt'),
+        Target('1.35x: importance order above random, beyond noise', 'qat_mixaq_w4a4a2_1.35x',
+               'qat_mixaq_random_1.35x', 'noise'),
+        Target('1.35x: importance order above reverse, beyond noise', 'qat_mixaq_w4a4a2_1.35x',
+               'qat_mixaq_reverse_1.35x', 'noise'),
+        Target('1.35x: SAQA above the same ratios without SAQA', 'qat_mixaq_w4a4a2_1.35x',
+               'qat_no_saqa_1.35x', 'gt'),
+    ),
+    plots={'PTQ': (PTQ_BASE, 'pareto.png'), 'QAT': (QAT_BASE, 'pareto_qat.png')},
+    extra_plots=((plot_policy, 'policy_curve.png'), ),
+)

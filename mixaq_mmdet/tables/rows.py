@@ -1,0 +1,179 @@
+"""A results table as data: the models it trains, the rows it evaluates, the
+ratio searches it runs and the claims it checks between rows.
+
+A table names configs relative to its ``config_root`` and models by the name of
+a :class:`Training`; nothing here runs anything (:mod:`.runner` does).
+"""
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+
+#: Config overrides as ``(dotted key, value)`` pairs, mmengine's ``--cfg-options``.
+Options = Tuple[Tuple[str, Any], ...]
+
+#: How a target compares row A with row B on bbox mAP: 'ge' (A >= B), 'gt'
+#: (A > B), 'within' (|A - B| <= 0.5 points), 'noise' (A - B above twice its
+#: standard error on val), 'not_worse' (A - B above minus twice it).
+TARGET_TESTS = ('ge', 'gt', 'within', 'noise', 'not_worse')
+
+
+@dataclass(frozen=True)
+class Training:
+    """A model of the table: ``config`` trained from the final checkpoint of
+    the training ``parent`` (None: from the config's own initialization), or,
+    with ``checkpoint``, a given checkpoint (a file or URL) that is not trained."""
+    name: str
+    config: str
+    parent: Optional[str] = None
+    checkpoint: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Row:
+    """``config`` with ``options`` evaluated on val on the training ``model``'s
+    final checkpoint (``init``: its QAT initialization, ``qat_init.pth``).
+
+    A PTQ row calibrates the FP model. With ``calibration`` (a name, also its
+    folder) it calibrates at ``calib_options`` instead and is evaluated at the
+    ratios of ``options``; the rows naming one calibration share it. The speedup
+    is the BitOPs of the row ``base`` over the row's own.
+    """
+    name: str
+    config: str
+    model: str
+    base: str
+    options: Options = ()
+    calibration: Optional[str] = None
+    calib_options: Options = ()
+    init: bool = False
+    plotted: bool = True  # a point of the table's Pareto plots
+
+
+class SearchSettings(NamedTuple):
+    """NSGA-II's population and generations, and the search images."""
+    pop: int
+    gens: int
+    images: int
+
+
+@dataclass(frozen=True)
+class Search:
+    """Per-pair ratios searched by NSGA-II on the search split of ``config``
+    (the ``model``'s checkpoint, calibrated at ``calib_options`` if it is FP)
+    for each speedup of ``targets``: rows ``<name>_<target>x`` at the searched
+    ratios and, with ``uniform_name``, ``<uniform_name>_<target>x`` at one
+    ratio on every pair of equal or lower speedup."""
+    name: str
+    config: str
+    model: str
+    base: str
+    targets: Tuple[float, ...]
+    uniform_name: Optional[str] = None
+    objective: str = 'proxy'
+    prune: bool = False
+    calib_options: Options = ()
+
+    def row_names(self) -> Tuple[str, ...]:
+        """The rows of the search, in the order they are computed."""
+        names = tuple(f'{self.name}_{t:g}x' for t in self.targets)
+        if self.uniform_name:
+            names += tuple(f'{self.uniform_name}_{t:g}x' for t in self.targets)
+        return names
+
+    @property
+    def folder(self) -> str:
+        """The search's work folder, e.g. ``search_1.35x``."""
+        return self.name + '_' + '_'.join(f'{t:g}x' for t in self.targets)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A claim: row ``a`` against row ``b`` by ``test`` (:data:`TARGET_TESTS`)."""
+    claim: str
+    a: str
+    b: str
+    test: str
+
+    def __post_init__(self) -> None:
+        if self.test not in TARGET_TESTS:
+            raise ValueError(f'target {self.claim!r}: test {self.test!r} is not one of '
+                             f'{TARGET_TESTS}')
+
+
+@dataclass(frozen=True)
+class Table:
+    """Everything a table runs. ``ann_files`` are the annotation files of the
+    'train', 'val' (and 'search') splits under ``data_root``, the data part of
+    the rows' keys; ``img_shape`` is the network input the BitOPs
+    are counted at; ``plots`` maps a method ('PTQ', 'QAT') to its base row and
+    the Pareto plot's file name; ``extra_plots`` are (function of the rows and
+    a file, file name) pairs; ``search_settings`` the searches' defaults."""
+    name: str
+    title: str
+    config_root: str
+    data_root: str
+    ann_files: Dict[str, str]
+    img_shape: Tuple[int, int]
+    trainings: Tuple[Training, ...]
+    rows: Tuple[Row, ...]
+    searches: Tuple[Search, ...] = ()
+    targets: Tuple[Target, ...] = ()
+    plots: Dict[str, Tuple[str, str]] = field(default_factory=dict)
+    extra_plots: Tuple[Tuple[Callable[[Sequence[Dict], str], None], str], ...] = ()
+    eval_batch: int = 1
+    search_settings: SearchSettings = SearchSettings(pop=12, gens=5, images=24)
+    search_tolerance: float = 0.02
+
+    def __post_init__(self) -> None:
+        trainings = {t.name for t in self.trainings}
+        names = [r.name for r in self.rows] + [n for s in self.searches for n in s.row_names()]
+        if len(set(names)) != len(names):
+            raise ValueError(f'table {self.name}: row names repeat: '
+                             f'{sorted(n for n in set(names) if names.count(n) > 1)}')
+        before = set()
+        for training in self.trainings:
+            if training.parent is not None and training.parent not in before:
+                raise ValueError(f'table {self.name}: training {training.name} continues '
+                                 f'{training.parent!r}, which is not a training listed '
+                                 f'before it ({sorted(before)})')
+            before.add(training.name)
+        for item in self.rows + self.searches:
+            if item.model not in trainings:
+                raise ValueError(f'table {self.name}: {item.name} uses model {item.model!r}, '
+                                 f'not one of the trainings {sorted(trainings)}')
+        calibrations: Dict[str, Row] = {}
+        for row in self.rows:
+            if row.calibration is None:
+                continue
+            first = calibrations.setdefault(row.calibration, row)
+            if (first.config, first.model, first.calib_options) != (
+                    row.config, row.model, row.calib_options):
+                raise ValueError(f'table {self.name}: rows {first.name} and {row.name} share '
+                                 f'calibration {row.calibration!r} but not its config, model '
+                                 'and calibration options')
+        missing = sorted({'train', 'val'} - set(self.ann_files))
+        if missing or (self.searches and 'search' not in self.ann_files):
+            splits = 'train, val' + (' and search' if self.searches else '')
+            raise ValueError(f'table {self.name}: ann_files needs the splits {splits}; '
+                             f'has {sorted(self.ann_files)}')
+        for target in self.targets:
+            for name in (target.a, target.b):
+                if name not in names:
+                    raise ValueError(f'table {self.name}: target {target.claim!r} names '
+                                     f'row {name!r}, which the table does not have')
+
+    @property
+    def row_names(self) -> Tuple[str, ...]:
+        return tuple(r.name for r in self.rows) + tuple(
+            n for s in self.searches for n in s.row_names())
+
+    def training(self, name: str) -> Training:
+        return next(t for t in self.trainings if t.name == name)
+
+    def needed_trainings(self, rows: Sequence[str]) -> Tuple[str, ...]:
+        """The trainings the rows ``rows`` need, parents first."""
+        needed = {r.model for r in self.rows if r.name in rows}
+        needed.update(s.model for s in self.searches if set(s.row_names()) & set(rows))
+        for training in reversed(self.trainings):
+            if training.name in needed and training.parent:
+                needed.add(training.parent)
+        return tuple(t.name for t in self.trainings if t.name in needed)

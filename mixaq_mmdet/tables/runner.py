@@ -1,0 +1,263 @@
+"""One runner for every table: train what the asked-for rows need, evaluate
+the rows, run the searches, reuse what is unchanged, check the claims."""
+import os
+import os.path as osp
+import shlex
+import shutil
+import time
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from ..engine.hooks.qat_init_hook import INIT_CHECKPOINT
+from ..search import Candidate
+from .cache import ResultStore, files_digest, fingerprint, package_digest
+from .configs import ConfigOptions, TableConfig
+from .executors import (LaunchExecutor, LocalExecutor, calibration_images, test_args,
+                        tool_command)
+from .report import add_speedups, compare
+from .rows import Row, Search, SearchSettings, Table
+
+Executor = Union[LocalExecutor, LaunchExecutor]
+#: Where a training records the key of the inputs it was trained from, and the
+#: commands that trained it (one a line: a resumed run adds one).
+TRAINING_KEY_FILE = 'table_inputs.txt'
+TRAINING_COMMANDS_FILE = 'table_commands.txt'
+PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+class TableRunner:
+    """Runs ``table`` into ``work_dir`` on the data under ``data_root``.
+
+    A training is reused while its config, its parent checkpoint's content and
+    the training annotations are unchanged (the package code is not part of its
+    key: retraining is what costs); an interrupted training resumes. A row is
+    reused from ``results.json`` while its config, checkpoint, package code and
+    data are unchanged; rows not in ``rows`` keep their previous result (marked
+    stale if their inputs changed). ``options`` adds overrides to every config
+    (a quick run's epochs or image counts); ``checkpoints`` replaces the given
+    checkpoint of a training (the COCO FP model: a URL or a local file);
+    ``search`` the table's search settings.
+    """
+
+    def __init__(self, table: Table, work_dir: str, executor: Executor,
+                 data_root: Optional[str] = None, rows: Optional[Sequence[str]] = None,
+                 options: Optional[ConfigOptions] = None,
+                 checkpoints: Optional[Dict[str, str]] = None,
+                 search: Optional[SearchSettings] = None) -> None:
+        unknown = sorted(set(rows or ()) - set(table.row_names))
+        if unknown:
+            raise ValueError(f'table {table.name} has no rows {unknown}; rows: '
+                             + ', '.join(table.row_names))
+        self.table, self.work_dir, self.executor = table, osp.abspath(work_dir), executor
+        # the tools run in the repository: a data root given elsewhere is made absolute
+        self.data_root = osp.abspath(data_root) if data_root else table.data_root
+        self.wanted = list(rows) if rows else list(table.row_names)
+        self.options = options
+        self.given = {name: path if '://' in path else osp.abspath(path)
+                      for name, path in (checkpoints or {}).items()}
+        self.search_settings = search or table.search_settings
+        self.store = ResultStore(osp.join(self.work_dir, 'results.json'))
+        self.dry_run = executor.dry_run
+
+    def config(self, config: str, work_dir: str, options=()) -> TableConfig:
+        return TableConfig(osp.join(self.table.config_root, config), work_dir, self.data_root,
+                           tuple(options), self.options)
+
+    def data_version(self, splits: Sequence[str]) -> str:
+        if self.dry_run:
+            return 'dry-run'
+        return files_digest([osp.join(self.data_root, self.table.ann_files[s]) for s in splits],
+                            self.data_root)
+
+    def key(self, tc: TableConfig, checkpoint: Optional[str], versions: str) -> Optional[str]:
+        if self.dry_run or (checkpoint and '://' not in checkpoint
+                            and not osp.isfile(checkpoint)):
+            return None
+        return fingerprint(tc.cfg, checkpoint, versions, self.work_dir)
+
+    def run(self) -> Tuple[List[Dict], List[Dict]]:
+        """Compute the asked-for rows; return every row (with its speedup) and
+        the table's claims checked on them, both also in ``results.json``."""
+        checkpoints = self.train()
+        versions = f"{package_digest(PACKAGE) if not self.dry_run else ''}:" \
+                   f"{self.data_version(('train', 'val'))}"
+        for row in self.table.rows:
+            self.run_row(row, checkpoints, versions)
+        for search in self.table.searches:
+            self.run_search(search, checkpoints, versions)
+        rows = self.store.rows
+        if self.dry_run:
+            return rows, []
+        add_speedups(rows)
+        targets = compare(
+            self.table.targets, rows, self.row_dir,
+            osp.join(self.data_root, self.table.ann_files['val']))
+        self.store.save(targets=targets, trainings=self.training_records(checkpoints))
+        return rows, targets
+
+    def training_records(self, checkpoints: Dict[str, str]) -> Dict[str, Dict]:
+        """Each model's checkpoint and the commands that trained it (none: given)."""
+        records = {}
+        for name, checkpoint in checkpoints.items():
+            path = osp.join(osp.dirname(checkpoint), TRAINING_COMMANDS_FILE)
+            commands = []
+            if '://' not in checkpoint and osp.isfile(path):
+                with open(path) as f:
+                    commands = f.read().splitlines()
+            records[name] = dict(checkpoint=checkpoint, commands=commands)
+        return records
+
+    def train(self) -> Dict[str, str]:
+        """The final checkpoint of every training (trained if a wanted row needs it)."""
+        checkpoints: Dict[str, str] = {}
+        needed = self.table.needed_trainings(self.wanted)
+        train_data = self.data_version(('train', ))  # models never see val
+        for training in self.table.trainings:
+            if training.checkpoint is not None:
+                checkpoints[training.name] = self.given.get(training.name, training.checkpoint)
+                continue
+            tc = self.config(training.config, osp.join(self.work_dir, training.name))
+            final = osp.join(tc.work_dir, f'epoch_{tc.cfg.train_cfg.max_epochs}.pth')
+            checkpoints[training.name] = final
+            if training.name in needed:
+                parent = checkpoints.get(training.parent)
+                self.ensure_trained(training.name, tc, parent, final, train_data)
+        return checkpoints
+
+    def ensure_trained(self, name: str, tc: TableConfig, parent: Optional[str], final: str,
+                       train_data: str) -> None:
+        """Train ``tc`` from ``parent`` unless ``final`` exists for the same
+        inputs; an interrupted run with the same inputs resumes."""
+        record = osp.join(tc.work_dir, TRAINING_KEY_FILE)
+        if self.dry_run:
+            self.executor.train(tc, parent, resume=False)
+            return
+        cfg = tc.cfg.copy()
+        cfg.pop('search_dataloader', None)  # training never reads the search split
+        key = fingerprint(cfg, parent, train_data, self.work_dir)
+        recorded = open(record).read() if osp.isfile(record) else None
+        if osp.isfile(final) and recorded == key:
+            print(f'[table] {name}: {final} (cached)')
+            return
+        if recorded is not None and recorded != key:
+            print(f'[table] {name}: config, parent checkpoint or data changed; training anew')
+            shutil.rmtree(tc.work_dir)
+        os.makedirs(tc.work_dir, exist_ok=True)
+        with open(record, 'w') as f:
+            f.write(key)
+        resume = osp.isfile(osp.join(tc.work_dir, 'last_checkpoint'))
+        print(f'[table] {name}: training {osp.relpath(tc.path, self.table.config_root)} into '
+              f'{tc.work_dir}' + (f' from {parent}' if parent else '')
+              + (' (resuming)' if resume else ''))
+        start = time.time()
+        commands = self.executor.train(tc, parent, resume)
+        with open(osp.join(tc.work_dir, TRAINING_COMMANDS_FILE), 'a') as f:
+            f.write(''.join(c + '\n' for c in commands))
+        print(f'[table] {name}: trained in {(time.time() - start) / 60:.1f} min')
+        if not osp.isfile(final):
+            raise RuntimeError(f'{name}: training ended without {final}')
+
+    def row_dir(self, name: str) -> str:
+        """A row's folder (``<name>/test`` where a training has that name)."""
+        path = osp.join(self.work_dir, name)
+        if any(t.name == name for t in self.table.trainings):
+            path = osp.join(path, 'test')
+        return path
+
+    def row_options(self, out_dir: str):
+        return (('test_dataloader.batch_size', self.table.eval_batch),
+                ('test_evaluator.outfile_prefix', osp.join(out_dir, 'preds')))
+
+    def run_row(self, row: Row, checkpoints: Dict[str, str], versions: str) -> None:
+        checkpoint = checkpoints[row.model]
+        if row.init:
+            checkpoint = osp.join(osp.dirname(checkpoint), INIT_CHECKPOINT)
+        out_dir = self.row_dir(row.name)
+        if row.calibration is None:
+            tc = self.config(row.config, out_dir, row.options + self.row_options(out_dir))
+            key = self.key(tc, checkpoint, versions)
+        else:
+            tc = self.config(row.config, osp.join(self.work_dir, row.calibration),
+                             row.calib_options)
+            calib_key = self.key(tc, checkpoint, versions)
+            key = None if calib_key is None else f'{calib_key}:{row.options}'
+        done, old = self.store.reuse(row.name, key, self.wanted)
+        if done:
+            if old is not None:
+                self.store.keep(old)
+            return
+        trained = f'{row.model}:init' if row.init else row.model
+        if row.calibration is None:
+            print(f'[table] {row.name}: evaluating {row.config} on {checkpoint}')
+            record = self.executor.evaluate(row.name, tc, checkpoint, trained, row.base)
+        else:
+            print(f'[table] {row.name}: evaluating {row.config} calibrated as '
+                  f'{row.calibration} at {dict(row.options)}')
+            record = self.evaluate_calibrated(row, tc, checkpoint, out_dir, calib_key)
+        record.update(config=osp.relpath(tc.path, self.table.config_root), plotted=row.plotted)
+        self.add(record, key)
+
+    def evaluate_calibrated(self, row: Row, calib: TableConfig, checkpoint: str,
+                            out_dir: str, calib_key: Optional[str]) -> Dict:
+        """``row`` calibrated at its ``calib_options``, evaluated at its ``options``."""
+        if isinstance(self.executor, LocalExecutor):
+            options = dict(row.options)
+            backbone = self.executor.prepare(calib, checkpoint).val.backbone
+            candidate = _candidate(options, backbone.num_pairs)
+            record = self.executor.evaluate_at(row.name, calib, checkpoint, candidate, out_dir,
+                                               row.model, row.base)
+            evaluated = self.config(row.config, out_dir, row.calib_options + row.options
+                                    + self.row_options(out_dir))
+            record['commands'] = [
+                shlex.join(tool_command('test', test_args(calib, checkpoint), 1)),
+                shlex.join(tool_command('test', test_args(
+                    evaluated, osp.join(calib.work_dir, 'calibrated.pth')), 1))]
+            return record
+        calibrated, command = self.executor.calibrate(calib, checkpoint, calib_key)
+        tc = self.config(row.config, out_dir, row.calib_options + row.options
+                         + self.row_options(out_dir))
+        record = self.executor.evaluate(row.name, tc, calibrated, row.model, row.base)
+        record['calib_images'] = calibration_images(calib.work_dir)
+        record['commands'].insert(0, command)
+        return record
+
+    def run_search(self, search: Search, checkpoints: Dict[str, str], versions: str) -> None:
+        names = search.row_names()
+        checkpoint = checkpoints[search.model]
+        tc = self.config(search.config, osp.join(self.work_dir, search.folder),
+                         search.calib_options)
+        settings = self.search_settings
+        key = self.key(tc, checkpoint, f"{versions}:{self.data_version(('search', ))}:"
+                       f'{search.targets}:{self.table.search_tolerance}:{search.objective}:'
+                       f'{search.prune}:{settings.images}:{settings.pop}:{settings.gens}')
+        results = [self.store.reuse(name, key, self.wanted) for name in names]
+        if all(done for done, _ in results):
+            for _, row in results:
+                if row is not None:
+                    self.store.keep(row)
+            return
+        print(f'[table] {search.name}: searching {search.config} on {checkpoint}')
+        records = self.executor.search(search, tc, checkpoint, settings, key or 'dry-run',
+                                       {name: self.row_dir(name) for name in names})
+        for record in records:
+            record.update(config=osp.relpath(tc.path, self.table.config_root), plotted=True)
+            self.add(record, key)
+
+    def add(self, record: Dict, key: Optional[str]) -> None:
+        if self.dry_run:
+            self.store.rows.append(record)
+        else:
+            self.store.add(record, key)
+
+
+def _candidate(options: Dict, num_pairs: int) -> Candidate:
+    """The ratios a row's options set, as a search candidate."""
+    def per_pair(value) -> tuple:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value, ) * num_pairs
+
+    unknown = sorted(set(options) - {'model.backbone.low_bit_ratios',
+                                     'model.backbone.prune_ratios'})
+    if unknown:
+        raise ValueError(f'a row calibrated once and evaluated at other options can only '
+                         f'change the ratios, not {unknown}')
+    return Candidate(per_pair(options.get('model.backbone.low_bit_ratios', 0.0)),
+                     per_pair(options.get('model.backbone.prune_ratios', 0.0)))

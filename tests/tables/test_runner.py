@@ -1,0 +1,69 @@
+"""One runner, two ways to run: rows computed in process and rows launched as
+the project's tools give the same results, and a moved table keeps its keys."""
+import json
+import os
+import shutil
+
+from mmengine.config import Config
+
+from mixaq_mmdet.tables import fingerprint
+
+from ..conftest import run_tool
+
+ROWS = ['fp', 'uniform_w4a8', 'qat_uniform_w4a4', 'policy_w4a8a2_reverse_0.25']
+
+
+def test_a_moved_table_keeps_its_keys(tmp_path):
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'weights')
+
+    def key(root):
+        cfg = Config(dict(work_dir=f'{root}/row', test_evaluator=dict(
+            outfile_prefix=f'{root}/row/preds')))
+        return fingerprint(cfg, str(checkpoint), 'v', work_dir=root)
+
+    assert key('/a/table') == key('/b/elsewhere')
+    assert key('/a/table') != fingerprint(
+        Config(dict(work_dir='/a/table/row')), str(checkpoint), 'v', work_dir='/a/table')
+
+
+def _rows(work_dir):
+    with open(os.path.join(work_dir, 'results.json')) as f:
+        return {r['name']: r for r in json.load(f)['rows']}
+
+
+def test_launched_rows_equal_rows_computed_in_process(tiny_shapes, tmp_path):
+    args = ['tools/run_demo.py', '--data-root', tiny_shapes, '--max-epochs', '1',
+            '--qat-epochs', '1', '--calib-images', '4', '--rows', *ROWS]
+    local = str(tmp_path / 'local')
+    run_tool(args + ['--work-dir', local])
+    launched = str(tmp_path / 'launched')
+    shutil.copytree(local, launched)
+    os.remove(os.path.join(launched, 'results.json'))
+    proc = run_tool(args + ['--work-dir', launched, '--gpus', '0'])
+    # the trainings moved with the folder and are reused: fp, W4A4 QAT
+    assert proc.stdout.count('(cached)') == 2 and 'trained in' not in proc.stdout
+    expected, computed = _rows(local), _rows(launched)
+    assert list(computed) == ROWS  # the table's order
+    for name in ROWS:
+        for field in ('bbox_mAP', 'segm_mAP', 'bitops_G', 'a_bits', 'low_bit_ratios',
+                      'window_order', 'calib_images', 'model', 'fingerprint'):
+            assert computed[name][field] == expected[name][field], (name, field)
+    # both write the command a user would type
+    command = computed['uniform_w4a8']['commands'][0]
+    assert command.startswith(
+        'python tools/test.py configs/benchmark/ptq/ptq_uniform_w4a8_shapes.py '
+        f'{launched}/fp/epoch_1.pth --work-dir {launched}/uniform_w4a8 ')
+    assert expected['uniform_w4a8']['commands'][0].replace(local, launched) == command
+    # the commands that trained each model
+    with open(os.path.join(local, 'results.json')) as f:
+        trainings = json.load(f)['trainings']
+    qat = trainings['qat_uniform_w4a4']['commands']
+    assert len(qat) == 1 and qat[0].startswith(
+        'python tools/train.py configs/benchmark/qat/qat_uniform_w4a4_shapes.py --work-dir '
+        f'{local}/qat_uniform_w4a4 --cfg-options ')
+    assert qat[0].endswith(f'load_from={local}/fp/epoch_1.pth')
+    # a row calibrated once and evaluated at another ratio: two test runs
+    sweep = computed['policy_w4a8a2_reverse_0.25']['commands']
+    assert len(sweep) == 2 and f'{launched}/policy_w4a8a2_reverse/calibrated.pth' in sweep[1]
+    assert 'model.backbone.low_bit_ratios=0.25' in sweep[1]

@@ -1,0 +1,184 @@
+"""The tables as data, their configs as command lines, and the content-keyed cache."""
+import argparse
+import dataclasses
+import glob
+import json
+import os
+import os.path as osp
+import shutil
+
+import pytest
+from mmengine.config import Config, DictAction
+
+from mixaq_mmdet.tables import (BENCHMARK, COCO, ResultStore, Row, Search, Table, TableConfig,
+                                Target, Training, fingerprint, relocation_options, tool_command)
+from mixaq_mmdet.tables.executors import calibration_images, read_test_metrics
+
+from ..conftest import REPO
+
+
+def _table(**changes) -> Table:
+    fields = dict(name='t', title='t', config_root=BENCHMARK.config_root, data_root='d',
+                  ann_files=dict(train='a', val='b'), img_shape=(32, 32),
+                  trainings=(Training('fp', 'fp.py'), Training('q', 'q.py', 'fp')),
+                  rows=(Row('fp', 'fp.py', 'fp', 'fp'), Row('q', 'q.py', 'q', 'fp')))
+    fields.update(changes)
+    return Table(**fields)
+
+
+@pytest.mark.parametrize('changes, message', [
+    (dict(rows=(Row('fp', 'fp.py', 'fp', 'fp'), Row('fp', 'q.py', 'q', 'fp'))),
+     "row names repeat: ['fp']"),
+    (dict(rows=(Row('x', 'x.py', 'qat', 'x'), )), "x uses model 'qat', not one of"),
+    (dict(trainings=(Training('q', 'q.py', 'fp'), Training('fp', 'fp.py'))),
+     "training q continues 'fp', which is not a training listed before it"),
+    (dict(targets=(Target('claim', 'fp', 'nope', 'gt'), )), "names row 'nope'"),
+    (dict(ann_files=dict(train='a')), 'ann_files needs the splits train, val'),
+    (dict(rows=(Row('a', 'x.py', 'fp', 'a', calibration='c'),
+                Row('b', 'x.py', 'q', 'a', calibration='c'))),
+     "rows a and b share calibration 'c' but not"),
+])
+def test_a_table_that_does_not_hold_together_is_refused(changes, message):
+    with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(']', r'\]')):
+        _table(**changes)
+
+
+def test_a_target_with_an_unknown_test_is_refused():
+    with pytest.raises(ValueError, match=r"test 'better' is not one of \('ge', 'gt'"):
+        Target('claim', 'a', 'b', 'better')
+
+
+def test_needed_trainings_include_the_parents_in_order():
+    assert COCO.needed_trainings(['qat_mixaq_prune_1.82x']) == (
+        'fp', 'qat_uniform_w4a4', 'qat_saqa_prune_w4a4a2')
+    assert COCO.needed_trainings(['uniform_w4a8']) == ('fp', )
+    assert BENCHMARK.needed_trainings(['qat_search_1.35x']) == (
+        'fp', 'qat_uniform_w4a4', 'qat_saqa_w4a4a2')
+
+
+def test_the_coco_table_has_the_papers_rows_and_uses_every_mixaq_config():
+    used = {t.config for t in COCO.trainings} | {r.config for r in COCO.rows} | {
+        s.config for s in COCO.searches}
+    configs = {osp.relpath(p, COCO.config_root)
+               for p in glob.glob(osp.join(COCO.config_root, '**', '*.py'), recursive=True)}
+    # the 1x model is not the paper's base: it is kept to evaluate its own checkpoint
+    assert configs - used == {'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'}
+    assert used <= configs
+    names = set(COCO.row_names)
+    assert {'fp', 'uniform_w4a8', 'mixaq_w4a8a4_1.24x', 'mixaq_w4a8a4_1.35x',
+            'mixaq_w4a8a4_prune_1.52x', 'qat_uniform_w4a4', 'qat_uniform_w4a3',
+            'qat_saqa_all_high', 'qat_search_1.24x', 'qat_search_1.35x',
+            'qat_search_prune_1.53x', 'qat_search_prune_1.82x', 'qat_no_saqa_1.35x',
+            'qat_mixaq_random_1.35x', 'qat_mixaq_reverse_1.35x'} <= names
+    fp = COCO.training('fp')
+    assert fp.checkpoint.endswith('mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_'
+                                  '131725-bacf6f7b.pth')
+    # SAQA's comparators are trained as long as SAQA (6 + 6 epochs)
+    for target in COCO.targets:
+        if 'same length' in target.claim:
+            assert target.b.endswith('_12e') and COCO.training(target.b).parent
+
+
+def test_relocation_moves_every_path_under_the_data_root():
+    cfg = Config.fromfile(osp.join(BENCHMARK.config_root, 'ptq/ptq_uniform_w4a8_shapes.py'))
+    options = dict(relocation_options(cfg, '/elsewhere/shapes'))
+    assert options['train_dataloader.dataset.data_root'] == '/elsewhere/shapes/'
+    assert options['test_cfg.calib_dataloader.dataset.data_root'] == '/elsewhere/shapes/'
+    assert options['search_dataloader.dataset.data_root'] == '/elsewhere/shapes/'
+    assert options['test_evaluator.ann_file'] == \
+        '/elsewhere/shapes/annotations/instances_val.json'
+    moved = cfg.copy()
+    moved.merge_from_dict(options)
+    left = [v for v in json.dumps(moved.to_dict()).split('"') if v.startswith('data/shapes')]
+    assert left == ['data/shapes_coco/']  # only the top-level variable itself
+    assert relocation_options(cfg, 'data/shapes_coco') == ()
+
+
+def _from_command_line(tc: TableConfig) -> Config:
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args(['--cfg-options', *tc.cli_options()])
+    cfg = Config.fromfile(tc.path)
+    cfg.merge_from_dict(args.cfg_options)
+    cfg.work_dir, cfg.launcher = tc.work_dir, 'none'
+    return cfg
+
+
+@pytest.mark.parametrize('row', [r for r in COCO.rows if r.options or r.name == 'fp'][:4]
+                         + [COCO.rows[4]], ids=lambda r: r.name)
+def test_a_launched_tool_loads_the_config_the_runner_keys_on(row, tmp_path):
+    """The options a launched tool gets rebuild the runner's merged config."""
+    out = str(tmp_path / row.name)
+    tc = TableConfig(osp.join(COCO.config_root, row.config), out, str(tmp_path / 'coco'),
+                     row.options + (('test_evaluator.outfile_prefix', out + '/preds'), ))
+    assert _from_command_line(tc).pretty_text == tc.cfg.pretty_text
+    assert tc.cfg.test_dataloader.dataset.data_root == str(tmp_path / 'coco') + '/'
+
+
+def test_tool_commands_launch_on_several_gpus():
+    assert tool_command('train', ['c.py', '--work-dir', 'w'], 8) == [
+        'bash', 'tools/dist_train.sh', 'c.py', '8', '--work-dir', 'w']
+    assert tool_command('test', ['c.py', 'k.pth', '--work-dir', 'w'], 8) == [
+        'bash', 'tools/dist_test.sh', 'c.py', 'k.pth', '8', '--work-dir', 'w']
+    assert tool_command('search', ['c.py', 'k.pth'], 4) == [
+        'python', '-m', 'torch.distributed.run', '--nproc_per_node=4',
+        'tools/search_ratios.py', 'c.py', 'k.pth', '--launcher', 'pytorch']
+    assert tool_command('test', ['c.py', 'k.pth'], 1) == ['python', 'tools/test.py', 'c.py',
+                                                          'k.pth']
+    with pytest.raises(ValueError, match="unknown tool 'eval'"):
+        tool_command('eval', [], 1)
+
+
+def test_keys_follow_checkpoint_content_not_file_times(tmp_path):
+    cfg = Config(dict(a=1))
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'weights')
+    key = fingerprint(cfg, str(checkpoint), 'v')
+    os.utime(checkpoint, (1, 1))
+    assert fingerprint(cfg, str(checkpoint), 'v') == key
+    copy = tmp_path / 'copy.pth'
+    shutil.copy(checkpoint, copy)
+    assert fingerprint(cfg, str(copy), 'v') == key
+    checkpoint.write_bytes(b'other weights')
+    assert fingerprint(cfg, str(checkpoint), 'v') != key
+    assert fingerprint(Config(dict(a=2)), str(copy), 'v') != key
+    assert fingerprint(cfg, str(copy), 'w') != key
+    assert fingerprint(cfg, 'https://host/model.pth', 'v') != key
+
+
+def test_the_store_reuses_unchanged_rows_and_marks_stale_ones(tmp_path):
+    path = str(tmp_path / 'results.json')
+    store = ResultStore(path)
+    assert store.reuse('a', 'k1', ['a']) == (False, None)
+    store.add(dict(name='a'), 'k1')
+    store.add(dict(name='b'), 'k2')
+    store = ResultStore(path)
+    assert store.reuse('a', 'k1', ['a']) == (True, dict(name='a', fingerprint='k1'))
+    assert store.reuse('a', 'k9', ['a']) == (False, None)  # asked for, inputs changed
+    done, row = store.reuse('b', 'k9', ['a'])  # not asked for: kept, flagged
+    assert done and row['stale'] is True
+    assert store.reuse('c', 'k3', ['a']) == (True, None)
+
+
+def test_metrics_are_read_from_the_newest_test_log(tmp_path):
+    for stamp, value in (('20261203_100000', 0.1), ('20261203_110000', 0.2)):
+        os.makedirs(tmp_path / stamp)
+        (tmp_path / stamp / f'{stamp}.json').write_text(json.dumps({'coco/bbox_mAP': value}))
+        (tmp_path / stamp / f'{stamp}.log').write_text(
+            f'PTQ: calibrated 12 quantizers on {int(value * 10)} images (x) in 1.0 s')
+    assert read_test_metrics(str(tmp_path)) == {'coco/bbox_mAP': 0.2}
+    assert calibration_images(str(tmp_path)) == 2
+    assert calibration_images(str(tmp_path / 'none')) == 0
+    with pytest.raises(FileNotFoundError, match='no test log'):
+        read_test_metrics(str(tmp_path / 'none'))
+
+
+def test_searches_name_their_rows_and_folder():
+    search = Search('s', 'c.py', 'fp', 'fp', (1.24, 1.35), uniform_name='u')
+    assert search.row_names() == ('s_1.24x', 's_1.35x', 'u_1.24x', 'u_1.35x')
+    assert search.folder == 's_1.24x_1.35x'
+    assert dataclasses.replace(search, targets=(1.35, )).folder == 's_1.35x'
+
+
+def test_repo_root_of_the_tables_is_the_checkout():
+    assert osp.samefile(osp.dirname(BENCHMARK.config_root), osp.join(REPO, 'configs'))
