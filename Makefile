@@ -16,7 +16,7 @@ test: env
 demo: env
 	$(PY) tools/run_demo.py
 
-# Every configs/mixaq/ config at full size on a COCO-layout fixture (CPU).
+# The COCO table and every configs/mixaq/ config at full size on a COCO-layout fixture (CPU).
 smoke-coco: env
 	$(PY) tools/smoke_coco.py
 

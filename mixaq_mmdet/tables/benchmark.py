@@ -5,7 +5,7 @@ import os.path as osp
 from typing import Dict, Optional, Sequence, Tuple
 
 from ..analysis import plot_policy_curves
-from .rows import Options, Row, Search, Table, Target, Training
+from .rows import Options, Row, Search, Table, Target, Training, ablation_targets
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 FP_CONFIG = 'mask-rcnn_swin-nano-p4-w7_fpn_shapes.py'
@@ -144,12 +144,7 @@ BENCHMARK = Table(
                'qat_uniform_w4a4', 'within'),
         Target('MixA-Q 1.35x above uniform W4A3 QAT (same cost)', 'qat_mixaq_w4a4a2_1.35x',
                'qat_uniform_w4a3', 'gt'),
-        Target('1.35x: importance order above random, beyond noise', 'qat_mixaq_w4a4a2_1.35x',
-               'qat_mixaq_random_1.35x', 'noise'),
-        Target('1.35x: importance order above reverse, beyond noise', 'qat_mixaq_w4a4a2_1.35x',
-               'qat_mixaq_reverse_1.35x', 'noise'),
-        Target('1.35x: SAQA above the same ratios without SAQA', 'qat_mixaq_w4a4a2_1.35x',
-               'qat_no_saqa_1.35x', 'gt'),
+        *ablation_targets('1.35x'),
     ),
     plots={'PTQ': (PTQ_BASE, 'pareto.png'), 'QAT': (QAT_BASE, 'pareto_qat.png')},
     extra_plots=((plot_policy, 'policy_curve.png'), ),

@@ -9,7 +9,7 @@ that the SAQA rows (6 + 6 epochs) are compared at the same training length.
 import os.path as osp
 
 from ..search import DEFAULT_SEARCH_IMAGES
-from .rows import Row, Search, SearchSettings, Table, Target, Training
+from .rows import Row, Search, SearchSettings, Table, Target, Training, ablation_targets
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: mmdet's metafile (configs/swin/metafile.yml): the FP base of the paper's tables.
@@ -105,12 +105,7 @@ COCO = Table(
                'qat_search_1.35x', 'qat_uniform_w4a3_12e', 'gt'),
         Target('QAT 1.35x: searched ratios not worse than one ratio for all pairs',
                'qat_search_1.35x', 'qat_mixaq_w4a4a2_1.35x', 'not_worse'),
-        Target('1.35x: importance order above random, beyond noise', 'qat_mixaq_w4a4a2_1.35x',
-               'qat_mixaq_random_1.35x', 'noise'),
-        Target('1.35x: importance order above reverse, beyond noise', 'qat_mixaq_w4a4a2_1.35x',
-               'qat_mixaq_reverse_1.35x', 'noise'),
-        Target('1.35x: SAQA above the same ratios without SAQA', 'qat_mixaq_w4a4a2_1.35x',
-               'qat_no_saqa_1.35x', 'gt'),
+        *ablation_targets('1.35x'),
         Target('PTQ 1.35x: searched ratios not worse than one ratio for all pairs',
                'ptq_search_1.35x', 'mixaq_w4a8a4_1.35x', 'not_worse'),
     ),

@@ -99,6 +99,19 @@ class Target:
                              f'{TARGET_TESTS}')
 
 
+def ablation_targets(speedup: str) -> Tuple[Target, ...]:
+    """The claims of the QAT ablations at ``speedup`` (e.g. '1.35x'): the row
+    ``qat_mixaq_w4a4a2_<speedup>`` above its random and reverse window orders
+    beyond noise, and above the same ratios without SAQA."""
+    row = f'qat_mixaq_w4a4a2_{speedup}'
+    return (Target(f'{speedup}: importance order above random, beyond noise', row,
+                   f'qat_mixaq_random_{speedup}', 'noise'),
+            Target(f'{speedup}: importance order above reverse, beyond noise', row,
+                   f'qat_mixaq_reverse_{speedup}', 'noise'),
+            Target(f'{speedup}: SAQA above the same ratios without SAQA', row,
+                   f'qat_no_saqa_{speedup}', 'gt'))
+
+
 @dataclass(frozen=True)
 class Table:
     """Everything a table runs. ``ann_files`` are the annotation files of the

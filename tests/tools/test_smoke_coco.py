@@ -19,46 +19,31 @@ def _configs():
                   for p in glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True))
 
 
-def test_plan_runs_every_config_after_what_it_needs(tmp_path):
-    steps = SMOKE['plan'](str(tmp_path), str(tmp_path / 'official.pth'))
-    names = [s.name for s in steps]
-    assert len(names) == len(set(names))
-    for rel in _configs():
-        path = osp.join(CONFIGS, rel)
-        assert any(path in s.args for s in steps), f'{rel} is not smoke-run'
-    for index, step in enumerate(steps):
-        for need in step.needs:
-            assert need in names[:index], f'{step.name} runs before {need}'
-    by_name = {s.name: s for s in steps}
-    # the 6-epoch continuations start from this smoke's W4A4 model, not a work_dirs path
-    saqa = by_name['qat/qat_saqa_w4a4a2_swin-t_coco']
-    assert saqa.needs == ['qat/qat_uniform_w4a4_swin-t_coco --resume']
-    load_from = next(a for a in saqa.args if a.startswith('load_from='))
-    assert load_from == 'load_from=' + osp.join(
-        str(tmp_path), 'work_dirs', 'qat/qat_uniform_w4a4_swin-t_coco', 'epoch_2.pth')
-    # a first-stage QAT config starts from the official-format checkpoint
-    w4a3 = by_name['qat/qat_uniform_w4a3_swin-t_coco']
-    assert f'load_from={tmp_path / "official.pth"}' in w4a3.args
-    # an evaluation row tests the checkpoint of the QAT config it inherits
-    row = by_name['qat/mixaq_w4a4a2-prune-1.82x_swin-t_coco']
-    assert row.needs == ['qat/qat_saqa-prune_w4a4a2_swin-t_coco --resume']
-    assert {'search --objective map', 'search --objective proxy'} <= set(names)
-    resume = by_name['qat/qat_uniform_w4a4_swin-t_coco --resume']
-    assert '--resume' in resume.args and 'train_cfg.max_epochs=2' in resume.args
+def test_the_smoke_rows_and_steps_cover_every_config():
+    from mixaq_mmdet.tables import COCO
+    rows = set(SMOKE['SMOKE_ROWS'])
+    assert rows <= set(COCO.row_names)
+    used = {r.config for r in COCO.rows if r.name in rows}
+    used |= {COCO.training(t).config for t in COCO.needed_trainings(sorted(rows))}
+    used |= {s.config for s in COCO.searches if set(s.row_names()) & rows}
+    used |= {SMOKE['FP_1X'], COCO.training(SMOKE['RESUMED']).config}
+    assert sorted(used) == _configs()
 
 
-def test_a_config_without_a_rule_is_an_error():
-    with pytest.raises(ValueError, match=r'configs/mixaq/extra/new\.py: the smoke has no rule'):
-        SMOKE['kind_of']('extra/new.py')
+def test_a_config_no_run_used_is_reported():
+    Result = SMOKE['Result']
+    results = [Result(osp.splitext(rel)[0], osp.join('configs', 'mixaq', rel), '', True, 0, 0,
+                      'image', 1, None, None, '') for rel in _configs()[1:]]
+    assert SMOKE['configs_not_run'](results) == _configs()[:1]
 
 
 def test_qatinithook_overrides_follow_its_position():
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(CONFIGS, 'qat', 'qat_saqa_w4a4a2_swin-t_coco.py'))
     cfg.custom_hooks.insert(0, dict(type='EMAHook'))
-    options = SMOKE['train_options'](cfg, 1)
-    assert 'custom_hooks.1.calib_images=1' in options
-    assert not any(o.startswith('custom_hooks.0.') for o in options)
+    options = dict(SMOKE['smoke_options'](cfg))
+    assert options['custom_hooks.1.calib_images'] == 1
+    assert not any(key.startswith('custom_hooks.0.') for key in options)
 
 
 def test_forked_step_reports_failure_and_peak_memory(tmp_path):
@@ -90,28 +75,38 @@ def test_logged_times_are_read_from_mmengine_lines():
     assert SMOKE['calibration_seconds'](log) == 31.5
 
 
-def test_smoke_coco_runs_every_config_at_full_size(tmp_path):
-    """``make smoke-coco``: the real Swin-T Mask R-CNN at 800x1333, random weights,
-    on the COCO-layout fixture; every config's step must succeed (17 minutes on
-    2 cores)."""
+def test_smoke_coco_runs_the_coco_table_and_every_config_at_full_size(tmp_path):
+    """``make smoke-coco``: the COCO table's runner and every config on the real
+    Swin-T Mask R-CNN at 800x1333, random weights, on the COCO-layout fixture;
+    every run must succeed."""
     work = tmp_path / 'smoke'
     proc = run_tool(['tools/smoke_coco.py', '--work-dir', str(work)], timeout=2400)
     report = json.load(open(work / 'smoke.json'))
+    assert report['failed'] == '' and proc.returncode == 0, proc.stdout[-3000:]
     results = {r['name']: r for r in report['results']}
-    assert all(r['ok'] for r in results.values()), proc.stdout[-3000:]
-    for rel in _configs():
-        assert osp.splitext(rel)[0] in results, rel
-    assert '| step | status |' in proc.stdout
-    # PTQ calibrated and saved; QAT resumed where the first run stopped
-    assert osp.isfile(work / 'work_dirs' / 'ptq' / 'ptq_uniform_w4a8_swin-t_coco' /
-                      'calibrated.pth')
-    resumed = open(results['qat/qat_uniform_w4a4_swin-t_coco --resume']['log_file']).read()
+    assert '| run | config | status |' in proc.stdout
+    # the table: every smoke row computed, with the commands that computed it
+    table = json.load(open(work / 'table' / 'results.json'))
+    rows = {r['name']: r for r in table['rows']}
+    assert set(rows) == set(SMOKE['SMOKE_ROWS'])
+    for row in rows.values():
+        assert 0 <= row['bbox_mAP'] <= 100 and row['commands'], row['name']
+    assert rows['qat_mixaq_w4a4a2_1.35x']['a_bits'] == [4, 2]
+    assert 1.3 < rows['qat_mixaq_w4a4a2_1.35x']['speedup'] < 1.4
+    assert rows['mixaq_w4a8a4_1.35x']['calib_images'] == 2
+    assert rows['qat_no_saqa_1.35x']['model'] == 'qat_saqa_w4a4a2:init'
+    searched = rows['qat_search_1.35x']
+    assert abs(searched['speedup'] - 1.35) <= 0.05 and 'search_ratios.py' in \
+        searched['commands'][0]
+    # PTQ calibrated and saved; QAT resumed where the table's run stopped
+    assert osp.isfile(work / 'table' / 'uniform_w4a8' / 'calibrated.pth')
+    resumed = open(results['extra/resume (train)']['log_file']).read()
     assert 'resumed at iteration 1' in resumed and 'Epoch(val) [2][1/1]' in resumed
     for name, result in results.items():
         assert result['peak_rss_mb'] > 500, name  # the model alone is ~200 MB of weights
-        if not name.startswith('search'):
+        if '(search)' not in name:
             assert result['s_per_unit'] is not None, name
-        if name.startswith('ptq/'):
+        if result['config'].startswith('configs/mixaq/ptq/'):
             assert result['calib_s'] is not None, name
-    print(proc.stdout[-4000:])
+    print(proc.stdout[-5000:])
     shutil.rmtree(work)  # about 8 GB of checkpoints
