@@ -1,7 +1,7 @@
 """Analysis: BitOPs accounting, the noise of mAP differences on a val split, and
 window importance (which windows a Swin stage ranks high, how well the scores
 find objects, pictures of the groups)."""
-from .bitops import (SCOPES, BitOpsReport, SpeedupStats, average_speedup,
+from .bitops import (BitOpsReport, SpeedupStats, average_speedup,
                      count_bitops, layer_bits, quantizer_bits)
 from .detector import load_detector
 from .plots import plot_pareto, plot_policy_curves, plot_search
@@ -18,6 +18,6 @@ __all__ = [
     'window_map_to_tokens', 'draw_window_groups', 'PARTITIONS', 'GROUP_HIGH',
     'GROUP_LOW', 'GROUP_PRUNED', 'GROUP_NAMES',
     'count_bitops', 'average_speedup', 'BitOpsReport', 'SpeedupStats',
-    'layer_bits', 'quantizer_bits', 'SCOPES', 'plot_pareto', 'plot_policy_curves', 'plot_search', 'PairedDifference',
-    'coco_map', 'paired_difference'
+    'layer_bits', 'quantizer_bits', 'plot_pareto', 'plot_policy_curves', 'plot_search',
+    'PairedDifference', 'coco_map', 'paired_difference'
 ]

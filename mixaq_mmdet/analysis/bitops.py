@@ -37,12 +37,11 @@ from mmdet.models.backbones.swin import SwinTransformer
 from mmdet.models.dense_heads.base_dense_head import BaseDenseHead
 from torch.nn.modules.utils import _pair
 
-from mixaq_mmdet.models import MixAQSwinTransformer, quant_scope
+from mixaq_mmdet.models import QUANT_SCOPES, MixAQSwinTransformer, quant_scope
 from mixaq_mmdet.models.layers import TwoBranchSwinBlock, group_sizes
 from mixaq_mmdet.quantization import QuantizerBase, quantization_disabled
 from .window_maps import block_geometry
 
-SCOPES = ('backbone', 'detector')
 FLOAT_BITS = 32
 DENSE_HEADS = ('rpn_head', 'bbox_head')
 
@@ -168,8 +167,8 @@ def _check_img_shape(img_shape: Sequence[int]) -> Shape:
 def _split_model(model: nn.Module,
                  scope: str) -> Tuple[SwinTransformer, Optional[nn.Module]]:
     """``(backbone, detector)``; the detector is None for a bare backbone."""
-    if scope not in SCOPES:
-        raise ValueError(f'scope must be one of {SCOPES}, got {scope!r}')
+    if scope not in QUANT_SCOPES:
+        raise ValueError(f'scope must be one of {QUANT_SCOPES}, got {scope!r}')
     if isinstance(model, SwinTransformer):
         detector = None
         backbone = model
@@ -417,5 +416,5 @@ def average_speedup(model: nn.Module,
 
 __all__ = [
     'BitOpsReport', 'SpeedupStats', 'count_bitops', 'average_speedup',
-    'layer_bits', 'quantizer_bits', 'SCOPES', 'FLOAT_BITS'
+    'layer_bits', 'quantizer_bits', 'FLOAT_BITS'
 ]

@@ -4,7 +4,7 @@ from .reparam import ReparamTarget, reparameterize
 from .layers import QuantConv2d, QuantLinear, QuantMatMul
 from .observers import HistogramObserver, MinMaxObserver, TensorObserver
 from .quantizers import (CALIB_METHODS, DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER,
-                         PERCENTILES, LogSqrt2Quantizer, LSQQuantizer, QuantizerBase,
+                         MAX_BITS, MIN_BITS, PERCENTILES, LogSqrt2Quantizer, LSQQuantizer, QuantizerBase,
                          QuantizerCfg, UniformQuantizer, build_quantizer, calculate_qparams,
                          disable_quantization, enable_calibration, enable_fake_quant,
                          fake_quantize, finish_calibration, quantization_disabled,
@@ -17,5 +17,5 @@ __all__ = [
     'enable_calibration', 'calculate_qparams', 'finish_calibration', 'enable_fake_quant',
     'disable_quantization', 'quantization_disabled', 'reset_statistics',
     'set_quantizer_names', 'quantizers_of', 'CALIB_METHODS', 'PERCENTILES',
-    'DEFAULT_WEIGHT_QUANTIZER', 'DEFAULT_ACT_QUANTIZER'
+    'DEFAULT_WEIGHT_QUANTIZER', 'DEFAULT_ACT_QUANTIZER', 'MIN_BITS', 'MAX_BITS'
 ]

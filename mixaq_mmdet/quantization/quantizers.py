@@ -20,6 +20,7 @@ from ..utils.tensor_cache import TensorCache
 from .observers import (HistogramObserver, MinMaxObserver, TensorObserver, any_rank,
                         pow2_exact)
 
+#: Bit widths a quantizer (and the backbone's w_bits / a_bits) accepts.
 MIN_BITS, MAX_BITS = 2, 8
 CALIB_METHODS = ('minmax', 'percentile_mse')
 # RepQ-ViT's percentile candidates; (min, max) is always a candidate too.

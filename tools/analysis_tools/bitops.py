@@ -22,7 +22,8 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
 
 import mixaq_mmdet  # noqa: F401  (stack fixes)
-from mixaq_mmdet.analysis import SCOPES, BitOpsReport, count_bitops
+from mixaq_mmdet.analysis import BitOpsReport, count_bitops
+from mixaq_mmdet.models import QUANT_SCOPES
 
 GIGA = 1e9
 
@@ -32,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='config of a Swin detector or backbone')
     parser.add_argument('--shape', type=int, nargs=2, required=True,
                         metavar=('H', 'W'), help='network input size')
-    parser.add_argument('--scope', choices=SCOPES, default=None,
+    parser.add_argument('--scope', choices=QUANT_SCOPES, default=None,
                         help="'backbone' (the paper's) or 'detector' (adds the "
                         'neck and the dense heads; RoI heads left out); default: '
                         "the model's quantization scope")

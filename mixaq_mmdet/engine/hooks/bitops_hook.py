@@ -5,7 +5,8 @@ from mmdet.registry import HOOKS
 from mmengine.dist import all_gather_object
 from mmengine.hooks import Hook
 
-from mixaq_mmdet.analysis import SCOPES, average_speedup, count_bitops
+from mixaq_mmdet.analysis import average_speedup, count_bitops
+from mixaq_mmdet.models import QUANT_SCOPES
 from ..model_wrappers import unwrap
 
 
@@ -31,8 +32,8 @@ class BitOpsHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self, scope: Optional[str] = None) -> None:
-        if scope is not None and scope not in SCOPES:
-            raise ValueError(f'scope must be None or one of {SCOPES}, got {scope!r}')
+        if scope is not None and scope not in QUANT_SCOPES:
+            raise ValueError(f'scope must be None or one of {QUANT_SCOPES}, got {scope!r}')
         self.scope = scope
         self._shapes: List[Tuple[int, int]] = []
 

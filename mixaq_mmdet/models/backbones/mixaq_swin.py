@@ -7,7 +7,7 @@ from mmdet.models.backbones.swin import SwinTransformer
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER,
+from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER, MAX_BITS, MIN_BITS,
                                       DEFAULT_WEIGHT_QUANTIZER, QuantConv2d,
                                       QuantLinear, disable_quantization,
                                       enable_fake_quant, quantizers_of)
@@ -37,8 +37,8 @@ def _with_bits(cfg: Optional[Mapping], default: Mapping, bits: int,
 
 def _check_bits(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or \
-            not 2 <= value <= 8:
-        raise ValueError(f'{name} must be an int in [2, 8], got {value!r}')
+            not MIN_BITS <= value <= MAX_BITS:
+        raise ValueError(f'{name} must be an int in [{MIN_BITS}, {MAX_BITS}], got {value!r}')
     return value
 
 
