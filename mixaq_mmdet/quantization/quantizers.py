@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from ..registry import QUANTIZERS
 from ..utils.tensor_cache import TensorCache
-from .observers import (HistogramObserver, MinMaxObserver, TensorObserver, any_rank,
-                        pow2_exact)
+from .numerics import LogSqrt2, fake_quantize, fake_quantize_no_grad, log_sqrt2_tables
+from .observers import HistogramObserver, MinMaxObserver, TensorObserver, any_rank
 
 #: Bit widths a quantizer (and the backbone's w_bits / a_bits) accepts.
 MIN_BITS, MAX_BITS = 2, 8
@@ -39,94 +39,6 @@ DEFAULT_ACT_QUANTIZER: Mapping[str, Any] = MappingProxyType(
 QuantizerCfg = Union[Mapping[str, Any], 'QuantizerBase']
 #: ``state_dict`` key suffix of a module's extra state (``nn.Module.get_extra_state``).
 EXTRA_STATE_KEY = '_extra_state'
-
-
-class _RoundSTE(torch.autograd.Function):
-    """Round half to even (optionally clamped) with a straight-through gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, low: Optional[float], high: Optional[float]) -> Tensor:
-        y = torch.round(x)
-        return y if low is None else y.clamp(low, high)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
-        return grad, None, None
-
-
-class _GradScale(torch.autograd.Function):
-    """Identity whose gradient is multiplied by ``factor`` (LSQ's gradient scale)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, factor: float) -> Tensor:
-        ctx.factor = factor
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
-        return grad * ctx.factor, None
-
-
-class _LogSqrt2(torch.autograd.Function):
-    """Log-sqrt(2) quantization of values in [0, 1], straight-through gradient.
-
-    ``k = round(-2 log2 x)`` is the number of rounding boundaries
-    ``2^(-(j + 1/2) / 2)``, ``j = 0 .. 2^bits - 1``, that are ``>= x``: one
-    ``searchsorted`` in the input's dtype instead of a float64 logarithm. The
-    output is the level ``2^(-k/2)``, or 0 for ``k = 2^bits`` (below the range).
-    ``boundaries`` (ascending) and ``levels`` come from :func:`log_sqrt2_tables`.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, boundaries: Tensor, levels: Tensor) -> Tensor:
-        k = len(boundaries) - torch.searchsorted(boundaries, x.contiguous())
-        return levels[k]
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
-        return grad, None, None
-
-
-def log_sqrt2_tables(bits: int) -> Tuple[Tensor, Tensor]:
-    """Ascending rounding boundaries and the levels ``2^(-k/2)`` plus a final 0,
-    in float64 (cast to the input's dtype where used)."""
-    n = 2**bits
-    j = torch.arange(n, dtype=torch.float64)
-    boundaries = torch.pow(2.0, -(j + 0.5) / 2).flip(0)
-    odd = torch.remainder(j, 2) == 1
-    sqrt2 = torch.where(odd, torch.full_like(j, math.sqrt(2.0)), torch.ones_like(j))
-    levels = torch.cat([pow2_exact(-torch.ceil(j / 2)) * sqrt2,
-                        torch.zeros(1, dtype=torch.float64)])
-    return boundaries, levels
-
-
-def _fake_quantize_no_grad(x: Tensor, inv_scale: Tensor, scale: Tensor, low: Tensor,
-                           high: Tensor) -> Tensor:
-    """Bit for bit the values of torch's ``fake_quantize_per_{tensor,channel}_affine``
-    (``x * (1 / scale)`` rounded half to even, shifted by the zero point, clamped,
-    shifted back, times ``scale``: ``low``/``high`` are the integer range minus
-    the zero point), without the gradient mask those kernels compute, in four
-    vectorized passes; float32 arithmetic, the result in ``x``'s dtype."""
-    y = torch.mul(x, inv_scale).round_().clamp_(low, high).mul_(scale)
-    return y if y.dtype == x.dtype else y.to(x.dtype)
-
-
-def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
-                  quant_max: int, ch_axis: Optional[int] = None) -> Tensor:
-    """Differentiable uniform affine fake quantization.
-
-    The values of :func:`torch.fake_quantize_per_tensor_affine` (``ch_axis=None``)
-    or :func:`torch.fake_quantize_per_channel_affine`, with straight-through
-    rounding so that gradients also reach ``scale`` and ``zero_point`` (which must
-    hold integers for those values).
-    """
-    if ch_axis is not None:
-        shape = [1] * x.dim()
-        shape[ch_axis] = -1
-        scale, zero_point = scale.view(shape), zero_point.view(shape)
-    q = torch.clamp(_RoundSTE.apply(x * (1.0 / scale), None, None) + zero_point, quant_min,
-                    quant_max)
-    return ((q - zero_point) * scale).to(x.dtype)
 
 
 class QuantizerBase(nn.Module):
@@ -514,7 +426,7 @@ class UniformQuantizer(QuantizerBase):
         params = self._cache.get('affine', (self.scale, self.zero_point),
                                  lambda: self._affine_params(x.dim(), axis),
                                  extra=(x.dim(), axis))
-        return _fake_quantize_no_grad(x, *params)
+        return fake_quantize_no_grad(x, *params)
 
     def _affine_params(self, dim: int, axis: Optional[int]) -> Tuple[Tensor, ...]:
         """``(1 / scale, scale, quant_min - zero_point, quant_max - zero_point)``
@@ -574,13 +486,9 @@ class LSQQuantizer(UniformQuantizer):
         if factor is None:
             per_scale = max(x.numel() // self.scale.numel(), 1)
             factor = 1.0 / math.sqrt(per_scale * self.quant_max)
-        scale = _GradScale.apply(self.scale, factor)
-        zero_point = self.zero_point
-        if not self.symmetric:
-            zero_point = _GradScale.apply(zero_point, factor)
-        zero_point = _RoundSTE.apply(zero_point, self.quant_min, self.quant_max)
         ch_axis = self.observer.channel_axis(x) if self.per_channel else None
-        return fake_quantize(x, scale, zero_point, self.quant_min, self.quant_max, ch_axis)
+        return fake_quantize(x, self.scale, self.zero_point, self.quant_min, self.quant_max,
+                             ch_axis, factor)
 
 
 @QUANTIZERS.register_module()
@@ -679,8 +587,8 @@ class LogSqrt2Quantizer(QuantizerBase):
         """``x`` quantized to the levels ``top * 2^(-k/2)`` (top 1 if None),
         straight-through."""
         if top is None:
-            return _LogSqrt2.apply(x, *self._tables(x.dtype))
-        return _LogSqrt2.apply(x / top, *self._tables(x.dtype)) * top
+            return LogSqrt2.apply(x, *self._tables(x.dtype))
+        return LogSqrt2.apply(x / top, *self._tables(x.dtype)) * top
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
         # top 1: no scaling on the default path
