@@ -8,7 +8,9 @@ three groups and a different window order per image. Inference batches the
 windows into products of other row counts than the reference's: bit for bit
 where this machine's BLAS gives rows the same bits whatever their count (see
 :mod:`.blas_rows`), else within a tolerance that rounding cannot exceed.
-Training runs the reference's products and is compared bit for bit.
+Training batches them the same way; its gradients sum the rows of each product
+in another order than the reference's, so they agree within float64 rounding
+(:data:`.blas_rows.REL_L2`), never bit for bit.
 """
 import copy
 
@@ -21,7 +23,7 @@ from mixaq_mmdet.models.layers import WindowLayout
 from mixaq_mmdet.quantization import (disable_quantization, enable_calibration,
                                       finish_calibration)
 from mixaq_mmdet.quantization.reparam import record_channel_statistics, reparameterize
-from .blas_rows import DTYPE, assert_same_outputs
+from .blas_rows import DTYPE, REL_L2, assert_same_outputs, relative_l2
 from .reference_two_branch import reference_forward
 
 NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7,
@@ -117,29 +119,31 @@ def test_reparameterized_ptq_matches_the_reference_block():
         assert_same_outputs(model(x), reference(x))
 
 
-def test_training_with_drop_path_matches_the_reference_bit_for_bit():
+def test_training_with_drop_path_matches_the_reference():
     _, model = _model(False, low_bit_ratios=0.5, prune_ratios=0.25)
     for block in model.modules():  # branches that differ, as after QAT
         if isinstance(block, TwoBranchSwinBlock):
             with torch.no_grad():
                 block.norm1_low.weight.mul_(1.5)
                 block.norm2_low.bias.add_(0.1)
-    model.train()
+    model.to(DTYPE).train()
     reference = _with_reference_blocks(model)
-    x = torch.randn(2, 3, 120, 150)
+    x = _randn(2, 3, 120, 150)
     outs = []
     for m in (model, reference):
         torch.manual_seed(1)  # the same DropPath draws
         m.zero_grad()
         out = m(x)
-        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out).backward()
+        sum((o * torch.linspace(-1, 1, o.numel(), dtype=DTYPE).view_as(o)).sum()
+            for o in out).backward()
         outs.append((out, {n: p.grad for n, p in m.named_parameters()}))
     (out, grads), (ref_out, ref_grads) = outs
-    assert _equal(out, ref_out)
+    assert_same_outputs(out, ref_out)
     assert grads.keys() == ref_grads.keys()
     for name, grad in grads.items():
         assert grad is not None, name
-        assert torch.equal(grad, ref_grads[name]), name
+        # one window in the wrong group or image moves a gradient by about 1e-2
+        assert relative_l2(grad, ref_grads[name]) <= REL_L2, name
 
 
 def test_float_two_branch_path_matches_the_reference():

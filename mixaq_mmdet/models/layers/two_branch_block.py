@@ -163,16 +163,17 @@ class TwoBranchSwinBlock(nn.Module):
             'branches_equal', sources, lambda: all(torch.equal(a, b) for a, b in pairs)
             and not bool(self.reparam_pad.any()))
 
-    def _attention(self, x: Tensor, mask: Optional[Tensor],
-                   quant: BranchQuantizers) -> Tensor:
-        """Window attention of (M, N, C) windows with (M, N, N) masks."""
+    def _attention(self, x: Tensor, mask: Optional[Tensor], quant: BranchQuantizers,
+                   bias: Tensor) -> Tensor:
+        """Window attention of (M, N, C) windows with (M, N, N) masks and the
+        (heads, N, N) relative position bias."""
         w_msa = self.attn.w_msa
         m, n, c = x.shape
         heads = w_msa.num_heads
         qkv = w_msa.qkv(quant.qkv_in(x)).reshape(m, n, 3, heads, c // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = quant.qk(q * w_msa.scale, k.transpose(-2, -1))
-        attn = attn + self.relative_position_bias().unsqueeze(0)
+        attn = attn + bias.unsqueeze(0)
         if mask is not None:
             attn = attn + mask.unsqueeze(1)
         attn = w_msa.attn_drop(attn.softmax(dim=-1))
@@ -186,10 +187,10 @@ class TwoBranchSwinBlock(nn.Module):
         return self.ffn.gamma2(layers[2](layers[1](quant.fc2_in(h))))
 
     def _attention_residual(self, x: Tensor, valid: Optional[Tensor],
-                            mask: Optional[Tensor], branch: str,
+                            mask: Optional[Tensor], bias: Tensor, branch: str,
                             keep: Optional[Tensor], inplace: bool) -> Tensor:
         """``x + attention(norm1(x))`` of one group's (P, Q, N, C) windows
-        (window-major or image-major), ``valid`` and ``mask`` laid out alike.
+        (rank-major), ``valid`` and ``mask`` laid out alike.
 
         ``keep`` is the DropPath scale of the residual, broadcast to ``x``
         (None: identity); ``inplace`` adds into ``x`` (inference: ``x`` is a
@@ -199,7 +200,7 @@ class TwoBranchSwinBlock(nn.Module):
         if valid is not None:
             y = torch.where(valid.reshape(p * q, n, 1), y, self.reparam_pad)
         y = self._attention(y, None if mask is None else mask.reshape(p * q, n, n),
-                            self.branches[branch])
+                            self.branches[branch], bias)
         return _residual(x, y.view(p, q, n, c), keep, inplace)
 
     def _ffn_residual(self, x: Tensor, branch: str, keep: Optional[Tensor],
@@ -254,21 +255,19 @@ class TwoBranchSwinBlock(nn.Module):
                 groups.append((branch, slice(start, start + size)))
             start += size
         valid, mask = layout.valid, layout.mask
+        bias = self.relative_position_bias()  # once for both branches
         if torch.is_grad_enabled():
-            # out of place, each group's windows image-major: the rows of every
-            # product, and so the order in which weight gradients sum, are the
-            # reference block's
+            # out of place (autograd keeps the inputs of every group), each group
+            # one batch of all images' windows, as in inference
             outs = []
             for branch, group in groups:
-                y = self._attention_residual(
-                    _image_major(windows[group]), _image_major(_take(valid, group)),
-                    _image_major(_take(mask, group)), branch, _image_major(keep[0]), False)
-                y = self._ffn_residual(y, branch, _image_major(keep[1]), False)
-                outs.append(_image_major(y))
+                y = self._attention_residual(windows[group], _take(valid, group),
+                                             _take(mask, group), bias, branch, keep[0], False)
+                outs.append(self._ffn_residual(y, branch, keep[1], False))
             return layout.scatter(torch.cat(outs + [windows[start:]]))
         for branch, group in groups:
             self._attention_residual(windows[group], _take(valid, group), _take(mask, group),
-                                     branch, keep[0], True)
+                                     bias, branch, keep[0], True)
         if not self._ffn_on_real_tokens(layout, groups, x):
             for branch, group in groups:
                 self._ffn_residual(windows[group], branch, keep[1], True)
@@ -299,11 +298,6 @@ class TwoBranchSwinBlock(nn.Module):
 def _take(t: Optional[Tensor], group: slice) -> Optional[Tensor]:
     """The ranks ``group`` of a rank-major (nW, ...) tensor; None stays None."""
     return None if t is None else t[group]
-
-
-def _image_major(t: Optional[Tensor]) -> Optional[Tensor]:
-    """(k, B, ...) <-> (B, k, ...), a view; None stays None."""
-    return None if t is None else t.transpose(0, 1)
 
 
 def _residual(x: Tensor, y: Tensor, keep: Optional[Tensor], inplace: bool) -> Tensor:
