@@ -222,7 +222,9 @@ def build_models(arch: dict, calib_shape: Tuple[int, int], calib: str,
     reference = SwinTransformer(**arch)
     models = {'mmdet': reference}
     quantizers = {
-        name: dict({k: v for k, v in default.items() if k != 'bits'},
+        # static (exact statistics of a weight) applies to the percentile search only
+        name: dict({k: v for k, v in default.items()
+                    if k != 'bits' and (k != 'static' or calib == 'percentile_mse')},
                    calib=calib)
         for name, default in (('weight_quantizer', DEFAULT_WEIGHT_QUANTIZER),
                               ('act_quantizer', DEFAULT_ACT_QUANTIZER))}

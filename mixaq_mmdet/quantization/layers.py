@@ -5,15 +5,16 @@
 checkpoints load unchanged (the quantizer keys are then reported missing).
 :class:`QuantMatMul` makes the bare ``@`` products of attention quantizable.
 """
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .quantizers import (DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER, QuantizerBase,
-                         QuantizerCfg, build_quantizer)
 from ..utils.tensor_cache import TensorCache
+from .base import QuantizerBase
+from .builder import QuantizerCfg, build_quantizer
+from .quantizers import DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER
 
 
 def _build_optional(cfg: Optional[QuantizerCfg]) -> Optional[QuantizerBase]:
@@ -21,8 +22,10 @@ def _build_optional(cfg: Optional[QuantizerCfg]) -> Optional[QuantizerBase]:
 
 
 def _build_weight_quantizer(cfg: QuantizerCfg) -> QuantizerBase:
-    # A weight is one static tensor: exact statistics unless the config says otherwise.
-    return build_quantizer(cfg, default_args=dict(static=True))
+    # A weight is one static tensor: a percentile/MSE search reads it exactly unless
+    # the config says otherwise (min/max is exact anyway).
+    searched = isinstance(cfg, Mapping) and cfg.get('calib') == 'percentile_mse'
+    return build_quantizer(cfg, default_args=dict(static=True) if searched else None)
 
 
 def _take_param(param: Optional[nn.Parameter], share: bool) -> Optional[nn.Parameter]:
@@ -77,8 +80,8 @@ class QuantLinear(_QuantLayerMixin, nn.Linear):
     Args:
         linear: The float layer.
         weight_quantizer: Quantizer (config or module) of the weight; per channel
-            means per output channel (``ch_axis=0``). A config that does not set
-            ``static`` gets ``static=True``.
+            means per output channel (``ch_axis=0``). A ``'percentile_mse'``
+            config that does not set ``static`` gets ``static=True``.
         input_quantizer: Quantizer of the input, or None when the caller quantizes
             the input itself (e.g. two branches that share this layer, each with
             its own activation quantizers).

@@ -46,6 +46,18 @@ def log_sqrt2_tables(bits: int) -> Tuple[Tensor, Tensor]:
     return boundaries, levels
 
 
+def uniform_step_function(scale: Tensor, zero_point: Tensor, quant_min: int,
+                          quant_max: int) -> Tuple[Tensor, Tensor]:
+    """Rounding boundaries ``(K, C, M)`` and levels ``(K, C, M + 1)`` of uniform
+    fake quantization with each of ``K x C`` qparams ``(scale, zero_point)``, as
+    :meth:`~.observers.RangeStatistics.step_mse` takes them; float64."""
+    scale, zero_point = scale.double().unsqueeze(-1), zero_point.double().unsqueeze(-1)
+    k = torch.arange(quant_min, quant_max + 1, dtype=torch.float64, device=scale.device)
+    levels = (k - zero_point) * scale
+    boundaries = (k[:-1] + 0.5 - zero_point) * scale
+    return boundaries, levels
+
+
 def fake_quantize_no_grad(x: Tensor, inv_scale: Tensor, scale: Tensor, low: Tensor,
                            high: Tensor) -> Tensor:
     """Bit for bit the values of torch's ``fake_quantize_per_{tensor,channel}_affine``

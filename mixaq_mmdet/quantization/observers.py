@@ -8,9 +8,10 @@ merges them over ranks once, when a quantizer computes its qparams.
 
 Statistics are per tensor (one "channel") or per channel along ``ch_axis``; every
 statistic has a leading channel dimension ``C`` (``C = 1`` per tensor).
+:class:`Observer` and :class:`RangeStatistics` name what the quantizers use.
 """
 import copy
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -42,10 +43,66 @@ def pow2_exact(exponent: Tensor) -> Tensor:
     return ((exponent.long() + 1023) << 52).view(torch.float64)
 
 
-def _sawtooth_sq_integral(t: Tensor) -> Tensor:
-    """Antiderivative of ``(t - round(t)) ** 2``: the squared rounding error."""
-    n = torch.floor(t + 0.5)
-    return n / 12 + ((t - n) ** 3 + 0.125) / 3
+class Observer(Protocol):
+    """What a quantizer uses of its observer: statistics kept across batches,
+    merged over ranks by :meth:`reduced`, and the exact range seen
+    (``(C,)`` float32 each, None while :attr:`empty`)."""
+
+    min_val: Optional[Tensor]
+    max_val: Optional[Tensor]
+
+    @property
+    def empty(self) -> bool:
+        """Whether no data has been observed."""
+
+    def observe(self, x: Tensor) -> None:
+        """Add a batch to the statistics."""
+
+    def reset(self) -> None:
+        """Forget all statistics."""
+
+    def reduced(self, device: torch.device) -> 'Observer':
+        """The statistics of all ranks merged (a collective when distributed)."""
+
+    def channel_axis(self, x: Tensor) -> int:
+        """``ch_axis`` as a non-negative dimension of ``x``."""
+
+
+class RangeStatistics(Observer, Protocol):
+    """Statistics a percentile/MSE range search reads (:class:`HistogramObserver`,
+    :class:`TensorObserver`)."""
+
+    def reduced(self, device: torch.device) -> 'RangeStatistics':
+        """The statistics of all ranks merged (a collective when distributed)."""
+
+    def quantiles(self, qs: Sequence[float]) -> Tensor:
+        """Quantiles ``qs`` of each channel, shape ``(len(qs), C)``, float64."""
+
+    def step_mse(self, boundaries: Tensor, levels: Tensor) -> Tensor:
+        """Mean squared error of each channel's data under each of ``K`` candidate
+        step functions; returns ``(K, C)``, float64.
+
+        A candidate maps ``x`` to ``levels[..., i]`` for ``boundaries[..., i - 1] <
+        x <= boundaries[..., i]`` (ascending ``boundaries`` of shape ``(K, C, M)``,
+        ``levels`` of shape ``(K, C, M + 1)``): any round-to-nearest quantizer with
+        clamping, on a uniform grid (:func:`~.numerics.uniform_step_function`)
+        or not (log-sqrt(2)).
+        """
+
+
+def _step_antiderivative(t: Tensor, boundaries: Tensor, levels: Tensor) -> Tensor:
+    """``G(t) = integral of (q(x) - x) ** 2`` from ``boundaries[..., 0]`` to ``t``
+    for the step function ``q`` of :meth:`RangeStatistics.step_mse`, at every
+    ``t`` (``(K, C, B)``), float64."""
+    seg = torch.searchsorted(boundaries, t)
+    starts = torch.cat([boundaries[..., :1], boundaries], -1)
+    ends = torch.cat([boundaries, boundaries[..., -1:]], -1)
+    # G at the start of each segment: the exact integrals of the segments below.
+    pieces = ((ends - levels)**3 - (starts - levels)**3) / 3
+    at_start = torch.cat([torch.zeros_like(pieces[..., :1]), pieces[..., :-1].cumsum(-1)], -1)
+    level = levels.gather(-1, seg)
+    start = starts.gather(-1, seg)
+    return at_start.gather(-1, seg) + ((t - level)**3 - (start - level)**3) / 3
 
 
 class MinMaxObserver:
@@ -271,30 +328,20 @@ class HistogramObserver(MinMaxObserver):
         upper = torch.minimum(below + 1, cum[:, -1:] - 1)
         return torch.lerp(order_statistic(below), order_statistic(upper), rank - below).t()
 
-    def quantization_mse(self, scale: Tensor, zero_point: Tensor, quant_min: int,
-                         quant_max: int) -> Tensor:
-        """Mean squared fake-quantization error of each channel for each of ``K``
-        candidate qparams of shape ``(K, C)``; returns ``(K, C)``, float64."""
-        a, b = self._bin_edges()
-        width = b - a
+    def step_mse(self, boundaries: Tensor, levels: Tensor) -> Tensor:
+        """Mean squared error of each channel under each of ``K`` step functions
+        (see :meth:`RangeStatistics.step_mse`), ``(K, C)``, float64: integrated
+        exactly over every bin, its values spread evenly across it."""
+        boundaries, levels = boundaries.double(), levels.double()
+        left, right = (e.unsqueeze(0).expand(len(boundaries), -1, -1).contiguous()
+                       for e in self._bin_edges())
+        width = right - left
+        spread = ((_step_antiderivative(right, boundaries, levels) -
+                   _step_antiderivative(left, boundaries, levels)) /
+                  torch.where(width > 0, width, 1.0))
+        point = (levels.gather(-1, torch.searchsorted(boundaries, left)) - left)**2
         counts = self.hist.double()
-        total = counts.sum(1)
-        out = []
-        for s, z in zip(scale.double().unsqueeze(-1), zero_point.double().unsqueeze(-1)):
-            lo, hi = (quant_min - z) * s, (quant_max - z) * s
-            below = ((b.clamp(max=lo) - lo)**3 - (a.clamp(max=lo) - lo)**3) / 3
-            above = ((b.clamp(min=hi) - hi)**3 - (a.clamp(min=hi) - hi)**3) / 3
-            inside = s**3 * (_sawtooth_sq_integral(b.clamp(lo, hi) / s) -
-                             _sawtooth_sq_integral(a.clamp(lo, hi) / s))
-            spread = (below + above + inside) / torch.where(width > 0, width, 1.0)
-            point = (torch.clamp(torch.round(a / s), quant_min - z, quant_max - z) * s - a)**2
-            out.append((torch.where(width > 0, spread, point) * counts).sum(1) / total)
-        return torch.stack(out)
-
-    def bin_midpoints(self) -> Tuple[Tensor, Tensor]:
-        """``(midpoints, counts)`` of every bin, both ``(C, num_bins)``, float64."""
-        left, right = self._bin_edges()
-        return (left + right) / 2, self.hist.double()
+        return (torch.where(width > 0, spread, point) * counts).sum(-1) / counts.sum(1)
 
     def _count(self, x: Tensor) -> Tensor:
         """Histogram of one batch on the current exponents, shape ``(C, num_bins)``."""
@@ -415,15 +462,13 @@ class TensorObserver(MinMaxObserver):
         below, above = pos.floor().long(), pos.ceil().long()
         return torch.lerp(rows[:, below], rows[:, above], pos - below).t()
 
-    def quantization_mse(self, scale: Tensor, zero_point: Tensor, quant_min: int,
-                         quant_max: int) -> Tensor:
-        """Mean squared fake-quantization error of each channel for each of ``K``
-        candidate qparams of shape ``(K, C)``; returns ``(K, C)``, float64."""
-        rows = self._rows().float()
+    def step_mse(self, boundaries: Tensor, levels: Tensor) -> Tensor:
+        """Mean squared error of each channel under each of ``K`` step functions
+        (see :meth:`RangeStatistics.step_mse`), ``(K, C)``, float64, exactly."""
+        rows = self._rows().double().contiguous()
         return torch.stack([
-            (torch.fake_quantize_per_channel_affine(rows, s.float(), z.int(), 0, quant_min,
-                                                    quant_max) - rows).double().pow_(2).mean(1)
-            for s, z in zip(scale, zero_point)
+            (lv.gather(-1, torch.searchsorted(bd, rows)) - rows).pow_(2).mean(1)
+            for bd, lv in zip(boundaries.double(), levels.double())
         ])
 
     def _rows(self) -> Tensor:

@@ -1,27 +1,23 @@
-"""Fake quantizers: uniform affine (PTQ), log-sqrt(2) (post-softmax) and LSQ (QAT).
+"""Fake quantizers: uniform affine (PTQ), LSQ (QAT) and log-sqrt(2) (post-softmax).
 
-All quantizers share :class:`QuantizerBase`: torch.ao-style observer / fake-quant
-switches, a ``calibrated`` flag in the ``state_dict`` and a ``name`` for error
-messages. The module-level helpers switch every quantizer of a model at once,
-like torch.ao's ``enable_observer`` / ``enable_fake_quant`` helpers.
+Each is a :class:`~.base.QuantizerBase` (state, switches, checkpoints) that
+computes its qparams from the statistics of its observer (:mod:`.observers`)
+and quantizes with the functions of :mod:`.numerics`.
 """
-import contextlib
-import json
 import math
-from numbers import Integral
 from types import MappingProxyType
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..registry import QUANTIZERS
-from ..utils.tensor_cache import TensorCache
-from .numerics import LogSqrt2, fake_quantize, fake_quantize_no_grad, log_sqrt2_tables
-from .observers import HistogramObserver, MinMaxObserver, TensorObserver, any_rank
+from .base import QuantizerBase
+from .numerics import (LogSqrt2, fake_quantize, fake_quantize_no_grad, log_sqrt2_tables,
+                       uniform_step_function)
+from .observers import (HistogramObserver, MinMaxObserver, Observer, RangeStatistics,
+                        TensorObserver, any_rank)
 
-#: Bit widths a quantizer (and the backbone's w_bits / a_bits) accepts.
-MIN_BITS, MAX_BITS = 2, 8
 CALIB_METHODS = ('minmax', 'percentile_mse')
 # RepQ-ViT's percentile candidates; (min, max) is always a candidate too.
 PERCENTILES = (0.999, 0.9999, 0.99999)
@@ -35,234 +31,6 @@ DEFAULT_WEIGHT_QUANTIZER: Mapping[str, Any] = MappingProxyType(
 #: percentile/MSE range from a histogram of the calibration data.
 DEFAULT_ACT_QUANTIZER: Mapping[str, Any] = MappingProxyType(
     dict(type='UniformQuantizer', bits=8, calib='percentile_mse'))
-
-QuantizerCfg = Union[Mapping[str, Any], 'QuantizerBase']
-#: ``state_dict`` key suffix of a module's extra state (``nn.Module.get_extra_state``).
-EXTRA_STATE_KEY = '_extra_state'
-
-
-class QuantizerBase(nn.Module):
-    """State and switches common to all fake quantizers.
-
-    The switches do what their names say and nothing else, as torch.ao's: with
-    the observer on, every forward input is added to the statistics (across
-    batches, until :meth:`reset_statistics`); with fake quant on the forward
-    returns the input quantized with the current qparams (also while observing);
-    with it off the forward is exactly the identity. Only
-    :meth:`calculate_qparams` turns statistics into qparams. A new quantizer
-    observes and does not quantize. The switches are not part of the
-    ``state_dict``; the qparams, the ``calibrated`` flag and what the quantizer
-    is (:meth:`settings`, as the module's extra state) are, and a checkpoint of
-    a calibrated quantizer with other settings is refused when loaded.
-
-    ``name`` is the module's qualified name in its model (see
-    :func:`set_quantizer_names`); errors name the quantizer by it.
-    """
-
-    #: Names of the qparam tensors whose shape is only known after calibration.
-    _qparam_names: Tuple[str, ...] = ()
-    #: What the forward computes; quantizers of one kind can take each other's
-    #: qparams (a PTQ UniformQuantizer checkpoint initializes an LSQQuantizer).
-    kind = ''
-
-    def __init__(self, bits: int) -> None:
-        super().__init__()
-        self.name = ''
-        self.bits = self._check_bits(bits)
-        self.observer_enabled = True
-        self.fake_quant_enabled = False
-        self._is_calibrated = False
-        self.register_buffer('calibrated', torch.tensor(False))
-        self._cache = TensorCache()
-
-    @property
-    def display_name(self) -> str:
-        """Class and module name, used in messages."""
-        cls = type(self).__name__
-        return f"{cls} '{self.name}'" if self.name else cls
-
-    @property
-    def is_calibrated(self) -> bool:
-        """Whether qparams have been computed or loaded."""
-        return self._is_calibrated
-
-    def settings(self) -> Dict[str, Any]:
-        """What the quantizer is: kind and bits, plus the granularity of its
-        subclass. Saved with its state; a loaded calibrated state must match."""
-        return dict(kind=self.kind, bits=self.bits)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.observer_enabled and x.numel() > 0:
-            self._check_finite(x)
-            with torch.no_grad():
-                try:
-                    self._observe(x.detach())
-                except ValueError as e:
-                    raise ValueError(f'{self.display_name}: {e}') from None
-        if not self.fake_quant_enabled:
-            return x
-        if not self._is_calibrated and x.numel() > 0:
-            raise RuntimeError(
-                f'{self.display_name}: fake quantization is on but the quantizer is not '
-                'calibrated; call enable_calibration(model), run forward passes on '
-                'calibration data, then calculate_qparams(model), or load a '
-                'calibrated checkpoint')
-        return self._fake_quantize(x)
-
-    def enable_observer(self, enabled: bool = True) -> None:
-        """Collect statistics in forward (``enabled=False``: stop collecting)."""
-        self.observer_enabled = enabled
-
-    def disable_observer(self) -> None:
-        """Stop collecting statistics; the qparams stay as they are."""
-        self.enable_observer(False)
-
-    def enable_fake_quant(self, enabled: bool = True) -> None:
-        """Quantize the forward output (``enabled=False``: identity)."""
-        self.fake_quant_enabled = enabled
-
-    def disable_fake_quant(self) -> None:
-        """Make the forward the identity."""
-        self.enable_fake_quant(False)
-
-    def has_statistics(self) -> bool:
-        """Whether this rank observed any data since the last reset."""
-        raise NotImplementedError
-
-    def calculate_qparams(self) -> Tuple[Tensor, Tensor]:
-        """Compute, store and return ``(scale, zero_point)`` from all ranks' statistics.
-
-        A collective under distributed. Raises if no rank observed any data.
-        """
-        try:
-            qparams = self._compute_qparams()
-        except ValueError as e:
-            raise ValueError(f'{self.display_name}: {e}') from None
-        self.calibrated.fill_(True)
-        self._is_calibrated = True
-        return qparams
-
-    def reset_statistics(self) -> None:
-        """Forget the observed statistics (the qparams stay)."""
-        self._reset_statistics()
-
-    def extra_repr(self) -> str:
-        return (f'bits={self.bits}{self._config_repr()}, observer={self.observer_enabled}, '
-                f'fake_quant={self.fake_quant_enabled}, calibrated={self._is_calibrated}')
-
-    def _config_repr(self) -> str:
-        return ''
-
-    def _observe(self, x: Tensor) -> None:
-        raise NotImplementedError
-
-    def _reset_statistics(self) -> None:
-        raise NotImplementedError
-
-    def _compute_qparams(self) -> Tuple[Tensor, Tensor]:
-        raise NotImplementedError
-
-    def _fake_quantize(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _no_statistics(self) -> RuntimeError:
-        return RuntimeError(
-            f'{self.display_name}: no calibration statistics were observed (empty '
-            'calibration set, or the quantizer is never reached); run forward passes '
-            'with the observer enabled (enable_calibration(model)) first')
-
-    def _check_bits(self, bits: Any) -> int:
-        if isinstance(bits, bool) or not isinstance(bits, Integral):
-            raise TypeError(f'{self.display_name}: bits must be an int in '
-                            f'[{MIN_BITS}, {MAX_BITS}], got {bits!r} '
-                            f'({type(bits).__name__})')
-        if not MIN_BITS <= bits <= MAX_BITS:
-            raise ValueError(f'{self.display_name}: bits must be an int in '
-                             f'[{MIN_BITS}, {MAX_BITS}], got {bits!r}')
-        return int(bits)
-
-    def _check_finite(self, x: Tensor) -> None:
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            bad = x[~finite]
-            raise ValueError(f'{self.display_name}: calibration data has {bad.numel()} '
-                             f'non-finite value(s) out of {x.numel()} (first: '
-                             f'{bad[0].item()}); quantization ranges need finite inputs')
-
-    def get_extra_state(self) -> Tensor:
-        """:meth:`settings` as JSON in a uint8 tensor: a ``state_dict`` of tensors
-        only, which mmengine broadcasts entry by entry when a distributed run
-        starts."""
-        return encode_settings(self.settings())
-
-    def set_extra_state(self, state: Any) -> None:
-        """Checked in :meth:`_load_from_state_dict`, where the key is known."""
-
-    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str,
-                              local_metadata: dict, strict: bool, missing_keys: List[str],
-                              unexpected_keys: List[str], error_msgs: List[str]) -> None:
-        flag = state_dict.get(prefix + 'calibrated')
-        saved_calibrated = flag is not None and bool(flag)
-        saved = decode_settings(state_dict.get(prefix + EXTRA_STATE_KEY))
-        if saved_calibrated:
-            self._check_saved_settings(saved, prefix[:-1])
-        elif saved is not None and saved != self.settings():
-            # An uncalibrated quantizer of another setting carries nothing (e.g. the
-            # unused low branch of a uniform model): keep this one's fresh state.
-            return
-        # Per-channel qparams of a calibrated checkpoint may not match the shape of
-        # a freshly built quantizer: take the checkpoint's shape, unless the
-        # owning layer fixed it (then the checkpoint has another layout).
-        for name in self._qparam_names:
-            value, current = state_dict.get(prefix + name), getattr(self, name)
-            if isinstance(value, Tensor) and value.shape != current.shape:
-                fixed = getattr(self, 'num_channels', None)
-                if fixed is not None:
-                    raise ValueError(
-                        f"{type(self).__name__} '{self.name or prefix[:-1]}': the "
-                        f'checkpoint has {tuple(value.shape)} {name} values, the model\'s '
-                        f'layer has {fixed} channels')
-                current.data = current.data.new_empty(value.shape)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
-        if flag is not None:
-            self._is_calibrated = saved_calibrated
-
-    def _check_saved_settings(self, saved: Any, key: str) -> None:
-        """Refuse calibrated qparams of a quantizer that is not this one."""
-        where = f"{type(self).__name__} '{key}'"
-        if not isinstance(saved, Mapping):
-            raise ValueError(
-                f'{where}: the checkpoint holds calibrated qparams but not the settings '
-                'they were calibrated for (a checkpoint written before quantizer settings '
-                'were recorded); recalibrate from the FP checkpoint')
-        mine = self.settings()
-        if dict(saved) != mine:
-            diff = ', '.join(f'{k}={saved.get(k)!r} (model: {mine.get(k)!r})'
-                             for k in sorted(set(saved) | set(mine))
-                             if saved.get(k) != mine.get(k))
-            raise ValueError(
-                f'{where}: the checkpoint was calibrated for {_format(saved)}, this model '
-                f'has {_format(mine)} ({diff}); evaluate the checkpoint with the config '
-                'it was calibrated with, or recalibrate from the FP checkpoint')
-
-
-def encode_settings(settings: Mapping[str, Any]) -> Tensor:
-    """Quantizer settings as a uint8 tensor of their JSON text."""
-    text = json.dumps(dict(settings))
-    return torch.tensor(list(text.encode()), dtype=torch.uint8)
-
-
-def decode_settings(saved: Any) -> Any:
-    """Settings saved by :func:`encode_settings` (or as a dict, by the first
-    releases that recorded them); anything else is returned as it is."""
-    if isinstance(saved, Tensor) and saved.dtype == torch.uint8 and saved.dim() == 1:
-        return json.loads(bytes(saved.tolist()).decode())
-    return saved
-
-
-def _format(settings: Mapping[str, Any]) -> str:
-    return ', '.join(f'{k}={v!r}' for k, v in settings.items())
 
 
 @QUANTIZERS.register_module()
@@ -305,6 +73,10 @@ class UniformQuantizer(QuantizerBase):
                              f'got {calib!r}')
         if isinstance(ch_axis, bool) or not isinstance(ch_axis, int):
             raise TypeError(f'{self.display_name}: ch_axis must be an int, got {ch_axis!r}')
+        if static and calib != 'percentile_mse':
+            raise ValueError(f"{self.display_name}: static=True applies to "
+                             f"calib='percentile_mse' only (it computes percentiles "
+                             f"exactly on a weight), got calib={calib!r}")
         self.symmetric = bool(symmetric)
         self.per_channel = bool(per_channel)
         self.ch_axis = ch_axis
@@ -333,7 +105,7 @@ class UniformQuantizer(QuantizerBase):
         return (f', symmetric={self.symmetric}, per_channel={self.per_channel}{axis}, '
                 f'calib={self.calib!r}{static}')
 
-    def _make_observer(self) -> MinMaxObserver:
+    def _make_observer(self) -> Observer:
         if self.calib == 'minmax':
             return MinMaxObserver(self.per_channel, self.ch_axis)
         if self.static:
@@ -368,7 +140,7 @@ class UniformQuantizer(QuantizerBase):
         resized afterwards). A per-tensor quantizer ignores it."""
         if not self.per_channel:
             return
-        if self._is_calibrated and self.scale.numel() != num_channels:
+        if self.is_calibrated and self.scale.numel() != num_channels:
             raise ValueError(f'{self.display_name}: calibrated for {self.scale.numel()} '
                              f'channels, cannot take {num_channels}')
         self.num_channels = int(num_channels)
@@ -405,13 +177,14 @@ class UniformQuantizer(QuantizerBase):
         zero_point = self.quant_min - torch.round(min_neg / scale).to(torch.int32)
         return scale, torch.clamp(zero_point, self.quant_min, self.quant_max)
 
-    def _search_percentile_mse(self, stats: MinMaxObserver) -> Tuple[Tensor, Tensor]:
+    def _search_percentile_mse(self, stats: RangeStatistics) -> Tuple[Tensor, Tensor]:
         k = len(PERCENTILES)
         q = stats.quantiles([1.0 - p for p in PERCENTILES] + list(PERCENTILES)).float()
         lows = torch.cat([stats.min_val.unsqueeze(0), q[:k]])
         highs = torch.cat([stats.max_val.unsqueeze(0), q[k:]])
         scales, zero_points = self._range_to_qparams(lows, highs)
-        mse = stats.quantization_mse(scales, zero_points, self.quant_min, self.quant_max)
+        mse = stats.step_mse(*uniform_step_function(scales, zero_points, self.quant_min,
+                                                    self.quant_max))
         best = mse.argmin(0, keepdim=True)  # first minimum: (min, max) wins ties
         return scales.gather(0, best)[0], zero_points.gather(0, best)[0]
 
@@ -446,7 +219,8 @@ class LSQQuantizer(UniformQuantizer):
     a learnable zero point (LSQ+), for QAT.
 
     ``scale`` (and ``zero_point``) are parameters, initialized by calibration with
-    any :class:`UniformQuantizer` method: turning the observer off sets them. The
+    any :class:`UniformQuantizer` method (:meth:`calculate_qparams` writes them in
+    place, so an optimizer built before keeps them); then trained. The
     forward and its gradients equal ``torch._fake_quantize_learnable_per_tensor_affine``
     (``..._per_channel_affine``): straight-through rounding; the zero point is
     rounded and clamped to the integer range in the forward and gets gradient only
@@ -569,11 +343,10 @@ class LogSqrt2Quantizer(QuantizerBase):
         quantiles = stats.quantiles(list(PERCENTILES))[:, 0]
         grid = stats.max_val.double() * 2.0**(-torch.arange(1, 33, dtype=torch.float64) / 4)
         candidates = torch.cat([stats.max_val.double(), quantiles, grid]).clamp(min=1e-12)
-        midpoints, counts = (t[0] for t in stats.bin_midpoints())
-        errors = torch.stack([
-            (counts * (self._quantize(midpoints, top) - midpoints)**2).sum()
-            for top in candidates
-        ])
+        boundaries, levels = (t.view(torch.float64).to(candidates.device)
+                              for t in (self.log_boundaries, self.log_levels))
+        top = candidates.view(-1, 1, 1)
+        errors = stats.step_mse(top * boundaries, top * levels.flip(0))[:, 0]
         return candidates[errors.argmin()].reshape(1).float()  # first minimum: max wins ties
 
     def _tables(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
@@ -593,137 +366,3 @@ class LogSqrt2Quantizer(QuantizerBase):
     def _fake_quantize(self, x: Tensor) -> Tensor:
         # top 1: no scaling on the default path
         return self._quantize(x, None if self.calib == 'fixed' else self.scale)
-
-
-def build_quantizer(cfg: QuantizerCfg,
-                    default_args: Optional[Mapping[str, Any]] = None) -> QuantizerBase:
-    """Build a quantizer from a config (``type`` plus arguments) or return a built one.
-
-    ``default_args`` fill the arguments that ``cfg`` does not set (as in mmengine).
-    """
-    if isinstance(cfg, QuantizerBase):
-        return cfg
-    if not isinstance(cfg, Mapping) or 'type' not in cfg:
-        raise TypeError('a quantizer must be a QuantizerBase or a config dict with a '
-                        f"'type' key, got {cfg!r}")
-    args = dict(default_args or {})
-    args.update(cfg)
-    args.pop('_scope_', None)
-    qtype = args.pop('type')
-    cls = qtype
-    if isinstance(qtype, str):
-        try:
-            cls = QUANTIZERS.get(qtype)
-        except RuntimeError:
-            cls = None
-    if not (isinstance(cls, type) and issubclass(cls, QuantizerBase)):
-        raise KeyError(f'unknown quantizer type {qtype!r}; registered types: '
-                       f'{", ".join(sorted(QUANTIZERS.module_dict))}')
-    return cls(**args)
-
-
-def quantizers_of(model: nn.Module) -> List[QuantizerBase]:
-    """The quantizers of ``model`` in module order (each shared one once)."""
-    return [m for m in model.modules() if isinstance(m, QuantizerBase)]
-
-
-def set_quantizer_names(model: nn.Module) -> None:
-    """Give every quantizer its qualified module name, for error messages."""
-    for name, module in model.named_modules():
-        if isinstance(module, QuantizerBase):
-            module.name = name
-
-
-def enable_calibration(model: nn.Module) -> None:
-    """Start a calibration: statistics reset, observers on, fake quant off.
-
-    Forwards then compute the float model and collect statistics, across
-    batches, until :func:`calculate_qparams`.
-    """
-    set_quantizer_names(model)
-    for quantizer in quantizers_of(model):
-        quantizer.reset_statistics()
-        quantizer.enable_observer()
-        quantizer.disable_fake_quant()
-
-
-def reset_statistics(model: nn.Module) -> None:
-    """Forget every quantizer's statistics (qparams stay)."""
-    for quantizer in quantizers_of(model):
-        quantizer.reset_statistics()
-
-
-def calculate_qparams(model: nn.Module, strict: bool = True) -> List[str]:
-    """Observers off; qparams computed from the statistics of every quantizer
-    that observed data on some rank. The one call that computes qparams.
-
-    Quantizers that observed nothing keep their qparams (e.g. loaded ones). An
-    empty calibration must not silently leave a float model: with ``strict``
-    any quantizer with neither statistics nor qparams raises, naming it. With
-    ``strict=False`` such quantizers are allowed when part of the model saw no
-    data by design (e.g. the low-bit branch of a block whose low-bit ratio was
-    0 during calibration): they stay uncalibrated, so they raise if ever reached
-    with fake quant on; if no quantizer at all is calibrated it still raises.
-    A collective under distributed: call it on every rank.
-
-    Returns:
-        The names of the quantizers left uncalibrated (empty when ``strict``).
-    """
-    set_quantizer_names(model)
-    quantizers = quantizers_of(model)
-    for quantizer in quantizers:
-        quantizer.disable_observer()
-        device = quantizer.calibrated.device
-        if any_rank(quantizer.has_statistics(), device):
-            quantizer.calculate_qparams()
-    missing = [q.display_name for q in quantizers if not q.is_calibrated]
-    if missing and (strict or len(missing) == len(quantizers)):
-        shown = ', '.join(missing[:5]) + (f' and {len(missing) - 5} more' if len(missing) > 5
-                                          else '')
-        raise RuntimeError(f'{len(missing)} quantizer(s) have no calibration statistics: '
-                           f'{shown}; run forward passes on calibration data after '
-                           'enable_calibration(model)')
-    return missing
-
-
-def finish_calibration(model: nn.Module, strict: bool = True) -> List[str]:
-    """End a calibration: :func:`calculate_qparams`, then :func:`enable_fake_quant`.
-
-    Returns:
-        The names of the quantizers left uncalibrated (see :func:`calculate_qparams`).
-    """
-    missing = calculate_qparams(model, strict)
-    enable_fake_quant(model)
-    return missing
-
-
-def enable_fake_quant(model: nn.Module) -> None:
-    """Fake quant on and observers off, computing nothing: the state of a model
-    built for quantized inference. Its uncalibrated quantizers raise when reached
-    until the model is calibrated or a calibrated checkpoint is loaded."""
-    set_quantizer_names(model)
-    for quantizer in quantizers_of(model):
-        quantizer.disable_observer()
-        quantizer.enable_fake_quant()
-
-
-def disable_quantization(model: nn.Module) -> None:
-    """Observers and fake quant off: the model computes its float function exactly."""
-    for quantizer in quantizers_of(model):
-        quantizer.disable_observer()
-        quantizer.disable_fake_quant()
-
-
-@contextlib.contextmanager
-def quantization_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in float (:func:`disable_quantization`) inside the block, each
-    quantizer's fake-quant and observer switches as they were after it."""
-    quantizers = quantizers_of(model)
-    states = [(q.fake_quant_enabled, q.observer_enabled) for q in quantizers]
-    disable_quantization(model)
-    try:
-        yield model
-    finally:
-        for quantizer, (fake_quant, observer) in zip(quantizers, states):
-            quantizer.enable_fake_quant(fake_quant)
-            quantizer.enable_observer(observer)

@@ -31,7 +31,7 @@ NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_s
 # min/max calibration keeps the test fast; the percentile/MSE search reads the
 # same observed data, so it adds nothing to what is compared here
 MINMAX = dict(weight_quantizer=dict(type='UniformQuantizer', per_channel=True,
-                                    calib='minmax', static=True),
+                                    calib='minmax'),
               act_quantizer=dict(type='UniformQuantizer', calib='minmax'))
 
 

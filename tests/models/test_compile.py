@@ -23,7 +23,7 @@ from .blas_rows import DTYPE, assert_same_outputs
 ARCH = dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2), strides=(4, 2),
             out_indices=(0, 1), window_size=7)
 MINMAX = dict(weight_quantizer=dict(type='UniformQuantizer', per_channel=True,
-                                    calib='minmax', static=True),
+                                    calib='minmax'),
               act_quantizer=dict(type='UniformQuantizer', calib='minmax'))
 
 

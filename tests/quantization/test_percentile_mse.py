@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-from mixaq_mmdet.quantization import (PERCENTILES, HistogramObserver, TensorObserver,
-                                      UniformQuantizer)
+from mixaq_mmdet.quantization import (PERCENTILES, HistogramObserver, LogSqrt2Quantizer,
+                                      TensorObserver, UniformQuantizer)
+from mixaq_mmdet.quantization.numerics import uniform_step_function
+from mixaq_mmdet.quantization.observers import _step_antiderivative
 
 BITS = list(range(2, 9))
 
@@ -109,7 +111,8 @@ def test_histogram_statistics_are_accurate():
     for bits in (4, 8):
         q = UniformQuantizer(bits, per_channel=True, ch_axis=1)
         scale, zp = q._range_to_qparams(ref[:3].float(), ref[3:].float())  # (3, 5) candidates
-        estimate = hist.quantization_mse(scale, zp, q.quant_min, q.quant_max)
+        steps = uniform_step_function(scale, zp, q.quant_min, q.quant_max)
+        estimate = hist.step_mse(*steps)
         actual = torch.stack([((torch.fake_quantize_per_channel_affine(
             x, s, z, 1, q.quant_min, q.quant_max) - x).double()**2).mean(0)
                               for s, z in zip(scale, zp)])
@@ -117,7 +120,7 @@ def test_histogram_statistics_are_accurate():
         # Few tail samples dominate the clipping error; each is known within 3 %.
         assert torch.allclose(estimate, actual, rtol=0.1)
         assert torch.allclose(estimate[0], actual[0], rtol=0.05)  # (0.1 %, 99.9 %): many
-        assert torch.allclose(exact.quantization_mse(scale, zp, q.quant_min, q.quant_max), actual)
+        assert torch.allclose(exact.step_mse(*steps), actual)
 
 
 def test_histogram_memory_is_bounded():
@@ -163,3 +166,40 @@ def test_float64_values_that_underflow_in_float32_stay_in_the_histogram():
     expected = HistogramObserver()
     expected.observe(x.float())
     assert torch.equal(obs.hist, expected.hist)
+
+
+def test_step_integral_is_exact_for_any_step_function():
+    """The one MSE method (uniform and log-sqrt(2) candidates alike) integrates a
+    step function over each bin: against a fine quadrature of the same integral."""
+    gen = torch.Generator().manual_seed(0)
+    boundaries = torch.rand(2, 3, 5, generator=gen, dtype=torch.float64).sort(-1).values * 4 - 2
+    levels = torch.randn(2, 3, 6, generator=gen, dtype=torch.float64)
+    a = torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) * 6 - 3
+    b = a + torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) * 2
+    exact = (_step_antiderivative(b.contiguous(), boundaries, levels) -
+             _step_antiderivative(a.contiguous(), boundaries, levels))
+    n = 200_000
+    frac = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    x = a.unsqueeze(-1) + (b - a).unsqueeze(-1) * frac  # (2, 3, 4, n) midpoints
+    seg = torch.searchsorted(boundaries.unsqueeze(2).expand(-1, -1, 4, -1).contiguous(), x)
+    q = levels.unsqueeze(2).expand(-1, -1, 4, -1).gather(-1, seg)
+    quadrature = ((q - x)**2).mean(-1) * (b - a)
+    # The midpoint rule is off by at most one cell's share at each jump: (b - a) / n.
+    assert torch.allclose(exact, quadrature, rtol=0, atol=4 * 9 * (b - a).max().item() / n)
+
+
+def test_log_sqrt2_search_error_matches_the_exact_error():
+    """The log-sqrt(2) candidates' MSE on the histogram is the exact MSE on the data
+    within the histogram's resolution (as the uniform quantizer's)."""
+    x = torch.softmax(torch.randn(4000, 49) * 3, -1).flatten()
+    hist, exact = HistogramObserver(), TensorObserver()
+    hist.observe(x)
+    exact.observe(x)
+    q = LogSqrt2Quantizer(3, calib='percentile_mse')
+    boundaries, levels = (t.view(torch.float64) for t in (q.log_boundaries, q.log_levels))
+    top = torch.tensor([1.0, 0.5, 0.1], dtype=torch.float64).view(-1, 1, 1)
+    estimate = hist.step_mse(top * boundaries, top * levels.flip(0))
+    actual = torch.stack([((q._quantize(x.double(), t.flatten()) - x.double())**2).mean()
+                          for t in top]).unsqueeze(1)
+    assert torch.allclose(exact.step_mse(top * boundaries, top * levels.flip(0)), actual)
+    assert torch.allclose(estimate, actual, rtol=0.05)

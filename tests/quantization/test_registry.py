@@ -41,9 +41,9 @@ def test_build_does_not_mutate_config():
 
 
 def test_default_args_fill_unset_arguments():
-    defaults = dict(bits=8, static=True)
+    defaults = dict(bits=8, calib='percentile_mse', static=True)
     q = build_quantizer(dict(type='UniformQuantizer', bits=4), default_args=defaults)
-    assert q.bits == 4 and q.static
+    assert q.bits == 4 and q.static and q.calib == 'percentile_mse'
 
 
 def test_build_passes_modules_through():

@@ -9,7 +9,7 @@ from torch import nn
 from mixaq_mmdet.quantization import (LogSqrt2Quantizer, LSQQuantizer, QuantLinear,
                                       UniformQuantizer, enable_calibration,
                                       finish_calibration)
-from mixaq_mmdet.quantization.quantizers import decode_settings
+from mixaq_mmdet.quantization.base import decode_settings
 
 
 def calibrated(layer: nn.Module, x: torch.Tensor) -> nn.Module:

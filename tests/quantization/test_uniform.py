@@ -298,3 +298,9 @@ def test_channel_count_change_is_reported():
     with pytest.raises(ValueError, match=r"UniformQuantizer 'q': observed 4 channels before, "
                        r"got 5"):
         model(torch.randn(2, 3, 5))
+
+
+def test_static_needs_percentile_mse():
+    with pytest.raises(ValueError, match=r"static=True applies to calib='percentile_mse'.*"
+                       r"calib='minmax'"):
+        UniformQuantizer(4, static=True)
