@@ -1,5 +1,6 @@
 """mmengine loops, hooks and optimizer construction for PTQ and QAT (registered
 in mmdet's registries)."""
+from .amp_optim_wrapper import CPUAmpOptimWrapper
 from .calibration import calibrate_model
 from .hooks import BitOpsHook, QATInitHook, RandomStateHook, SAQAHook
 from .loops import PTQLoop, prepare_test_loop
@@ -7,5 +8,5 @@ from .model_wrappers import unwrap
 from .optim_constructor import QATOptimWrapperConstructor
 from .ratio_sampling import sample_uniform_sum_ratios
 
-__all__ = ['PTQLoop', 'prepare_test_loop', 'BitOpsHook', 'QATInitHook', 'RandomStateHook', 'SAQAHook',
+__all__ = ['CPUAmpOptimWrapper', 'PTQLoop', 'prepare_test_loop', 'BitOpsHook', 'QATInitHook', 'RandomStateHook', 'SAQAHook',
            'QATOptimWrapperConstructor', 'calibrate_model', 'sample_uniform_sum_ratios', 'unwrap']
