@@ -1,7 +1,7 @@
 """PTQLoop: post-training quantization as an mmengine test loop."""
 import math
 import os.path as osp
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from mmdet.registry import LOOPS
@@ -11,7 +11,6 @@ from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import CheckpointLoader, Runner, TestLoop, save_checkpoint
 from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
-from mmengine.runner.loops import _parse_losses
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -130,26 +129,37 @@ class PTQLoop(TestLoop):
         return self._calib_dataloader
 
     def run(self) -> dict:
-        self.prepare_model()
-        if self.compile_kwargs is not None:
-            self.model.backbone.compile(**self.compile_kwargs)
-            print_log(f'PTQ: backbone compiled with torch.compile({self.compile_kwargs})',
-                      logger='current')
-        self.runner.model.eval()
-        self.test_loss.clear()
-        for idx, data_batch in enumerate(self.dataloader):
-            self.run_iter(idx, data_batch)
-        metrics = self.evaluator.evaluate(len(self.dataloader.dataset))
-        if self.test_loss:
-            metrics.update(_parse_losses(self.test_loss, 'test'))
-        self.runner.call_hook('after_test_epoch', metrics=metrics)
-        self.runner.call_hook('after_test')
-        return metrics
+        """mmengine's ``TestLoop.run``, the model prepared between the
+        ``before_test_epoch`` hooks and the first batch (:meth:`run_iter`)."""
+        if len(self.dataloader) == 0:
+            raise ValueError('PTQ: the test dataloader is empty; nothing would be evaluated')
+        self._calibrated = self.check_checkpoint()
+        self._prepared = False
+        return super().run()
+
+    def run_iter(self, idx: int, data_batch: Sequence[dict]) -> None:
+        if not self._prepared:
+            self._prepared = True
+            self.quantize_model(self._calibrated)
+            if self.compile_kwargs is not None:
+                self.model.backbone.compile(**self.compile_kwargs)
+                print_log(f'PTQ: backbone compiled with torch.compile({self.compile_kwargs})',
+                          logger='current')
+            self.runner.model.eval()
+        super().run_iter(idx, data_batch)
 
     def prepare_model(self) -> None:
-        """Check the loaded checkpoint, then calibrate it (FP checkpoint, saved
-        as ``calibrated.pth``) or use it as it is (calibrated checkpoint); calls
-        the ``before_test`` and ``before_test_epoch`` hooks in between."""
+        """What :meth:`run` does before its first batch, for tools that
+        evaluate the model their own way: check the loaded checkpoint, call the
+        ``before_test`` and ``before_test_epoch`` hooks, then quantize."""
+        calibrated = self.check_checkpoint()
+        self.runner.call_hook('before_test')
+        self.runner.call_hook('before_test_epoch')
+        self.quantize_model(calibrated)
+
+    def check_checkpoint(self) -> bool:
+        """Check the loaded checkpoint against the model; whether it is a
+        calibrated one (else an FP one)."""
         checkpoint = self.runner.cfg.get('load_from')
         if not checkpoint:
             raise ValueError('PTQ needs a checkpoint: run tools/test.py CONFIG '
@@ -162,13 +172,17 @@ class PTQLoop(TestLoop):
         else:
             check_float_checkpoint(model, state, checkpoint)
             check_base_model(state, checkpoint, self.runner.cfg.get('base_model'))
-        del state
-        self.runner.call_hook('before_test')
-        self.runner.call_hook('before_test_epoch')
+        return calibrated
+
+    def quantize_model(self, calibrated: bool) -> None:
+        """Calibrate an FP checkpoint (saved as ``calibrated.pth``), or use a
+        calibrated one as it is (hooks that act on the weights, such as EMA,
+        have run before)."""
+        checkpoint = self.runner.cfg.get('load_from')
         if calibrated:
             print_log(f'PTQ: {checkpoint} is calibrated; evaluating it as it is',
                       logger='current')
-            enable_fake_quant(model)
+            enable_fake_quant(self.model)
         else:
             self.calibrate()
             if self.save_calibrated and is_main_process():
