@@ -16,7 +16,9 @@ Mask R-CNN at 800x1333.
    evaluated on the 2 val images; the per-pair search (1 generation of 4 on 3
    train images) and its searched configs.
 2. Steps the table does not take: the 1x FP config, a QAT training resumed for
-   one more iteration (``--resume``) and the search's ``proxy`` objective.
+   one more iteration (``--resume``), one iteration of the AMP QAT config (bf16
+   on CPU: ``optim_wrapper.type=CPUAmpOptimWrapper``, no validation) and the
+   search's ``proxy`` objective.
 
 Every config of ``configs/mixaq/`` must be run by one of them: a config none
 runs is an error. Each run is forked from this process (the imports are paid
@@ -88,9 +90,11 @@ SMOKE_ROWS = (
     'qat_uniform_w4a4_12e', 'qat_uniform_w4a3_12e', 'qat_mixaq_w4a4a2_1.24x',
     'qat_mixaq_w4a4a2_1.35x', 'qat_mixaq_prune_1.53x', 'qat_mixaq_prune_1.82x',
     'qat_no_saqa_1.35x', 'qat_search_1.24x', 'qat_search_1.35x')
-#: The steps after the table: the 1x FP config, a resumed training, the proxy search.
+#: The steps after the table: the 1x FP config, a resumed training, AMP QAT,
+#: the proxy search.
 FP_1X = 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
 RESUMED = 'qat_uniform_w4a4'
+AMP_QAT = 'qat/qat_uniform_w4a4-amp_swin-t_coco.py'
 #: A run longer than this is killed and fails.
 STEP_TIMEOUT_S = 900
 
@@ -249,7 +253,7 @@ def run_table(executor: SmokeExecutor, work: str, data_root: str, checkpoint: st
 
 def run_extras(executor: SmokeExecutor, work: str, data_root: str, checkpoint: str) -> None:
     """What the table does not run: the 1x FP config, a QAT training resumed for
-    one more iteration and validated, the search's proxy objective."""
+    one more iteration and validated, AMP QAT, the search's proxy objective."""
     fp = TableConfig(osp.join(CONFIGS, FP_1X), osp.join(work, 'extra', 'fp_1x'), data_root,
                      extra=smoke_options)
     executor.launch('test', test_args(fp, checkpoint), fp.work_dir)
@@ -260,6 +264,10 @@ def run_extras(executor: SmokeExecutor, work: str, data_root: str, checkpoint: s
                           smoke_options)
     executor.launch('train', train_args(resumed, None, resume=True),
                   osp.join(work, 'extra', 'resume'))
+    amp = TableConfig(osp.join(CONFIGS, AMP_QAT), osp.join(work, 'extra', 'qat_amp'),
+                      data_root, (('optim_wrapper.type', 'CPUAmpOptimWrapper'),
+                                  ('train_cfg.val_interval', 2)), smoke_options)
+    executor.launch('train', train_args(amp, checkpoint, resume=False), amp.work_dir)
     saqa = COCO.training('qat_saqa_w4a4a2')
     proxy = Search('proxy', saqa.config, saqa.name, 'qat_uniform_w4a4', (1.35, ),
                    objective='proxy')

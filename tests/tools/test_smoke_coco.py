@@ -26,7 +26,7 @@ def test_the_smoke_rows_and_steps_cover_every_config():
     used = {r.config for r in COCO.rows if r.name in rows}
     used |= {COCO.training(t).config for t in COCO.needed_trainings(sorted(rows))}
     used |= {s.config for s in COCO.searches if set(s.row_names()) & rows}
-    used |= {SMOKE['FP_1X'], COCO.training(SMOKE['RESUMED']).config}
+    used |= {SMOKE['FP_1X'], COCO.training(SMOKE['RESUMED']).config, SMOKE['AMP_QAT']}
     assert sorted(used) == _configs()
 
 
