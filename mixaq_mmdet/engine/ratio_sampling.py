@@ -11,8 +11,7 @@ from typing import List
 
 import numpy as np
 
-#: The largest ratio MixA-Q searches per pair (its grid is 0, 0.1, ..., 0.8).
-MAX_RATIO = 0.8
+from mixaq_mmdet.ratios import MAX_RATIO
 
 
 def sample_uniform_sum_ratios(num_pairs: int, seed: int, iteration: int,

@@ -14,9 +14,9 @@ from mixaq_mmdet.search.nsga import (RATIO_GRID, Candidate, Evaluation,
                                      RatioSearchSpace, SearchResult,
                                      cost_range, search_ratios)
 
-NSGA_PATH = osp.join(
-    osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))),
-    'mixaq_mmdet', 'search', 'nsga.py')
+PACKAGE_DIR = osp.join(
+    osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'mixaq_mmdet')
+NSGA_DIR = osp.join(PACKAGE_DIR, 'search', 'nsga')
 
 # Per-pair weights: the later pairs matter more for cost, the earlier ones
 # hurt accuracy more, so the front trades them off non-trivially.
@@ -474,13 +474,19 @@ def test_non_finite_accuracy_is_an_error():
 
 
 def test_runs_without_the_detection_stack():
-    """nsga.py loaded by path with torch, mmengine, mmdet and mixaq_mmdet
-    blocked still searches."""
+    """The nsga package loaded by path, with torch, mmengine and mmdet blocked
+    and mixaq_mmdet's __init__ (which registers the detection stack) not run,
+    still searches; of mixaq_mmdet it needs only the ratios module."""
     code = f'''
-import importlib.util, json, sys
-for name in ('torch', 'mmdet', 'mmengine', 'mixaq_mmdet'):
+import importlib.util, json, os, sys, types
+for name in ('torch', 'mmdet', 'mmengine'):
     sys.modules[name] = None
-spec = importlib.util.spec_from_file_location('standalone_nsga', {NSGA_PATH!r})
+package = types.ModuleType('mixaq_mmdet')
+package.__path__ = [{PACKAGE_DIR!r}]
+sys.modules['mixaq_mmdet'] = package
+spec = importlib.util.spec_from_file_location(
+    'standalone_nsga', os.path.join({NSGA_DIR!r}, '__init__.py'),
+    submodule_search_locations=[{NSGA_DIR!r}])
 nsga = importlib.util.module_from_spec(spec)
 sys.modules['standalone_nsga'] = nsga
 spec.loader.exec_module(nsga)
@@ -492,9 +498,10 @@ result = nsga.search_ratios(space, accuracy, cost, band=(8.5, 9.5),
 best = result.best_in_band((8.5, 9.5))
 blocked = [n for n in ('torch', 'mmdet', 'mmengine')
            if sys.modules.get(n) is not None]
+ours = sorted(n for n in sys.modules if n.startswith('mixaq_mmdet.'))
 print(json.dumps(dict(evaluations=len(result.evaluations),
                       best=best.candidate.key(), cost=best.cost,
-                      blocked=blocked)))
+                      blocked=blocked, ours=ours)))
 '''
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
                           text=True, timeout=120)
@@ -503,3 +510,4 @@ print(json.dumps(dict(evaluations=len(result.evaluations),
     assert report['evaluations'] > 0
     assert 8.5 <= report['cost'] <= 9.5
     assert report['blocked'] == []
+    assert report['ours'] == ['mixaq_mmdet.ratios']

@@ -18,13 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mixaq_mmdet.ratios import RATIO_TOLERANCE
 from .window_layout import padded_shape
 
 WINDOW_SCORES = ('l2', 'contrast')
 WINDOW_ORDERS = ('importance', 'random', 'reverse')
-
-# Slack for ``ratio * num_windows`` landing just below an integer (0.29 * 100).
-_FLOOR_EPS = 1e-9
 
 
 def _check_choice(value: str, choices: Sequence[str], name: str) -> None:
@@ -80,7 +78,7 @@ def check_ratios(low: Sequence[float], prune: Sequence[float]) -> None:
                          f'prune_ratios has {len(prune)}; expected one value '
                          'per pair of consecutive blocks in both')
     for i, (low_i, prune_i) in enumerate(zip(low, prune)):
-        if low_i + prune_i > 1.0 + _FLOOR_EPS:
+        if low_i + prune_i > 1.0 + RATIO_TOLERANCE:
             raise ValueError(
                 f'low_bit_ratios[{i}] + prune_ratios[{i}] = {low_i} + '
                 f'{prune_i} = {low_i + prune_i:g} > 1 for pair {i}; the '
@@ -287,11 +285,11 @@ def group_sizes(num_windows: int, low_ratio: float,
     """
     low = _check_unit_interval(low_ratio, 'low_ratio')
     prune = _check_unit_interval(prune_ratio, 'prune_ratio')
-    if low + prune > 1.0 + _FLOOR_EPS:
+    if low + prune > 1.0 + RATIO_TOLERANCE:
         raise ValueError(f'low_ratio + prune_ratio = {low} + {prune} = '
                          f'{low + prune:g} > 1; they must sum to at most 1')
-    n_prune = math.floor(prune * num_windows + _FLOOR_EPS)
-    n_low = math.floor(low * num_windows + _FLOOR_EPS)
+    n_prune = math.floor(prune * num_windows + RATIO_TOLERANCE)
+    n_low = math.floor(low * num_windows + RATIO_TOLERANCE)
     return num_windows - n_low - n_prune, n_low, n_prune
 
 
