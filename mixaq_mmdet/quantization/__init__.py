@@ -1,4 +1,8 @@
-"""Fake quantization for MixA-Q: quantizers, their statistics and quantized layers."""
+"""Fake quantization for MixA-Q: quantizers, their statistics and quantized layers.
+
+A new quantizer is a :class:`QuantizerBase` subclass registered in
+``QUANTIZERS`` and imported here; a config then names it by type.
+"""
 from .base import MAX_BITS, MIN_BITS, QuantizerBase
 from .builder import QuantizerCfg, build_quantizer
 from .convert import quantize_layers
@@ -8,13 +12,14 @@ from .observers import HistogramObserver, MinMaxObserver, TensorObserver
 from .quantizers import (CALIB_METHODS, DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER,
                          PERCENTILES, LogSqrt2Quantizer, LSQQuantizer, UniformQuantizer)
 from .reparam import ReparamTarget, reparameterize
+from .twin_uniform import TwinUniformQuantizer
 from .switches import (calculate_qparams, disable_quantization, enable_calibration,
                        enable_fake_quant, finish_calibration, quantization_disabled,
                        quantizers_of, reset_statistics, set_quantizer_names)
 
 __all__ = [
     'quantize_layers', 'ReparamTarget', 'reparameterize', 'QuantizerBase', 'UniformQuantizer',
-    'LSQQuantizer', 'LogSqrt2Quantizer', 'QuantLinear', 'QuantConv2d', 'QuantMatMul',
+    'LSQQuantizer', 'LogSqrt2Quantizer', 'TwinUniformQuantizer', 'QuantLinear', 'QuantConv2d', 'QuantMatMul',
     'MinMaxObserver', 'HistogramObserver', 'TensorObserver', 'QuantizerCfg',
     'build_quantizer', 'fake_quantize', 'enable_calibration', 'calculate_qparams',
     'finish_calibration', 'enable_fake_quant', 'disable_quantization',

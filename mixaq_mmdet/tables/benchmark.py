@@ -107,6 +107,11 @@ BENCHMARK = Table(
         *(_ptq(f'uniform_{bits}') for bits in ('w8a8', 'w4a8', 'w4a6', 'w4a4', 'w4a3', 'w4a2')),
         _ptq('mixaq_w4a8a4'),
         _ptq('mixaq_w4a8a4_prune'),
+        # the PTQ base: RepQ-ViT's quantizers (above) against PTQ4ViT's twin uniform
+        # quantizer after the softmax and the GELU, same calibration
+        _ptq('mixaq_w4a8a2'),
+        _ptq('ptq4vit_uniform_w4a4'),
+        _ptq('ptq4vit_mixaq_w4a8a2'),
         Row('qat_uniform_w4a4', 'qat/qat_uniform_w4a4_shapes.py', 'qat_uniform_w4a4', QAT_BASE),
         Row('qat_uniform_w4a3', 'qat/qat_uniform_w4a3_shapes.py', 'qat_uniform_w4a3', QAT_BASE),
         Row('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2', QAT_BASE),

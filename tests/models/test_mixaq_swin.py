@@ -286,10 +286,62 @@ def test_mask_rcnn_with_mixaq_backbone_loss_and_predict():
     (dict(act_quantizer=dict(type='UniformQuantizer', bits=3)), ValueError,
      'act_quantizer must not set bits'),
     (dict(weight_quantizer=dict(type='NoSuchQuantizer')), KeyError, 'NoSuchQuantizer'),
+    (dict(branch_quantizers=dict(gelu=dict(type='UniformQuantizer'))), ValueError,
+     r"unknown positions \['gelu'\]; valid: \('qkv_in', 'q', 'k', 'softmax', 'v'"),
+    (dict(branch_quantizers=dict(fc2_in=dict(type='UniformQuantizer', bits=3))), ValueError,
+     r'branch_quantizers.fc2_in must not set bits'),
+    (dict(softmax_quantizer=dict(type='LogSqrt2Quantizer'),
+          branch_quantizers=dict(softmax=dict(type='LogSqrt2Quantizer'))), ValueError,
+     'softmax_quantizer or .*not both'),
+    (dict(softmax_quantizer=dict(type='LogSqrt2Quantizer', bits=3)), ValueError,
+     'softmax_quantizer must not set bits'),
 ])
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         MixAQSwinTransformer(**NANO, **kwargs)
+
+
+TWIN = dict(softmax=dict(type='TwinUniformQuantizer', mode='softmax'),
+            fc2_in=dict(type='TwinUniformQuantizer', mode='gelu'))
+
+
+def test_branch_quantizers_replace_single_positions_and_keep_the_keys():
+    """A quantizer config per position: the twin uniform quantizers land exactly
+    where they are named, in both branches at their bits, the other positions
+    keep the defaults, and the keys change only where a quantizer was replaced
+    (a twin uniform quantizer has no zero point)."""
+    ref, default = _pair(a_bits=(8, 2))
+    _, model = _pair(a_bits=(8, 2), branch_quantizers=TWIN)
+    keys, default_keys = set(model.state_dict()), set(default.state_dict())
+    assert set(ref.state_dict()) <= keys <= default_keys
+    assert {k.split('.branches.')[1] for k in default_keys - keys} == {
+        'high.fc2_in.zero_point', 'low.fc2_in.zero_point'}
+    changed = {'av.quantizer_a': 'softmax', 'fc2_in': 'gelu'}
+    for (name, q), (_, d) in zip(
+            ((n, m) for n, m in model.named_modules() if '.branches.' in n),
+            ((n, m) for n, m in default.named_modules() if '.branches.' in n)):
+        position = name.split('.branches.')[1].split('.', 1)
+        if len(position) < 2 or not hasattr(q, 'bits'):
+            continue
+        branch, where = position
+        assert q.bits == (8 if branch == 'high' else 2)
+        if where in changed:
+            assert type(q).__name__ == 'TwinUniformQuantizer' and q.mode == changed[where]
+        else:
+            assert type(q) is type(d) and q.settings() == d.settings()
+    assert model.quantizer_summary()['TwinUniformQuantizer'] == 2 * 2 * 8
+
+
+def test_ptq_with_twin_uniform_quantizers_runs_and_refuses_the_other_base():
+    _, model = _pair(low_bit_ratios=0.5, a_bits=(8, 4), quant=True, branch_quantizers=TWIN)
+    x = torch.randn(2, 3, 64, 96)
+    assert _calibrate(model, x) == []
+    with torch.no_grad():
+        outs = model(x)
+    assert all(torch.isfinite(o).all() for o in outs)
+    _, repq = _pair(low_bit_ratios=0.5, a_bits=(8, 4), quant=True)
+    with pytest.raises(ValueError, match=r"kind='twin_uniform' \(model: 'log_sqrt2'\)"):
+        repq.load_state_dict(model.state_dict())
 
 
 def test_set_ratios_validates_like_the_constructor():

@@ -13,7 +13,7 @@ from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER, MAX_BITS, MIN_BITS,
                                       enable_fake_quant, quantizers_of)
 from mixaq_mmdet.quantization.reparam import ReparamTarget
 from mixaq_mmdet.utils.tensor_cache import TensorCache
-from ..layers import TwoBranchSwinBlock, WindowLayout, WindowPolicy
+from ..layers import QUANTIZER_POSITIONS, TwoBranchSwinBlock, WindowLayout, WindowPolicy
 from ..layers.window_policy import check_ratios, normalize_ratios
 
 Ratios = Union[float, Sequence[float]]
@@ -33,6 +33,29 @@ def _with_bits(cfg: Optional[Mapping], default: Mapping, bits: int,
     cfg = copy.deepcopy(dict(default if cfg is None else cfg))
     cfg['bits'] = bits
     return cfg
+
+
+def _position_quantizers(act_quantizer: Optional[Mapping],
+                         softmax_quantizer: Optional[Mapping],
+                         branch_quantizers: Optional[Mapping[str, dict]]
+                         ) -> Dict[str, Tuple[Optional[Mapping], str]]:
+    """The quantizer config (None: the default activation quantizer) of every
+    branch position, with the argument it came from: ``branch_quantizers``
+    where given, else ``act_quantizer`` (``softmax_quantizer`` or log-sqrt(2)
+    after the softmax)."""
+    given = dict(branch_quantizers or {})
+    unknown = sorted(set(given) - set(QUANTIZER_POSITIONS))
+    if unknown:
+        raise ValueError(f'branch_quantizers has unknown positions {unknown}; '
+                         f'valid: {QUANTIZER_POSITIONS}')
+    if softmax_quantizer is not None and 'softmax' in given:
+        raise ValueError('set the post-softmax quantizer once: softmax_quantizer or '
+                         "branch_quantizers['softmax'], not both")
+    defaults = {p: (act_quantizer, 'act_quantizer') for p in QUANTIZER_POSITIONS}
+    defaults['softmax'] = (DEFAULT_SOFTMAX_QUANTIZER if softmax_quantizer is None
+                           else softmax_quantizer, 'softmax_quantizer')
+    return {p: (given[p], f'branch_quantizers.{p}') if p in given else defaults[p]
+            for p in QUANTIZER_POSITIONS}
 
 
 def _check_bits(value: object, name: str) -> int:
@@ -74,6 +97,12 @@ class MixAQSwinTransformer(SwinTransformer):
             setting (RepQ-ViT): per-channel weights and per-tensor activations
             calibrated by percentile + MSE, log-sqrt(2) after the softmax with
             its top calibrated the same way.
+        branch_quantizers: quantizer configs (without ``bits``) of single
+            positions of the Two-Branch blocks' branches, keyed by
+            :data:`QUANTIZER_POSITIONS` (e.g. ``fc2_in``, the post-GELU input of
+            fc2); a position not named takes ``act_quantizer`` (``softmax``:
+            ``softmax_quantizer``). Both branches take the same configs, at
+            their own bits.
         **kwargs: mmdet SwinTransformer's arguments.
     """
 
@@ -90,6 +119,7 @@ class MixAQSwinTransformer(SwinTransformer):
                  weight_quantizer: Optional[dict] = None,
                  act_quantizer: Optional[dict] = None,
                  softmax_quantizer: Optional[dict] = None,
+                 branch_quantizers: Optional[Mapping[str, dict]] = None,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.w_bits = _check_bits(w_bits, 'w_bits')
@@ -115,15 +145,17 @@ class MixAQSwinTransformer(SwinTransformer):
         act_cfgs = {b: _with_bits(act_quantizer, DEFAULT_ACT_QUANTIZER, bits,
                                   'act_quantizer')
                     for b, bits in zip(('high', 'low'), self.a_bits)}
-        softmax_cfgs = {b: _with_bits(softmax_quantizer, DEFAULT_SOFTMAX_QUANTIZER,
-                                      bits, 'softmax_quantizer')
-                        for b, bits in zip(('high', 'low'), self.a_bits)}
+        positions = _position_quantizers(act_quantizer, softmax_quantizer,
+                                         branch_quantizers)
+        branch_cfgs = {
+            b: {p: _with_bits(cfg, DEFAULT_ACT_QUANTIZER, bits, name)
+                for p, (cfg, name) in positions.items()}
+            for b, bits in zip(('high', 'low'), self.a_bits)}
         self.weight_quantizer_cfg = weight_cfg
         self.act_quantizer_cfgs = act_cfgs
         for stage in self.stages:
             for j, block in enumerate(stage.blocks):
-                stage.blocks[j] = TwoBranchSwinBlock(block, weight_cfg, act_cfgs,
-                                                     softmax_cfgs)
+                stage.blocks[j] = TwoBranchSwinBlock(block, weight_cfg, branch_cfgs)
             if stage.downsample is not None:
                 stage.downsample.reduction = QuantLinear(
                     stage.downsample.reduction, weight_cfg, act_cfgs['high'])

@@ -15,7 +15,7 @@ observing in the branches, equal LayerNorm copies, nothing pruned) the block run
 mmdet's own ``SwinBlock.forward`` on the modules it took over.
 """
 import copy
-from typing import Dict, List, Optional, Tuple, Union
+from typing import List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -36,23 +36,35 @@ BRANCHES = ('high', 'low')
 MIN_FFN_ROWS = 16
 
 
-class BranchQuantizers(nn.Module):
-    """The activation quantizers of one branch of a Two-Branch block.
+#: Where a branch quantizes an activation, in the order of the computation: the
+#: inputs of qkv, both operands of ``q @ k^T``, the post-softmax probabilities
+#: and ``v`` of ``softmax @ v``, the inputs of proj and fc1, and the post-GELU
+#: input of fc2. Each position has its own quantizer config.
+QUANTIZER_POSITIONS = ('qkv_in', 'q', 'k', 'softmax', 'v', 'proj_in', 'fc1_in', 'fc2_in')
 
-    Each quantizer sits where an activation enters a multiplication: the inputs of
-    qkv, proj, fc1 and fc2, and both operands of the two attention products
-    (``q @ k^T`` and ``softmax @ v``; the softmax with its own quantizer).
+
+class BranchQuantizers(nn.Module):
+    """The activation quantizers of one branch of a Two-Branch block, one per
+    :data:`QUANTIZER_POSITIONS` entry, each built from its own config.
+
+    Module names (and so checkpoint keys) are ``qkv_in``, ``qk.quantizer_a`` (q),
+    ``qk.quantizer_b`` (k), ``av.quantizer_a`` (softmax), ``av.quantizer_b`` (v),
+    ``proj_in``, ``fc1_in`` and ``fc2_in``.
     """
 
-    def __init__(self, act_cfg: dict, softmax_cfg: dict) -> None:
+    def __init__(self, cfgs: Mapping[str, dict]) -> None:
         super().__init__()
-        self.qkv_in = build_quantizer(act_cfg)
-        self.qk = QuantMatMul(build_quantizer(act_cfg), build_quantizer(act_cfg))
-        self.av = QuantMatMul(build_quantizer(softmax_cfg),
-                              build_quantizer(act_cfg))
-        self.proj_in = build_quantizer(act_cfg)
-        self.fc1_in = build_quantizer(act_cfg)
-        self.fc2_in = build_quantizer(act_cfg)
+        missing = [p for p in QUANTIZER_POSITIONS if p not in cfgs]
+        unknown = [p for p in cfgs if p not in QUANTIZER_POSITIONS]
+        if missing or unknown:
+            raise ValueError(f'branch quantizer configs must have exactly the positions '
+                             f'{QUANTIZER_POSITIONS}; missing {missing}, unknown {unknown}')
+        self.qkv_in = build_quantizer(cfgs['qkv_in'])
+        self.qk = QuantMatMul(build_quantizer(cfgs['q']), build_quantizer(cfgs['k']))
+        self.av = QuantMatMul(build_quantizer(cfgs['softmax']), build_quantizer(cfgs['v']))
+        self.proj_in = build_quantizer(cfgs['proj_in'])
+        self.fc1_in = build_quantizer(cfgs['fc1_in'])
+        self.fc2_in = build_quantizer(cfgs['fc2_in'])
 
 
 class TwoBranchSwinBlock(nn.Module):
@@ -73,12 +85,12 @@ class TwoBranchSwinBlock(nn.Module):
         block: the mmdet block to take over.
         weight_cfg: weight quantizer config, one per linear layer (shared by both
             branches, as the weights are).
-        act_cfgs: activation quantizer config per branch, ``{'high': ..., 'low': ...}``.
-        softmax_cfgs: post-softmax quantizer config per branch.
+        branch_cfgs: per branch (``'high'``, ``'low'``), the quantizer config of
+            every :data:`QUANTIZER_POSITIONS` entry.
     """
 
-    def __init__(self, block: SwinBlock, weight_cfg: dict, act_cfgs: Dict[str, dict],
-                 softmax_cfgs: Dict[str, dict]) -> None:
+    def __init__(self, block: SwinBlock, weight_cfg: dict,
+                 branch_cfgs: Mapping[str, Mapping[str, dict]]) -> None:
         super().__init__()
         self.window_size = block.attn.window_size
         self.shift_size = block.attn.shift_size
@@ -100,7 +112,7 @@ class TwoBranchSwinBlock(nn.Module):
         self.ffn.layers[0][0] = QuantLinear(fc1, weight_cfg, None)
         self.ffn.layers[1] = QuantLinear(fc2, weight_cfg, None)
         self.branches = nn.ModuleDict({
-            b: BranchQuantizers(act_cfgs[b], softmax_cfgs[b])
+            b: BranchQuantizers(branch_cfgs[b])
             for b in BRANCHES
         })
         #: Always the Two-Branch path on whole windows (see
