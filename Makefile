@@ -5,13 +5,25 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env test demo smoke-coco clean
+.PHONY: env test lint format demo smoke-coco clean
 
 env:
 	@PYTHON=$(PYTHON) tools/setup_env.sh $(VENV)
 
 test: env
 	$(PY) -m pytest tests
+
+# Style as mmdet's pre-commit: flake8's rules (ruff, ruff.toml), isort and yapf
+# (setup.cfg). `make format` applies isort and yapf.
+LINTED := mixaq_mmdet tools tests benchmarks configs setup.py
+lint: env
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/isort --check-only --diff $(LINTED)
+	$(VENV)/bin/yapf --diff --recursive --parallel $(LINTED)
+
+format: env
+	$(VENV)/bin/isort $(LINTED)
+	$(VENV)/bin/yapf --in-place --recursive --parallel $(LINTED)
 
 demo: env
 	$(PY) tools/run_demo.py

@@ -53,6 +53,6 @@ def test_missing_python_headers_are_named(tmp_path):
 def test_a_built_environment_is_reused_at_once(tmp_path):
     venv = tmp_path / 'venv'
     venv.mkdir()
-    (venv / '.mixaq_env_v2').touch()
+    (venv / '.mixaq_env_v3').touch()
     proc = _run(tmp_path, 'no-such-python', ['/nonexistent'])
     assert proc.returncode == 0 and proc.stdout == '' and proc.stderr == ''

@@ -26,8 +26,8 @@ case "${MIXAQ_CUDA:-auto}" in
     0|1) CUDA=$MIXAQ_CUDA ;;
     *) die "MIXAQ_CUDA must be 0, 1 or unset (auto: nvidia-smi on PATH), got '$MIXAQ_CUDA'" ;;
 esac
-CPU_STAMP="$VENV/.mixaq_env_v2"  # v2: pymoo (the ratio search)
-CUDA_STAMP="$VENV/.mixaq_env_v2_cuda"
+CPU_STAMP="$VENV/.mixaq_env_v3"  # v2: pymoo (the ratio search); v3: make lint's tools
+CUDA_STAMP="$VENV/.mixaq_env_v3_cuda"
 if [ "$CUDA" = 1 ]; then STAMP=$CUDA_STAMP; else STAMP=$CPU_STAMP; fi
 
 TORCH_PIN="torch==2.13.0"
@@ -36,6 +36,7 @@ MMENGINE_PIN="mmengine==0.10.7"
 MMCV_PIN="mmcv==2.1.0"
 MMDET_PIN="mmdet==3.3.0"
 PYMOO_PIN="pymoo==0.6.2"
+LINT_PINS="ruff==0.17.6 isort==9.0.2 yapf==0.43.0"
 
 if [ -f "$STAMP" ]; then
     exit 0
@@ -104,7 +105,7 @@ else
     step mmcv env MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} $PIP install --no-build-isolation "$MMCV_PIN" "$TORCH_PIN"
 fi
 step mmdet $PIP install "$MMDET_PIN" "$MMCV_PIN" "$TORCH_PIN" pycocotools "$SETUPTOOLS_PIN" \
-    pytest matplotlib "$PYMOO_PIN"
+    pytest matplotlib "$PYMOO_PIN" $LINT_PINS
 step project $PIP install --no-build-isolation --no-deps -e .
 step check "$VENV/bin/python" -c "import mmcv.ops, mmdet, pycocotools, mixaq_mmdet; from mmcv.ops import RoIAlign; import pymoo"
 if [ "$CUDA" = 1 ]; then  # the ops must run on the GPU, not only import
