@@ -59,8 +59,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import (Callable, ContextManager, Dict, List, NamedTuple, Optional,
-                    Tuple)
+from typing import Callable, ContextManager, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -68,13 +67,11 @@ from mmdet.models.backbones import SwinTransformer
 
 from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
 from mixaq_mmdet.quantization import (CALIB_METHODS, DEFAULT_ACT_QUANTIZER,
-                                      DEFAULT_WEIGHT_QUANTIZER,
-                                      enable_calibration, finish_calibration)
+                                      DEFAULT_WEIGHT_QUANTIZER, enable_calibration,
+                                      finish_calibration)
 
-SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-              window_size=7)
-SWIN_NANO = dict(embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
-                 window_size=7)
+SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
+SWIN_NANO = dict(embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=7)
 # (name, model, low-bit ratio, prune ratio); model 'mmdet' ignores the ratios.
 VARIANTS = (
     ('mmdet_fp', 'mmdet', 0.0, 0.0),
@@ -102,33 +99,45 @@ class Target:
     variant: str
     limit: float
     what: str
-    batches: Tuple[int, ...] = (1,)
+    batches: Tuple[int, ...] = (1, )
     shapes: Optional[Tuple[str, ...]] = None
     strict: bool = False  # ratio < limit instead of <=
 
 
 TARGETS = (
     Target('cpu', 'mixaq_float', 1.05, 'quant=False costs at most 5%'),
-    Target('cpu', 'mixaq_float_low0.5', 1.05,
-           'quant=False costs at most 5% whatever the ratios'),
+    Target('cpu', 'mixaq_float_low0.5', 1.05, 'quant=False costs at most 5% whatever the ratios'),
     Target('cpu', 'mixaq_twobranch_low0.5', 1.10,
            'splitting windows into two float groups costs at most 10%'),
-    Target('cpu', 'mixaq_fq_low0.5', 1.6,
-           'fake-quant two-branch costs at most 1.6x', shapes=('800x1216',)),
-    Target('cpu', 'mixaq_fq_low0.5', 2.0,
-           'fake-quant two-branch costs at most 2.0x'),
-    Target('cpu', 'mixaq_float_prune0.5', 0.60,
-           'pruning half the windows saves at least 40%', shapes=('800x1216',)),
-    Target('cpu', 'mixaq_float_prune0.5', 0.75,
-           'pruning half the windows saves at least 25%'),
-    Target('cuda', 'mixaq_float', 1.05, 'quant=False costs at most 5%',
-           batches=(1, 8)),
-    Target('cuda', 'mixaq_float_low0.5', 1.05,
-           'quant=False costs at most 5% whatever the ratios', batches=(1, 8)),
-    Target('cuda', 'mixaq_fq_low0.5', 1.5,
-           'fake-quant two-branch costs at most 1.5x', batches=(1, 8)),
-    Target('cuda', 'mixaq_float_prune0.5', 1.0,
-           'pruning half the windows is faster than dense', strict=True),
+    Target(
+        'cpu',
+        'mixaq_fq_low0.5',
+        1.6,
+        'fake-quant two-branch costs at most 1.6x',
+        shapes=('800x1216', )),
+    Target('cpu', 'mixaq_fq_low0.5', 2.0, 'fake-quant two-branch costs at most 2.0x'),
+    Target(
+        'cpu',
+        'mixaq_float_prune0.5',
+        0.60,
+        'pruning half the windows saves at least 40%',
+        shapes=('800x1216', )),
+    Target('cpu', 'mixaq_float_prune0.5', 0.75, 'pruning half the windows saves at least 25%'),
+    Target('cuda', 'mixaq_float', 1.05, 'quant=False costs at most 5%', batches=(1, 8)),
+    Target(
+        'cuda',
+        'mixaq_float_low0.5',
+        1.05,
+        'quant=False costs at most 5% whatever the ratios',
+        batches=(1, 8)),
+    Target(
+        'cuda', 'mixaq_fq_low0.5', 1.5, 'fake-quant two-branch costs at most 1.5x', batches=(1, 8)),
+    Target(
+        'cuda',
+        'mixaq_float_prune0.5',
+        1.0,
+        'pruning half the windows is faster than dense',
+        strict=True),
     Target('cuda', 'mixaq_fq_low0.5' + COMPILED, 1.3,
            'compiled fake-quant two-branch costs at most 1.3x compiled mmdet'),
 )
@@ -149,8 +158,10 @@ def targets_for(device: str, case: Case, variant: str) -> List[Target]:
     case's shape, else those for every other shape."""
     if case.precision != 'fp32':
         return []
-    found = [t for t in TARGETS if t.device == device and t.variant == variant
-             and case.batch in t.batches]
+    found = [
+        t for t in TARGETS
+        if t.device == device and t.variant == variant and case.batch in t.batches
+    ]
     named = [t for t in found if t.shapes and case.shape_text in t.shapes]
     return named or [t for t in found if t.shapes is None]
 
@@ -168,39 +179,54 @@ def parse_shape(text: str) -> Tuple[int, int]:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--shapes', nargs='+', type=parse_shape,
-                        default=[(800, 1216), (320, 320)],
-                        help='input sizes HxW (default: 800x1216 320x320)')
-    parser.add_argument('--batch-sizes', nargs='+', type=int, default=[1, 8],
-                        help='batch sizes (default: 1 8)')
-    parser.add_argument('--precisions', nargs='+', choices=list(PRECISIONS),
-                        default=['fp32'],
-                        help='fp32, and/or bf16 under torch.autocast '
-                        '(default: fp32)')
-    parser.add_argument('--repeats', type=int, default=3,
-                        help='timed rounds per case (median reported)')
-    parser.add_argument('--warmup', type=int, default=1,
-                        help='untimed rounds per case first')
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch CPU threads (default: torch default); on a '
-                        'machine shared with other jobs use the free cores '
-                        'only, or waiting threads make the timings erratic')
+    parser.add_argument(
+        '--shapes',
+        nargs='+',
+        type=parse_shape,
+        default=[(800, 1216), (320, 320)],
+        help='input sizes HxW (default: 800x1216 320x320)')
+    parser.add_argument(
+        '--batch-sizes', nargs='+', type=int, default=[1, 8], help='batch sizes (default: 1 8)')
+    parser.add_argument(
+        '--precisions',
+        nargs='+',
+        choices=list(PRECISIONS),
+        default=['fp32'],
+        help='fp32, and/or bf16 under torch.autocast '
+        '(default: fp32)')
+    parser.add_argument(
+        '--repeats', type=int, default=3, help='timed rounds per case (median reported)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed rounds per case first')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=None,
+        help='torch CPU threads (default: torch default); on a '
+        'machine shared with other jobs use the free cores '
+        'only, or waiting threads make the timings erratic')
     parser.add_argument('--device', default='cpu', help='cpu or cuda')
-    parser.add_argument('--compile', action='store_true',
-                        help='also time a compiled copy of every variant')
-    parser.add_argument('--compile-mode', default=None,
-                        help='torch.compile mode (default: reduce-overhead on '
-                        'cuda, default on cpu)')
-    parser.add_argument('--calib-shape', type=parse_shape, default=(320, 320),
-                        help='input size of the calibration image; every '
-                        'stage needs 2+ windows so both branches see data')
-    parser.add_argument('--calib', choices=CALIB_METHODS, default='minmax',
-                        help='calibration method of the fake-quant variants')
-    parser.add_argument('--tiny', action='store_true',
-                        help="the benchmark's nano Swin instead of Swin-T")
+    parser.add_argument(
+        '--compile', action='store_true', help='also time a compiled copy of every variant')
+    parser.add_argument(
+        '--compile-mode',
+        default=None,
+        help='torch.compile mode (default: reduce-overhead on '
+        'cuda, default on cpu)')
+    parser.add_argument(
+        '--calib-shape',
+        type=parse_shape,
+        default=(320, 320),
+        help='input size of the calibration image; every '
+        'stage needs 2+ windows so both branches see data')
+    parser.add_argument(
+        '--calib',
+        choices=CALIB_METHODS,
+        default='minmax',
+        help='calibration method of the fake-quant variants')
+    parser.add_argument(
+        '--tiny', action='store_true', help="the benchmark's nano Swin instead of Swin-T")
     parser.add_argument('--json', help='write the results to this file')
-    parser.add_argument('--check', action='store_true',
-                        help='exit 1 if a speed target fails')
+    parser.add_argument('--check', action='store_true', help='exit 1 if a speed target fails')
     args = parser.parse_args()
     if args.repeats < 1 or args.warmup < 0:
         parser.error('--repeats must be >= 1 and --warmup >= 0')
@@ -223,19 +249,24 @@ def build_models(arch: dict, calib_shape: Tuple[int, int], calib: str,
     models = {'mmdet': reference}
     quantizers = {
         # static (exact statistics of a weight) applies to the percentile search only
-        name: dict({k: v for k, v in default.items()
-                    if k != 'bits' and (k != 'static' or calib == 'percentile_mse')},
-                   calib=calib)
+        name:
+        dict(
+            {
+                k: v
+                for k, v in default.items()
+                if k != 'bits' and (k != 'static' or calib == 'percentile_mse')
+            },
+            calib=calib)
         for name, default in (('weight_quantizer', DEFAULT_WEIGHT_QUANTIZER),
-                              ('act_quantizer', DEFAULT_ACT_QUANTIZER))}
+                              ('act_quantizer', DEFAULT_ACT_QUANTIZER))
+    }
     for key, quant in (('float', False), ('quant', True)):
         model = MixAQSwinTransformer(**arch, quant=quant, **quantizers)
         model.load_state_dict(reference.state_dict(), strict=False)
         models[key] = model
     # branches that differ, so no block can treat the two groups as one
     models['twobranch'] = copy.deepcopy(models['float'])
-    blocks = [m for m in models['twobranch'].modules()
-              if isinstance(m, TwoBranchSwinBlock)]
+    blocks = [m for m in models['twobranch'].modules() if isinstance(m, TwoBranchSwinBlock)]
     assert blocks, 'no TwoBranchSwinBlock in MixAQSwinTransformer'
     with torch.no_grad():
         for block in blocks:
@@ -254,8 +285,7 @@ def build_models(arch: dict, calib_shape: Tuple[int, int], calib: str,
     return models
 
 
-def compile_variants(models: Dict[str, nn.Module],
-                     compile_kw: dict) -> Dict[str, nn.Module]:
+def compile_variants(models: Dict[str, nn.Module], compile_kw: dict) -> Dict[str, nn.Module]:
     """Per variant a compiled deep copy of its model, its ratios set once
     before compiling (the graph specializes on the Python floats)."""
     compiled = {}
@@ -268,18 +298,18 @@ def compile_variants(models: Dict[str, nn.Module],
     return compiled
 
 
-def make_runners(models: Dict[str, nn.Module],
-                 compiled: Dict[str, nn.Module], x: torch.Tensor,
+def make_runners(models: Dict[str, nn.Module], compiled: Dict[str, nn.Module], x: torch.Tensor,
                  device: torch.device) -> Dict[str, Callable[[], float]]:
     """Per row (eager variants, then compiled ones) a function that runs one
     forward and returns its ms."""
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     # each compiled call starts a new CUDA graph tree generation: the outputs
     # of the previous call are dropped, never read
-    new_step = (torch.compiler.cudagraph_mark_step_begin
-                if device.type == 'cuda' else (lambda: None))
+    new_step = (
+        torch.compiler.cudagraph_mark_step_begin if device.type == 'cuda' else (lambda: None))
 
     def timed(model: nn.Module, before: Callable[[], None]) -> Callable[[], float]:
+
         def run() -> float:
             before()
             sync()
@@ -287,19 +317,21 @@ def make_runners(models: Dict[str, nn.Module],
             model(x)
             sync()
             return (time.perf_counter() - start) * 1000.0
+
         return run
 
     def eager(model: nn.Module, low: float, prune: float) -> Callable[[], float]:
+
         def set_ratios() -> None:
             if isinstance(model, MixAQSwinTransformer):
                 model.set_ratios(low, prune)
+
         return timed(model, set_ratios)
 
     def compiled_run(model: nn.Module) -> Callable[[], float]:
         return timed(model, new_step)
 
-    runners = {name: eager(models[key], low, prune)
-               for name, key, low, prune in VARIANTS}
+    runners = {name: eager(models[key], low, prune) for name, key, low, prune in VARIANTS}
     runners.update({name: compiled_run(m) for name, m in compiled.items()})
     return runners
 
@@ -313,9 +345,8 @@ def autocast(case: Case, device: torch.device) -> ContextManager:
 
 
 @torch.no_grad()
-def time_case(models: Dict[str, nn.Module], compiled: Dict[str, nn.Module],
-              case: Case, repeats: int, warmup: int,
-              device: torch.device) -> Dict[str, List[float]]:
+def time_case(models: Dict[str, nn.Module], compiled: Dict[str, nn.Module], case: Case,
+              repeats: int, warmup: int, device: torch.device) -> Dict[str, List[float]]:
     """Times (ms) of every row of ``case``, interleaved round by round."""
     x = torch.randn(case.batch, 3, *case.shape, device=device)
     runners = make_runners(models, compiled, x, device)
@@ -346,12 +377,17 @@ def summarize(case: Case, times: Dict[str, List[float]]) -> List[dict]:
     rows = []
     for name, values in times.items():
         reference = REFERENCE + COMPILED if name.endswith(COMPILED) else REFERENCE
-        rows.append(dict(shape=case.shape_text, batch=case.batch,
-                         precision=case.precision, variant=name,
-                         reference=reference, median_ms=statistics.median(values),
-                         ratio=paired_ratio(values, times[reference]),
-                         ratio_to_eager=paired_ratio(values, times[REFERENCE]),
-                         times_ms=values))
+        rows.append(
+            dict(
+                shape=case.shape_text,
+                batch=case.batch,
+                precision=case.precision,
+                variant=name,
+                reference=reference,
+                median_ms=statistics.median(values),
+                ratio=paired_ratio(values, times[reference]),
+                ratio_to_eager=paired_ratio(values, times[REFERENCE]),
+                times_ms=values))
     return rows
 
 
@@ -363,11 +399,18 @@ def check_targets(rows: List[dict], device: str) -> List[dict]:
         for t in targets_for(device, case, row['variant']):
             ratio = row['ratio']
             passed = ratio < t.limit if t.strict else ratio <= t.limit
-            checks.append(dict(shape=row['shape'], batch=row['batch'],
-                               precision=row['precision'], variant=t.variant,
-                               reference=row['reference'], ratio=ratio,
-                               limit=t.limit, strict=t.strict, target=t.what,
-                               passed=passed))
+            checks.append(
+                dict(
+                    shape=row['shape'],
+                    batch=row['batch'],
+                    precision=row['precision'],
+                    variant=t.variant,
+                    reference=row['reference'],
+                    ratio=ratio,
+                    limit=t.limit,
+                    strict=t.strict,
+                    target=t.what,
+                    passed=passed))
     return checks
 
 
@@ -396,43 +439,42 @@ def main() -> int:
         raise RuntimeError('--device cuda but CUDA is not available')
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    cases = [Case(shape, batch, precision) for shape in args.shapes
-             for batch in args.batch_sizes for precision in args.precisions]
+    cases = [
+        Case(shape, batch, precision) for shape in args.shapes for batch in args.batch_sizes
+        for precision in args.precisions
+    ]
     arch = SWIN_NANO if args.tiny else SWIN_T
     models = build_models(arch, args.calib_shape, args.calib, device)
     compiled: Dict[str, nn.Module] = {}
     compile_mode = None
     if args.compile:
-        compile_mode = args.compile_mode or (
-            'reduce-overhead' if device.type == 'cuda' else 'default')
+        compile_mode = args.compile_mode or ('reduce-overhead'
+                                             if device.type == 'cuda' else 'default')
         # Dynamo caches per code object, so the compiled copies share one
         # cache of up to a graph per variant and case; past the limit it would
         # silently run eager: allow them all, and fail rather than fall back
         dynamo = torch._dynamo.config
-        dynamo.recompile_limit = max(dynamo.recompile_limit,
-                                     len(VARIANTS) * len(cases))
-        dynamo.accumulated_recompile_limit = max(
-            dynamo.accumulated_recompile_limit, len(VARIANTS) * len(cases))
+        dynamo.recompile_limit = max(dynamo.recompile_limit, len(VARIANTS) * len(cases))
+        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit,
+                                                 len(VARIANTS) * len(cases))
         dynamo.fail_on_recompile_limit_hit = True
-        compiled = compile_variants(models, dict(mode=compile_mode,
-                                                 dynamic=False))
+        compiled = compile_variants(models, dict(mode=compile_mode, dynamic=False))
     rows = []
     for case in cases:
-        rows += summarize(case, time_case(models, compiled, case, args.repeats,
-                                          args.warmup, device))
+        rows += summarize(case, time_case(models, compiled, case, args.repeats, args.warmup,
+                                          device))
     checks = check_targets(rows, device.type)
     name = 'Swin nano' if args.tiny else 'Swin-T'
     device_name = (f'{device} ({torch.cuda.get_device_name(device)})'
                    if device.type == 'cuda' else str(device))
     compile_note = (f'; compiled: mode {compile_mode}, '
-                    f'{COMPILE_WARMUP_CALLS} untimed calls per case first'
-                    if args.compile else '')
+                    f'{COMPILE_WARMUP_CALLS} untimed calls per case first' if args.compile else '')
     print(f'{name} backbone, {device_name}, {torch.get_num_threads()} threads, '
           f'torch {torch.__version__}, median of {args.repeats} '
           f'(after {args.warmup} warm-up){compile_note}')
     print(f'ratio: to {REFERENCE} of the same case (compiled rows: to '
-          f'{REFERENCE}{COMPILED}; "vs eager": to {REFERENCE})'
-          if args.compile else f'ratio: to {REFERENCE} of the same case')
+          f'{REFERENCE}{COMPILED}; "vs eager": to {REFERENCE})' if args.
+          compile else f'ratio: to {REFERENCE} of the same case')
     print(format_table(rows))
     for c in checks:
         status = 'PASS' if c['passed'] else 'FAIL'
@@ -442,16 +484,23 @@ def main() -> int:
               f'(limit {op} {c["limit"]:.2f}x: {c["target"]})')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(arch=name, device=str(device),
-                           device_name=device_name,
-                           threads=torch.get_num_threads(),
-                           torch=torch.__version__, calib=args.calib,
-                           repeats=args.repeats, warmup=args.warmup,
-                           batch_sizes=args.batch_sizes,
-                           precisions=args.precisions,
-                           compile_mode=compile_mode, rows=rows,
-                           checks=checks),
-                      f, indent=2)
+            json.dump(
+                dict(
+                    arch=name,
+                    device=str(device),
+                    device_name=device_name,
+                    threads=torch.get_num_threads(),
+                    torch=torch.__version__,
+                    calib=args.calib,
+                    repeats=args.repeats,
+                    warmup=args.warmup,
+                    batch_sizes=args.batch_sizes,
+                    precisions=args.precisions,
+                    compile_mode=compile_mode,
+                    rows=rows,
+                    checks=checks),
+                f,
+                indent=2)
     return 1 if args.check and not all(c['passed'] for c in checks) else 0
 
 

@@ -65,14 +65,22 @@ class Model:
 
 
 MODELS_TIMED = {
-    'benchmark': Model(dict(fp='configs/benchmark/mask-rcnn_swin-nano-p4-w7_fpn_shapes.py',
-                            qat='configs/benchmark/qat/qat_uniform_w4a4_shapes.py',
-                            saqa='configs/benchmark/qat/qat_saqa_w4a4a2_shapes.py'),
-                       batch=4, shape=(320, 320)),
-    'full': Model(dict(fp='configs/mixaq/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py',
-                       qat='configs/mixaq/qat/qat_uniform_w4a4_swin-t_coco.py',
-                       saqa='configs/mixaq/qat/qat_saqa_w4a4a2_swin-t_coco.py'),
-                  batch=2, shape=(800, 1333)),
+    'benchmark':
+    Model(
+        dict(
+            fp='configs/benchmark/mask-rcnn_swin-nano-p4-w7_fpn_shapes.py',
+            qat='configs/benchmark/qat/qat_uniform_w4a4_shapes.py',
+            saqa='configs/benchmark/qat/qat_saqa_w4a4a2_shapes.py'),
+        batch=4,
+        shape=(320, 320)),
+    'full':
+    Model(
+        dict(
+            fp='configs/mixaq/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py',
+            qat='configs/mixaq/qat/qat_uniform_w4a4_swin-t_coco.py',
+            saqa='configs/mixaq/qat/qat_saqa_w4a4a2_swin-t_coco.py'),
+        batch=2,
+        shape=(800, 1333)),
 }
 REFERENCE = 'fp'
 #: Largest ratio to ``fp`` per (device, model, variant, measure).
@@ -91,8 +99,8 @@ TARGETS = {
 class Variant:
     """A model, its optimizer and the ratios it trains at each step."""
 
-    def __init__(self, name: str, config: str, fp_state: Optional[dict],
-                 batch: Dict, device: torch.device) -> None:
+    def __init__(self, name: str, config: str, fp_state: Optional[dict], batch: Dict,
+                 device: torch.device) -> None:
         cfg = Config.fromfile(os.path.join(REPO, config))
         cfg.model.backbone.init_cfg = None  # random weights; nothing downloads
         torch.manual_seed(0)
@@ -131,8 +139,7 @@ class Variant:
     def step(self, batch: Dict) -> None:
         model = self.model
         if self.saqa is not None:
-            model.backbone.set_ratios(*self.saqa.ratios(model.backbone.num_pairs,
-                                                        self.iteration))
+            model.backbone.set_ratios(*self.saqa.ratios(model.backbone.num_pairs, self.iteration))
         self.iteration += 1
         model.train()
         data = model.data_preprocessor(copy.copy(batch), True)
@@ -144,8 +151,11 @@ class Variant:
 
 def synthetic_batch(model: Model) -> Dict:
     torch.manual_seed(0)
-    packed = demo_mm_inputs(model.batch, [(3, ) + model.shape] * model.batch,
-                            num_items=[3] * model.batch, num_classes=4, with_mask=True)
+    packed = demo_mm_inputs(
+        model.batch, [(3, ) + model.shape] * model.batch,
+        num_items=[3] * model.batch,
+        num_classes=4,
+        with_mask=True)
     return dict(inputs=list(packed['inputs']), data_samples=packed['data_samples'])
 
 
@@ -187,8 +197,7 @@ def peak_memory(variant: Variant, batch: Dict, device: torch.device) -> int:
     return sum(storages.values()) + 3 * params
 
 
-def measure(name: str, spec: Model, repeats: int, warmup: int,
-            device: torch.device) -> List[dict]:
+def measure(name: str, spec: Model, repeats: int, warmup: int, device: torch.device) -> List[dict]:
     batch = synthetic_batch(spec)
     variants: List[Variant] = []
     fp_state = None
@@ -208,12 +217,16 @@ def measure(name: str, spec: Model, repeats: int, warmup: int,
     rows = []
     for v in variants:
         ratios = [a / b for a, b in zip(times[v.name], times[REFERENCE])]
-        rows.append(dict(model=name, variant=v.name, batch=spec.batch,
-                         shape=f'{spec.shape[0]}x{spec.shape[1]}',
-                         seconds=statistics.median(times[v.name]),
-                         ratio=statistics.median(ratios),
-                         memory_mb=memory[v.name] / 2**20,
-                         memory_ratio=memory[v.name] / memory[REFERENCE]))
+        rows.append(
+            dict(
+                model=name,
+                variant=v.name,
+                batch=spec.batch,
+                shape=f'{spec.shape[0]}x{spec.shape[1]}',
+                seconds=statistics.median(times[v.name]),
+                ratio=statistics.median(ratios),
+                memory_mb=memory[v.name] / 2**20,
+                memory_ratio=memory[v.name] / memory[REFERENCE]))
     return rows
 
 
@@ -230,12 +243,15 @@ def check(rows: Sequence[dict], device: str) -> List[str]:
 
 
 def format_table(rows: Sequence[dict], device: str) -> str:
-    lines = ['| model | variant | batch | shape | s/step | ratio | peak memory | '
-             'memory ratio | target |', '|---|---|---|---|---|---|---|---|---|']
+    lines = [
+        '| model | variant | batch | shape | s/step | ratio | peak memory | '
+        'memory ratio | target |', '|---|---|---|---|---|---|---|---|---|'
+    ]
     for row in rows:
-        limits = [f'{m} <= {TARGETS[(device, row["model"], row["variant"], m)]}x'
-                  for m in ('time', 'memory')
-                  if (device, row['model'], row['variant'], m) in TARGETS]
+        limits = [
+            f'{m} <= {TARGETS[(device, row["model"], row["variant"], m)]}x'
+            for m in ('time', 'memory') if (device, row['model'], row['variant'], m) in TARGETS
+        ]
         lines.append(f"| {row['model']} | {row['variant']} | {row['batch']} | "
                      f"{row['shape']} | {row['seconds']:.3f} | {row['ratio']:.2f}x | "
                      f"{row['memory_mb']:.0f} MB | {row['memory_ratio']:.2f}x | "
@@ -245,15 +261,14 @@ def format_table(rows: Sequence[dict], device: str) -> str:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--models', nargs='+', choices=list(MODELS_TIMED),
-                        default=list(MODELS_TIMED))
+    parser.add_argument(
+        '--models', nargs='+', choices=list(MODELS_TIMED), default=list(MODELS_TIMED))
     parser.add_argument('--repeats', type=int, default=3, help='timed rounds')
     parser.add_argument('--warmup', type=int, default=1, help='untimed rounds first')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--device', default='cpu', help='cpu or cuda')
     parser.add_argument('--json', default=None, help='write the rows to this file')
-    parser.add_argument('--check', action='store_true',
-                        help='exit 1 if a target is missed')
+    parser.add_argument('--check', action='store_true', help='exit 1 if a target is missed')
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error(f'--repeats must be >= 1 and --warmup >= 0, got {args.repeats} '
@@ -273,8 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_table(rows, device.type))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(dict(device=device.type, threads=torch.get_num_threads(), rows=rows),
-                      f, indent=1)
+            json.dump(
+                dict(device=device.type, threads=torch.get_num_threads(), rows=rows), f, indent=1)
     missed = check(rows, device.type)
     for line in missed:
         print(f'MISSED {line}')

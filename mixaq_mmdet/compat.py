@@ -33,9 +33,8 @@ def checkpoint_safe_globals() -> List[Any]:
         if name.endswith('DType') and isinstance(getattr(np.dtypes, name), type)
     ]
     return [
-        HistoryBuffer, getattr, np.ndarray, np.dtype,
-        np._core.multiarray._reconstruct, np._core.multiarray.scalar,
-        *numpy_dtypes, *_EXTRA_SAFE_GLOBALS
+        HistoryBuffer, getattr, np.ndarray, np.dtype, np._core.multiarray._reconstruct,
+        np._core.multiarray.scalar, *numpy_dtypes, *_EXTRA_SAFE_GLOBALS
     ]
 
 
@@ -44,37 +43,32 @@ def add_checkpoint_safe_globals(globals_: Iterable[Any]) -> None:
     _EXTRA_SAFE_GLOBALS.extend(globals_)
 
 
-def load_from_local_weights_only(
-        filename: str,
-        map_location: Optional[Union[str, torch.device, Callable]] = None
-) -> Any:
+def load_from_local_weights_only(filename: str,
+                                 map_location: Optional[Union[str, torch.device,
+                                                              Callable]] = None) -> Any:
     """Load a local checkpoint with ``weights_only=True`` and mmengine's types."""
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint file {filename} can not be found')
     try:
         with torch.serialization.safe_globals(checkpoint_safe_globals()):
-            return torch.load(filename, map_location=map_location,
-                              weights_only=True)
+            return torch.load(filename, map_location=map_location, weights_only=True)
     except torch.serialization.pickle.UnpicklingError as err:
-        reason = next((line.strip() for line in str(err).splitlines()
-                       if 'WeightsUnpickler error' in line), str(err))
-        raise RuntimeError(
-            f'checkpoint {filename} holds a type that is not allowed in '
-            f'weights-only loading: {reason}. If you '
-            'trust the file, allow the type with '
-            'mixaq_mmdet.compat.add_checkpoint_safe_globals([...]).') from err
+        reason = next(
+            (line.strip() for line in str(err).splitlines() if 'WeightsUnpickler error' in line),
+            str(err))
+        raise RuntimeError(f'checkpoint {filename} holds a type that is not allowed in '
+                           f'weights-only loading: {reason}. If you '
+                           'trust the file, allow the type with '
+                           'mixaq_mmdet.compat.add_checkpoint_safe_globals([...]).') from err
 
 
-CheckpointLoader.register_scheme(
-    prefixes='', loader=load_from_local_weights_only, force=True)
-
+CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
 
 _mmengine_init_dist_pytorch = mmengine_dist_utils._init_dist_pytorch
 
 
-def init_dist_pytorch_without_cuda(backend: str, init_backend: str = 'torch',
-                                   **kwargs) -> None:
+def init_dist_pytorch_without_cuda(backend: str, init_backend: str = 'torch', **kwargs) -> None:
     """mmengine's pytorch-launcher initialization, minus the CUDA device choice
     when there is no CUDA."""
     if torch.cuda.is_available() or init_backend != 'torch':
@@ -116,7 +110,7 @@ def run_mmcv_ops(device: Union[str, torch.device]) -> None:
     align = RoIAlign((7, 7), 0.25, sampling_ratio=0, aligned=True)
     keep_cpu, keep = nms(boxes, scores, 0.5)[1], nms(boxes.to(device), scores.to(device), 0.5)[1]
     pooled_cpu, pooled = align(feats, rois), align(feats.to(device), rois.to(device))
-    if not torch.equal(keep_cpu, keep.cpu()) or not torch.allclose(pooled_cpu, pooled.cpu(),
-                                                                    atol=1e-5):
+    if not torch.equal(keep_cpu, keep.cpu()) or not torch.allclose(
+            pooled_cpu, pooled.cpu(), atol=1e-5):
         raise RuntimeError(f"mmcv's NMS / RoIAlign on {device} disagree with the CPU")
     print(f"mmcv {mmcv.__version__}: NMS and RoIAlign run on {device}")

@@ -9,8 +9,7 @@ import pytest
 from mixaq_mmdet.datasets import generate
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-FP_BENCH_CONFIG = osp.join(
-    REPO, 'configs/benchmark/mask-rcnn_swin-nano-p4-w7_fpn_shapes.py')
+FP_BENCH_CONFIG = osp.join(REPO, 'configs/benchmark/mask-rcnn_swin-nano-p4-w7_fpn_shapes.py')
 COCO_CONFIG = osp.join(REPO, 'configs/mixaq/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')
 
 
@@ -69,8 +68,11 @@ def data_root_options(data_root: str) -> List[str]:
     ]
 
 
-def run_tool(args: List[str], cwd: str = REPO, timeout: int = 600,
-             check: bool = True, threads: Optional[int] = None) -> subprocess.CompletedProcess:
+def run_tool(args: List[str],
+             cwd: str = REPO,
+             timeout: int = 600,
+             check: bool = True,
+             threads: Optional[int] = None) -> subprocess.CompletedProcess:
     """Run a repository script with this interpreter; fail with its output.
 
     ``threads``: OpenMP threads per process (1 for a launcher that starts a
@@ -80,8 +82,8 @@ def run_tool(args: List[str], cwd: str = REPO, timeout: int = 600,
     if threads is None:
         threads = int(os.environ.get('MIXAQ_TEST_TOOL_THREADS', 2))
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable] + args, cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f'{" ".join(args)} exited {proc.returncode}\n'
                     f'--- stdout ---\n{proc.stdout[-4000:]}\n'

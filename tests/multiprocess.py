@@ -26,8 +26,12 @@ def free_port() -> int:
 
 
 def init_gloo(rank: int, port: int, world_size: int = 2) -> None:
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
-                            world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group(
+        'gloo',
+        init_method=f'tcp://127.0.0.1:{port}',
+        rank=rank,
+        world_size=world_size,
+        timeout=COLLECTIVE_TIMEOUT)
 
 
 def finish_gloo() -> None:
@@ -78,7 +82,9 @@ def _stacks_dumped(context, stack_dir: str) -> bool:
     return True
 
 
-def spawn_ranks(worker: Callable[[int, int, str], None], out_dir: str, nprocs: int = 2,
+def spawn_ranks(worker: Callable[[int, int, str], None],
+                out_dir: str,
+                nprocs: int = 2,
                 timeout_s: float = 300) -> None:
     """Run ``worker(rank, port, out_dir)`` in ``nprocs`` processes.
 
@@ -88,8 +94,11 @@ def spawn_ranks(worker: Callable[[int, int, str], None], out_dir: str, nprocs: i
     (waiting, past ``timeout_s``, until each rank still running has dumped it)."""
     stack_dir = tempfile.mkdtemp(prefix='stacks-', dir=out_dir)
     deadline = time.time() + timeout_s  # the ranks dump their stacks then
-    context = mp.spawn(_traced, args=(worker, free_port(), out_dir, stack_dir, deadline),
-                       nprocs=nprocs, join=False)
+    context = mp.spawn(
+        _traced,
+        args=(worker, free_port(), out_dir, stack_dir, deadline),
+        nprocs=nprocs,
+        join=False)
     while not context.join(timeout=1):
         # Past the deadline, wait for the stack of every rank still running: on a
         # loaded machine a rank may start (import torch) after the deadline and
@@ -103,5 +112,5 @@ def spawn_ranks(worker: Callable[[int, int, str], None], out_dir: str, nprocs: i
             for name in sorted(os.listdir(stack_dir)):
                 with open(osp.join(stack_dir, name)) as f:
                     stacks.append(f'--- {name}\n{f.read() or "(no dump)"}')
-            pytest.fail(f'{worker.__name__} did not finish in {timeout_s} s; stacks:\n'
-                        + '\n'.join(stacks))
+            pytest.fail(f'{worker.__name__} did not finish in {timeout_s} s; stacks:\n' +
+                        '\n'.join(stacks))

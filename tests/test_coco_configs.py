@@ -10,14 +10,13 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from mixaq_mmdet.analysis import count_bitops
-
 from .conftest import REPO
 
 MIXAQ = osp.join(REPO, 'configs/mixaq')
 QAT = osp.join(MIXAQ, 'qat')
 THREE_X = 'mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco'
-QUANTIZED = sorted(glob.glob(osp.join(MIXAQ, 'ptq', '*.py')) +
-                   glob.glob(osp.join(MIXAQ, 'qat', '*.py')))
+QUANTIZED = sorted(
+    glob.glob(osp.join(MIXAQ, 'ptq', '*.py')) + glob.glob(osp.join(MIXAQ, 'qat', '*.py')))
 
 
 def _cfg(path):
@@ -56,10 +55,12 @@ def test_saqa_and_its_baselines_train_equally_long():
     baselines of the table continue their 6-epoch models for as long, with the
     same schedule and optimizer."""
     first = {n: _cfg(osp.join(QAT, f'qat_uniform_{n}_swin-t_coco.py')) for n in ('w4a4', 'w4a3')}
-    rows = {'saqa': _cfg(osp.join(QAT, 'qat_saqa_w4a4a2_swin-t_coco.py')),
-            'saqa-prune': _cfg(osp.join(QAT, 'qat_saqa-prune_w4a4a2_swin-t_coco.py')),
-            'w4a4': _cfg(osp.join(QAT, 'qat_uniform_w4a4-12e_swin-t_coco.py')),
-            'w4a3': _cfg(osp.join(QAT, 'qat_uniform_w4a3-12e_swin-t_coco.py'))}
+    rows = {
+        'saqa': _cfg(osp.join(QAT, 'qat_saqa_w4a4a2_swin-t_coco.py')),
+        'saqa-prune': _cfg(osp.join(QAT, 'qat_saqa-prune_w4a4a2_swin-t_coco.py')),
+        'w4a4': _cfg(osp.join(QAT, 'qat_uniform_w4a4-12e_swin-t_coco.py')),
+        'w4a3': _cfg(osp.join(QAT, 'qat_uniform_w4a3-12e_swin-t_coco.py'))
+    }
     parents = {'saqa': 'w4a4', 'saqa-prune': 'w4a4', 'w4a4': 'w4a4', 'w4a3': 'w4a3'}
     saqa = rows['saqa']
     for name, cfg in rows.items():

@@ -38,15 +38,19 @@ class ToyData(Dataset):
 
 def _runner(work_dir, max_epochs, resume=False):
     return Runner(
-        model=ToyModel(), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=ToyData(), batch_size=4,
-                              sampler=dict(type='DefaultSampler', shuffle=True),
-                              collate_fn=dict(type='default_collate')),
+        model=ToyModel(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(
+            dataset=ToyData(),
+            batch_size=4,
+            sampler=dict(type='DefaultSampler', shuffle=True),
+            collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         param_scheduler=dict(type='MultiStepLR', milestones=[1]),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1)),
-        resume=resume, randomness=dict(seed=0))
+        resume=resume,
+        randomness=dict(seed=0))
 
 
 def test_runner_checkpoint_needs_the_fix_and_loads(tmp_path):
@@ -69,8 +73,7 @@ def test_resume_continues_from_runner_checkpoint(tmp_path):
     assert runner.epoch == 2 and runner.iter == 4
     second = torch.load(tmp_path / 'epoch_2.pth', weights_only=False)
     assert second['meta']['epoch'] == 2
-    assert not torch.equal(first['state_dict']['fc.weight'],
-                           second['state_dict']['fc.weight'])
+    assert not torch.equal(first['state_dict']['fc.weight'], second['state_dict']['fc.weight'])
 
 
 def test_plain_state_dict(tmp_path):
@@ -83,8 +86,8 @@ def test_plain_state_dict(tmp_path):
 
 
 def test_numpy_payloads(tmp_path):
-    payload = dict(arr=np.arange(6, dtype=np.float32).reshape(2, 3),
-                   scalar=np.float64(2.5), count=np.int64(3))
+    payload = dict(
+        arr=np.arange(6, dtype=np.float32).reshape(2, 3), scalar=np.float64(2.5), count=np.int64(3))
     torch.save(payload, tmp_path / 'np.pth')
     loaded = load_from_local_weights_only(str(tmp_path / 'np.pth'))
     assert np.array_equal(loaded['arr'], payload['arr'])
@@ -94,7 +97,7 @@ def test_numpy_payloads(tmp_path):
 class Untrusted:
 
     def __reduce__(self):
-        return (print, ('this must never run',))
+        return (print, ('this must never run', ))
 
 
 def test_untrusted_type_is_refused_with_a_clear_error(tmp_path, capsys):

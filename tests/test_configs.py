@@ -13,8 +13,9 @@ from .conftest import COCO_CONFIG, FP_BENCH_CONFIG, data_root_options
 def _cfg(path, options=()):
     cfg = Config.fromfile(path)
     if options:
-        from mmengine.config import DictAction
         import argparse
+
+        from mmengine.config import DictAction
         parser = argparse.ArgumentParser()
         parser.add_argument('--o', nargs='+', action=DictAction)
         cfg.merge_from_dict(parser.parse_args(['--o', *options]).o)
@@ -23,9 +24,13 @@ def _cfg(path, options=()):
 
 
 def _sample(h, w, n_classes):
-    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
-                                         pad_shape=(h, w), scale_factor=(1., 1.),
-                                         batch_input_shape=(h, w)))
+    sample = DetDataSample(
+        metainfo=dict(
+            img_shape=(h, w),
+            ori_shape=(h, w),
+            pad_shape=(h, w),
+            scale_factor=(1., 1.),
+            batch_input_shape=(h, w)))
     from mmdet.structures.mask import BitmapMasks
     gt = InstanceData()
     gt.bboxes = torch.tensor([[10., 20., 90., 110.], [150., 40., 230., 200.]])
@@ -46,13 +51,14 @@ def test_benchmark_config_builds_and_trains_one_step():
     assert type(model.backbone).__name__ == 'SwinTransformer'
     assert model.backbone.stages[0].blocks[0].attn.w_msa.embed_dims == 32
     assert model.roi_head.bbox_head.num_classes == 4
-    assert cfg.train_dataloader.dataset.metainfo['classes'] == (
-        'disc', 'square', 'triangle', 'star')
+    assert cfg.train_dataloader.dataset.metainfo['classes'] == ('disc', 'square', 'triangle',
+                                                                'star')
     assert cfg.val_evaluator.metric == ['bbox', 'segm']
     torch.manual_seed(0)
     model.train()
-    data = dict(inputs=[torch.randint(0, 255, (3, 256, 256), dtype=torch.uint8)],
-                data_samples=[_sample(256, 256, 4)])
+    data = dict(
+        inputs=[torch.randint(0, 255, (3, 256, 256), dtype=torch.uint8)],
+        data_samples=[_sample(256, 256, 4)])
     losses = model.train_step(data, _optim(model))
     assert {'loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask'} <= set(losses)
     assert all(torch.isfinite(v).all() for v in losses.values())
@@ -74,15 +80,17 @@ def test_full_size_coco_config_builds_and_predicts():
     assert len(model.backbone.stages[2].blocks) == 6
     assert model.roi_head.bbox_head.num_classes == 80
     torch.manual_seed(0)
-    data = dict(inputs=[torch.randint(0, 255, (3, 200, 300), dtype=torch.uint8)],
-                data_samples=[DetDataSample(metainfo=dict(
-                    img_shape=(200, 300), ori_shape=(200, 300), scale_factor=(1., 1.)))])
+    data = dict(
+        inputs=[torch.randint(0, 255, (3, 200, 300), dtype=torch.uint8)],
+        data_samples=[
+            DetDataSample(
+                metainfo=dict(img_shape=(200, 300), ori_shape=(200, 300), scale_factor=(1., 1.)))
+        ])
     with torch.no_grad():
         feats = model.extract_feat(model.data_preprocessor(data)['inputs'])
         (result, ) = model.test_step(data)
     # pad_size_divisor 32: 224 x 320 input, FPN strides 4..64
-    assert [tuple(f.shape[-2:]) for f in feats] == [(56, 80), (28, 40), (14, 20),
-                                                     (7, 10), (4, 5)]
+    assert [tuple(f.shape[-2:]) for f in feats] == [(56, 80), (28, 40), (14, 20), (7, 10), (4, 5)]
     assert result.pred_instances.bboxes.shape[1] == 4
     assert len(result.pred_instances.masks) == len(result.pred_instances.bboxes)
 
@@ -159,8 +167,7 @@ def test_coco_qat_configs(name, a_bits):
     cfg = _cfg(osp.join(qat, name))
     backbone = MODELS.build(cfg.model.backbone)
     assert backbone.a_bits == a_bits
-    assert all(isinstance(q, LSQQuantizer) for q in quantizers_of(backbone)
-               if q.kind == 'uniform')
+    assert all(isinstance(q, LSQQuantizer) for q in quantizers_of(backbone) if q.kind == 'uniform')
     paramwise = cfg.optim_wrapper.paramwise_cfg
     assert paramwise.quantizer_decay_mult == 0.0 and paramwise.custom_keys.norm.decay_mult == 0
     assert cfg.optim_wrapper.constructor == 'QATOptimWrapperConstructor'
@@ -171,8 +178,7 @@ def test_coco_qat_configs(name, a_bits):
     assert cfg.test_cfg.type == 'PTQLoop' and cfg.test_cfg.reparam is False
     assert cfg.search_dataloader.dataset.ann_file.endswith('instances_train2017.json')
     if a_bits == (4, 2):
-        base = MODELS.build(_cfg(osp.join(qat, 'qat_uniform_w4a4_swin-t_coco.py'))
-                            .model.backbone)
+        base = MODELS.build(_cfg(osp.join(qat, 'qat_uniform_w4a4_swin-t_coco.py')).model.backbone)
         backbone.set_ratios(0.54, 0.0)
         ratio = count_bitops(base, (800, 1333)).bitops / \
             count_bitops(backbone, (800, 1333)).bitops

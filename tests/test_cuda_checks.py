@@ -9,15 +9,16 @@ import torch
 from mmengine.config import Config
 
 from mixaq_mmdet.compat import check_mmcv_ops, run_mmcv_ops
-
 from .conftest import FP_BENCH_CONFIG
 from .test_setup_env import SCRIPT, _bin_with
 
 
 def test_a_cpu_only_mmcv_refuses_a_cuda_run():
     check_mmcv_ops('cpu')
-    with pytest.raises(RuntimeError, match=r"mmcv 2.1.0 has no CUDA ops .*'not available'.*"
-                                           r'on cuda:0.*MIXAQ_CUDA=1'):
+    with pytest.raises(
+            RuntimeError,
+            match=r"mmcv 2.1.0 has no CUDA ops .*'not available'.*"
+            r'on cuda:0.*MIXAQ_CUDA=1'):
         check_mmcv_ops(torch.device('cuda', 0))
 
 
@@ -36,7 +37,9 @@ def test_the_ops_check_runs_them(capsys):
 def _setup(tmp_path, bin_dir, **env):
     return subprocess.run(['/bin/bash', SCRIPT, str(tmp_path / 'venv')],
                           env=dict(os.environ, PYTHON=sys.executable, PATH=bin_dir, **env),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True,
+                          text=True,
+                          timeout=60)
 
 
 def test_a_gpu_machine_without_nvcc_is_told_before_any_build(tmp_path):

@@ -11,8 +11,11 @@ SCRIPT = osp.join(REPO, 'tools', 'setup_env.sh')
 
 def _run(tmp_path, python, path_dirs):
     env = dict(os.environ, PYTHON=python, PATH=os.pathsep.join(path_dirs))
-    return subprocess.run(['/bin/bash', SCRIPT, str(tmp_path / 'venv')], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(['/bin/bash', SCRIPT, str(tmp_path / 'venv')],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=60)
 
 
 def _bin_with(tmp_path, **tools):

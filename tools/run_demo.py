@@ -40,38 +40,63 @@ from mixaq_mmdet.tables import (TABLES, LaunchExecutor, LocalExecutor, SearchSet
 from mixaq_mmdet.tables.rows import Options
 
 
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--table', choices=sorted(TABLES), default='benchmark')
-    parser.add_argument('--work-dir', help='default: work_dirs/demo (benchmark), '
-                        'work_dirs/<table>_table (others)')
+    parser.add_argument(
+        '--work-dir',
+        help='default: work_dirs/demo (benchmark), '
+        'work_dirs/<table>_table (others)')
     parser.add_argument('--data-root', help="default: the table's (data/shapes_coco, data/coco)")
-    parser.add_argument('--gpus', type=int, default=None,
-                        help='launch each run as a tool on this many GPUs (0: CPU)')
-    parser.add_argument('--dry-run', action='store_true',
-                        help='with --gpus: print the commands, run nothing')
-    parser.add_argument('--checkpoint', help="the FP model (file or URL); default: the "
-                        "table's (COCO: mmdet's 3x release)")
+    parser.add_argument(
+        '--gpus',
+        type=int,
+        default=None,
+        help='launch each run as a tool on this many GPUs (0: CPU)')
+    parser.add_argument(
+        '--dry-run', action='store_true', help='with --gpus: print the commands, run nothing')
+    parser.add_argument(
+        '--checkpoint',
+        help="the FP model (file or URL); default: the "
+        "table's (COCO: mmdet's 3x release)")
     parser.add_argument('--rows', nargs='+', metavar='ROW', help='only these rows (default: all)')
-    parser.add_argument('--num-train', type=int, default=600,
-                        help='benchmark: train images to generate if the data is absent')
-    parser.add_argument('--num-val', type=int, default=200,
-                        help='benchmark: val images to generate if the data is absent')
-    parser.add_argument('--num-search', type=int, default=100,
-                        help='benchmark: search-split images to generate if absent')
-    parser.add_argument('--max-epochs', type=int, default=None,
-                        help='override the FP config (a quick run)')
-    parser.add_argument('--qat-epochs', type=int, default=None,
-                        help='override the quantized configs (a quick run)')
-    parser.add_argument('--calib-images', type=int, default=None,
-                        help='override the calibration size of PTQ and QAT')
-    parser.add_argument('--search-images', type=int, default=None,
-                        help="search-split images of the ratio searches (default: the table's)")
+    parser.add_argument(
+        '--num-train',
+        type=int,
+        default=600,
+        help='benchmark: train images to generate if the data is absent')
+    parser.add_argument(
+        '--num-val',
+        type=int,
+        default=200,
+        help='benchmark: val images to generate if the data is absent')
+    parser.add_argument(
+        '--num-search',
+        type=int,
+        default=100,
+        help='benchmark: search-split images to generate if absent')
+    parser.add_argument(
+        '--max-epochs', type=int, default=None, help='override the FP config (a quick run)')
+    parser.add_argument(
+        '--qat-epochs', type=int, default=None, help='override the quantized configs (a quick run)')
+    parser.add_argument(
+        '--calib-images',
+        type=int,
+        default=None,
+        help='override the calibration size of PTQ and QAT')
+    parser.add_argument(
+        '--search-images',
+        type=int,
+        default=None,
+        help="search-split images of the ratio searches (default: the table's)")
     parser.add_argument('--search-pop', type=int, default=None, help='NSGA-II population')
     parser.add_argument('--search-gens', type=int, default=None, help='NSGA-II generations')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override settings of every config, key=value pairs')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        default={},
+        help='override settings of every config, key=value pairs')
     args = parser.parse_args()
     if args.dry_run and args.gpus is None:
         parser.error('--dry-run prints the launched commands: give --gpus')
@@ -81,13 +106,15 @@ def parse_args() -> argparse.Namespace:
 def ensure_data(data_root: str, num_train: int, num_val: int, num_search: int) -> None:
     """Generate each split of the benchmark whose annotation file is absent."""
     sizes = dict(train=num_train, val=num_val, search=num_search)
-    missing = [s for s in sizes
-               if not osp.isfile(osp.join(data_root, 'annotations', f'instances_{s}.json'))]
+    missing = [
+        s for s in sizes
+        if not osp.isfile(osp.join(data_root, 'annotations', f'instances_{s}.json'))
+    ]
     if not missing:
         print(f'[table] data: {data_root} (present)')
         return
-    print('[table] data: generating ' + ', '.join(f'{sizes[s]} {s}' for s in missing)
-          + f' images into {data_root}')
+    print('[table] data: generating ' + ', '.join(f'{sizes[s]} {s}'
+                                                  for s in missing) + f' images into {data_root}')
     for split in missing:
         generate_split(data_root, split, sizes[split], seed=0)
 
@@ -116,11 +143,16 @@ def quick_options(args: argparse.Namespace):
 
 def plot(table: Table, rows: List[dict], work_dir: str) -> None:
     for method, (base, png) in table.plots.items():
-        points = [r for r in rows if r.get('method') == method and r.get('speedup')
-                  and r.get('plotted', True)]
+        points = [
+            r for r in rows
+            if r.get('method') == method and r.get('speedup') and r.get('plotted', True)
+        ]
         if points:
-            plot_pareto(points, osp.join(work_dir, png), title=f'{method} on {table.title}',
-                        xlabel=f'BitOPs speedup over {base}')
+            plot_pareto(
+                points,
+                osp.join(work_dir, png),
+                title=f'{method} on {table.title}',
+                xlabel=f'BitOPs speedup over {base}')
     for draw, png in table.extra_plots:
         draw(rows, osp.join(work_dir, png))
 
@@ -128,8 +160,8 @@ def plot(table: Table, rows: List[dict], work_dir: str) -> None:
 def main() -> None:
     args = parse_args()
     table = TABLES[args.table]
-    work_dir = args.work_dir or ('work_dirs/demo' if table.name == 'benchmark'
-                                 else f'work_dirs/{table.name}_table')
+    work_dir = args.work_dir or ('work_dirs/demo'
+                                 if table.name == 'benchmark' else f'work_dirs/{table.name}_table')
     data_root = args.data_root or table.data_root
     if table.name == 'benchmark':
         ensure_data(data_root, args.num_train, args.num_val, args.num_search)
@@ -139,8 +171,8 @@ def main() -> None:
     search = SearchSettings(args.search_pop or defaults.pop, args.search_gens or defaults.gens,
                             args.search_images or defaults.images)
     given: Optional[dict] = {'fp': args.checkpoint} if args.checkpoint else None
-    runner = TableRunner(table, work_dir, executor, args.data_root, args.rows,
-                         quick_options(args), given, search)
+    runner = TableRunner(table, work_dir, executor, args.data_root, args.rows, quick_options(args),
+                         given, search)
     rows, targets = runner.run()
     if args.dry_run:
         return

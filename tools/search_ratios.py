@@ -32,9 +32,8 @@ import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 from mixaq_mmdet.analysis.plots import plot_search
 from mixaq_mmdet.engine import PTQLoop, prepare_test_loop
 from mixaq_mmdet.search import (DEFAULT_SEARCH_IMAGES, OBJECTIVES, RatioEvaluator, RatioSearchSpace,
-                                check_branches_calibrated, check_targets, front_records,
-                                run_search, save_json, speedup_band, uniform_ratio_at,
-                                write_searched_config)
+                                check_branches_calibrated, check_targets, front_records, run_search,
+                                save_json, speedup_band, uniform_ratio_at, write_searched_config)
 from mixaq_mmdet.utils import build_runner, load_runner_config, parse_runner_args
 
 
@@ -43,27 +42,44 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('config', help='a MixA-Q test config (PTQ or QAT)')
     parser.add_argument('checkpoint', help='FP, calibrated or QAT checkpoint')
     parser.add_argument('--work-dir', help='outputs (default: work_dirs/<config>/search)')
-    parser.add_argument('--target-speedup', type=float, nargs='+', default=[],
-                        help='BitOPs speedups over the uniform high-bit model')
-    parser.add_argument('--tolerance', type=float, default=0.02,
-                        help='a target is met within +- this speedup')
+    parser.add_argument(
+        '--target-speedup',
+        type=float,
+        nargs='+',
+        default=[],
+        help='BitOPs speedups over the uniform high-bit model')
+    parser.add_argument(
+        '--tolerance', type=float, default=0.02, help='a target is met within +- this speedup')
     parser.add_argument('--objective', choices=OBJECTIVES, default='map')
     parser.add_argument('--pop', type=int, default=16, help='population size')
     parser.add_argument('--gens', type=int, default=8, help='generations')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--max-ratio', type=float, default=0.8,
-                        help='largest low-bit (and prune) ratio of the grid 0, 0.1, ...')
+    parser.add_argument(
+        '--max-ratio',
+        type=float,
+        default=0.8,
+        help='largest low-bit (and prune) ratio of the grid 0, 0.1, ...')
     parser.add_argument('--prune', action='store_true', help='search prune ratios too')
-    parser.add_argument('--search-images', type=int, default=None,
-                        help='a seeded subset of this many images of the search split '
-                        f'(default: at most {DEFAULT_SEARCH_IMAGES}; more than the split '
-                        'has is an error)')
-    parser.add_argument('--calib-low-bit-ratio', type=float, default=0.5,
-                        help='low-bit ratio of every pair while calibrating an FP checkpoint')
-    parser.add_argument('--no-val', action='store_true',
-                        help='do not evaluate the chosen points on val')
-    parser.add_argument('--spearman', type=int, default=0, metavar='N',
-                        help='only compare the proxy with mAP on N random candidates')
+    parser.add_argument(
+        '--search-images',
+        type=int,
+        default=None,
+        help='a seeded subset of this many images of the search split '
+        f'(default: at most {DEFAULT_SEARCH_IMAGES}; more than the split '
+        'has is an error)')
+    parser.add_argument(
+        '--calib-low-bit-ratio',
+        type=float,
+        default=0.5,
+        help='low-bit ratio of every pair while calibrating an FP checkpoint')
+    parser.add_argument(
+        '--no-val', action='store_true', help='do not evaluate the chosen points on val')
+    parser.add_argument(
+        '--spearman',
+        type=int,
+        default=0,
+        metavar='N',
+        help='only compare the proxy with mAP on N random candidates')
     return parse_runner_args(parser)
 
 
@@ -102,11 +118,18 @@ def search_evaluator(runner: Runner, args: argparse.Namespace) -> RatioEvaluator
     loop: PTQLoop = runner.test_loop
     calib = set(loop.calibration_image_paths())
     dataset_cfg = runner.cfg.search_dataloader.dataset
-    evaluator = RatioEvaluator(loop.model, dataset_cfg, num_images=args.search_images,
-                               max_images=DEFAULT_SEARCH_IMAGES, seed=args.seed, exclude=calib,
-                               batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
-    val = {loop.dataloader.dataset.get_data_info(i)['img_path']
-           for i in range(len(loop.dataloader.dataset))}
+    evaluator = RatioEvaluator(
+        loop.model,
+        dataset_cfg,
+        num_images=args.search_images,
+        max_images=DEFAULT_SEARCH_IMAGES,
+        seed=args.seed,
+        exclude=calib,
+        batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
+    val = {
+        loop.dataloader.dataset.get_data_info(i)['img_path']
+        for i in range(len(loop.dataloader.dataset))
+    }
     overlap = sorted(val.intersection(evaluator.img_paths))
     if overlap:
         raise ValueError(f'the search split shares {len(overlap)} images with val (e.g. '
@@ -115,8 +138,8 @@ def search_evaluator(runner: Runner, args: argparse.Namespace) -> RatioEvaluator
     return evaluator
 
 
-def spearman(evaluator: RatioEvaluator, space: RatioSearchSpace, num: int, seed: int,
-             out: str, targets: List[float], tolerance: float) -> None:
+def spearman(evaluator: RatioEvaluator, space: RatioSearchSpace, num: int, seed: int, out: str,
+             targets: List[float], tolerance: float) -> None:
     """Spearman correlation of proxy and mAP rankings over random candidates
     (inside the targets' speedup band if given: where the search ranks)."""
     from scipy.stats import spearmanr
@@ -136,19 +159,23 @@ def spearman(evaluator: RatioEvaluator, space: RatioSearchSpace, num: int, seed:
         candidate = space.decode(genes)
         if band is not None and not band[0] <= evaluator.cost(candidate) <= band[1]:
             continue
-        rows.append(dict(low_bit_ratios=list(candidate.low_bit_ratios),
-                         prune_ratios=list(candidate.prune_ratios),
-                         speedup=uniform / evaluator.cost(candidate),
-                         bbox_mAP=evaluator.bbox_map(candidate),
-                         distortion=evaluator.feature_distortion(candidate)))
+        rows.append(
+            dict(
+                low_bit_ratios=list(candidate.low_bit_ratios),
+                prune_ratios=list(candidate.prune_ratios),
+                speedup=uniform / evaluator.cost(candidate),
+                bbox_mAP=evaluator.bbox_map(candidate),
+                distortion=evaluator.feature_distortion(candidate)))
         if bar is not None:
             bar.update()
     if len(rows) < num:
         raise ValueError(f'only {len(rows)} random candidates of 100000 fall in the band '
                          f'{targets} +- {tolerance}; widen --tolerance')
     rho = spearmanr([r['bbox_mAP'] for r in rows], [-r['distortion'] for r in rows])
-    print_log(f'\nsearch: Spearman correlation of -distortion and bbox mAP over {num} random '
-              f'candidates: {rho.statistic:.3f} (p={rho.pvalue:.2g})', logger='current')
+    print_log(
+        f'\nsearch: Spearman correlation of -distortion and bbox mAP over {num} random '
+        f'candidates: {rho.statistic:.3f} (p={rho.pvalue:.2g})',
+        logger='current')
     if is_main_process():
         save_json(dict(spearman=rho.statistic, p_value=rho.pvalue, candidates=rows), out)
 
@@ -179,54 +206,78 @@ def main() -> None:
     check_branches_calibrated(backbone, prune_only=False)
     evaluator = search_evaluator(runner, args)
     work_dir = runner.work_dir
-    print_log(f'search: {evaluator.num_images} search images, {space.num_genes} genes, '
-              f'objective {args.objective}', logger='current')
+    print_log(
+        f'search: {evaluator.num_images} search images, {space.num_genes} genes, '
+        f'objective {args.objective}',
+        logger='current')
     if args.spearman:
         spearman(evaluator, space, args.spearman, args.seed, osp.join(work_dir, 'spearman.json'),
                  args.target_speedup, args.tolerance)
         return
     bar = ProgressBar(args.gens) if is_main_process() else None
     result, chosen = run_search(
-        evaluator, space, args.objective, args.target_speedup, args.tolerance,
-        pop_size=args.pop, generations=args.gens, seed=args.seed,
+        evaluator,
+        space,
+        args.objective,
+        args.target_speedup,
+        args.tolerance,
+        pop_size=args.pop,
+        generations=args.gens,
+        seed=args.seed,
         cache_path=rank_cache(osp.join(work_dir, 'search_cache.json')),
         on_generation=(lambda *_: bar.update()) if bar is not None else None)
     uniform = evaluator.uniform_cost()
-    summary = dict(config=args.config, checkpoint=args.checkpoint, objective=args.objective,
-                   search_images=evaluator.num_images, front=front_records(result, uniform),
-                   targets=[])
+    summary = dict(
+        config=args.config,
+        checkpoint=args.checkpoint,
+        objective=args.objective,
+        search_images=evaluator.num_images,
+        front=front_records(result, uniform),
+        targets=[])
     if not args.no_val:
         # val (5000 images on COCO) is streamed, not held: two candidates per target
-        val = RatioEvaluator(model, runner.test_loop.dataloader.dataset, hold_images=False,
-                             batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
+        val = RatioEvaluator(
+            model,
+            runner.test_loop.dataloader.dataset,
+            hold_images=False,
+            batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
     for target, point in chosen.items():
         baseline = uniform_ratio_at(evaluator, uniform / point.cost)
-        record = dict(target=target, low_bit_ratios=list(point.candidate.low_bit_ratios),
-                      prune_ratios=list(point.candidate.prune_ratios),
-                      search_accuracy=point.accuracy, speedup=uniform / point.cost,
-                      uniform_ratio=baseline.low_bit_ratios[0],
-                      uniform_speedup=uniform / evaluator.cost(baseline))
+        record = dict(
+            target=target,
+            low_bit_ratios=list(point.candidate.low_bit_ratios),
+            prune_ratios=list(point.candidate.prune_ratios),
+            search_accuracy=point.accuracy,
+            speedup=uniform / point.cost,
+            uniform_ratio=baseline.low_bit_ratios[0],
+            uniform_speedup=uniform / evaluator.cost(baseline))
         if is_main_process():
             record['config'] = write_searched_config(
-                args.config, point.candidate, osp.join(work_dir, f'searched_{target:g}x.py'),
+                args.config,
+                point.candidate,
+                osp.join(work_dir, f'searched_{target:g}x.py'),
                 note=f'Searched by tools/search_ratios.py ({args.objective}, '
-                     f'{evaluator.num_images} search images) for a {target:g}x BitOPs speedup.')
+                f'{evaluator.num_images} search images) for a {target:g}x BitOPs speedup.')
         if not args.no_val:
             record['val_bbox_mAP'] = 100 * val.evaluate(point.candidate)['coco/bbox_mAP']
             record['uniform_val_bbox_mAP'] = 100 * val.evaluate(baseline)['coco/bbox_mAP']
         summary['targets'].append(record)
-        print_log(f'search: {target:g}x -> low {record["low_bit_ratios"]} prune '
-                  f'{record["prune_ratios"]} ({record["speedup"]:.3f}x)'
-                  + (f', val bbox mAP {record["val_bbox_mAP"]:.1f}; uniform ratio '
-                     f'{baseline.low_bit_ratios[0]:g} ({record["uniform_speedup"]:.3f}x): '
-                     f'{record["uniform_val_bbox_mAP"]:.1f}' if not args.no_val else ''),
-                  logger='current')
+        print_log(
+            f'search: {target:g}x -> low {record["low_bit_ratios"]} prune '
+            f'{record["prune_ratios"]} ({record["speedup"]:.3f}x)' +
+            (f', val bbox mAP {record["val_bbox_mAP"]:.1f}; uniform ratio '
+             f'{baseline.low_bit_ratios[0]:g} ({record["uniform_speedup"]:.3f}x): '
+             f'{record["uniform_val_bbox_mAP"]:.1f}' if not args.no_val else ''),
+            logger='current')
     if is_main_process():
         save_json(summary, osp.join(work_dir, 'pareto.json'))
-        plot_search(result, uniform, osp.join(work_dir, 'pareto.png'),
-                    targets=args.target_speedup,
-                    ylabel='bbox mAP (search split)' if args.objective == 'map'
-                    else '- feature distortion (search split)')
+        plot_search(
+            result,
+            uniform,
+            osp.join(work_dir, 'pareto.png'),
+            targets=args.target_speedup,
+            ylabel='bbox mAP (search split)'
+            if args.objective == 'map' else '- feature distortion (search split)')
         print_log(f'search: written {work_dir}/pareto.json, pareto.png', logger='current')
 
 

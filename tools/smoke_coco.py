@@ -31,6 +31,7 @@ workers included as a max). The table is printed and written to
     python tools/smoke_coco.py [--work-dir work_dirs/smoke_coco] [--rows ROW ...]
 """
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -43,7 +44,6 @@ import signal
 import sys
 import time
 import traceback
-import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence
 
@@ -84,12 +84,11 @@ TABLE = dataclasses.replace(COCO, search_tolerance=0.05)
 #: The COCO table's rows the smoke computes: every config, the QAT
 #: initialization (no-SAQA row) and a search with its searched configs; the
 #: ablations that only change options of a config run elsewhere are left out.
-SMOKE_ROWS = (
-    'fp', 'uniform_w8a8', 'uniform_w4a8', 'uniform_w4a4', 'mixaq_w4a8a4_1.24x',
-    'mixaq_w4a8a4_1.35x', 'mixaq_w4a8a4_prune_1.52x', 'qat_uniform_w4a4', 'qat_uniform_w4a3',
-    'qat_uniform_w4a4_12e', 'qat_uniform_w4a3_12e', 'qat_mixaq_w4a4a2_1.24x',
-    'qat_mixaq_w4a4a2_1.35x', 'qat_mixaq_prune_1.53x', 'qat_mixaq_prune_1.82x',
-    'qat_no_saqa_1.35x', 'qat_search_1.24x', 'qat_search_1.35x')
+SMOKE_ROWS = ('fp', 'uniform_w8a8', 'uniform_w4a8', 'uniform_w4a4', 'mixaq_w4a8a4_1.24x',
+              'mixaq_w4a8a4_1.35x', 'mixaq_w4a8a4_prune_1.52x', 'qat_uniform_w4a4',
+              'qat_uniform_w4a3', 'qat_uniform_w4a4_12e', 'qat_uniform_w4a3_12e',
+              'qat_mixaq_w4a4a2_1.24x', 'qat_mixaq_w4a4a2_1.35x', 'qat_mixaq_prune_1.53x',
+              'qat_mixaq_prune_1.82x', 'qat_no_saqa_1.35x', 'qat_search_1.24x', 'qat_search_1.35x')
 #: The steps after the table: the 1x FP config, a resumed training, AMP QAT,
 #: the proxy search.
 FP_1X = 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
@@ -104,9 +103,8 @@ def smoke_options(cfg: Config) -> Options:
     epoch) and validates on ``QAT_VAL_IMAGES``; PTQ and QAT calibrate on the
     written train images; the search takes its images from them."""
     options = [('train_dataloader.batch_size', 1),
-               ('train_dataloader.dataset.indices', TRAIN_IMAGES),
-               ('train_cfg.max_epochs', 1), ('train_cfg.val_interval', 1),
-               ('val_dataloader.dataset.indices', QAT_VAL_IMAGES),
+               ('train_dataloader.dataset.indices', TRAIN_IMAGES), ('train_cfg.max_epochs', 1),
+               ('train_cfg.val_interval', 1), ('val_dataloader.dataset.indices', QAT_VAL_IMAGES),
                ('default_hooks.logger.interval', 1)]
     if cfg.get('test_cfg', {}).get('type') == 'PTQLoop':
         options += [('test_cfg.calib_images', CALIB_IMAGES),
@@ -114,8 +112,7 @@ def smoke_options(cfg: Config) -> Options:
     for index, hook in enumerate(cfg.get('custom_hooks', [])):
         if hook.get('type') == 'QATInitHook':
             options += [(f'custom_hooks.{index}.calib_images', QAT_CALIB_IMAGES),
-                        (f'custom_hooks.{index}.calib_dataloader.dataset.indices',
-                         NUM_TRAIN_FILES)]
+                        (f'custom_hooks.{index}.calib_dataloader.dataset.indices', NUM_TRAIN_FILES)]
     if 'search_dataloader' in cfg:
         options.append(('search_dataloader.dataset.indices', NUM_TRAIN_FILES))
     return tuple(options)
@@ -189,16 +186,18 @@ def run_forked(target: Callable[[], None], log_file: str, timeout_s: float):
 
 
 def run_tool(tool: str, args: Sequence[str], cwd: str) -> Callable[[], None]:
+
     def target() -> None:
         os.chdir(cwd)
         sys.argv = [tool] + list(args)
         sys.path.insert(0, osp.dirname(tool))
         runpy.run_path(tool, run_name='__main__')
+
     return target
 
 
-UNITS = dict(train=('iteration', TRAIN_IMAGES), test=('image', NUM_VAL),
-             search=('image', SEARCH.images))
+UNITS = dict(
+    train=('iteration', TRAIN_IMAGES), test=('image', NUM_VAL), search=('image', SEARCH.images))
 
 
 class SmokeExecutor(LaunchExecutor):
@@ -220,8 +219,8 @@ class SmokeExecutor(LaunchExecutor):
         print(f'[{len(self.results) + 1}] {command}', flush=True)
         os.makedirs(log_dir, exist_ok=True)
         log_file = osp.join(log_dir, f'{tool}.log')
-        ok, wall, usage, error = run_forked(run_tool(osp.join(REPO, argv[1]), argv[2:], REPO),
-                                            log_file, STEP_TIMEOUT_S)
+        ok, wall, usage, error = run_forked(
+            run_tool(osp.join(REPO, argv[1]), argv[2:], REPO), log_file, STEP_TIMEOUT_S)
         with open(log_file, errors='replace') as f:
             log = f.read()
         unit, count = UNITS[tool]
@@ -232,8 +231,8 @@ class SmokeExecutor(LaunchExecutor):
             # iteration timer starts: the first image's time holds the calibration
             per_unit = max(0.0, per_unit - calib / count)
         result = Result(name, args[0], command, ok, wall, usage.ru_maxrss / 1024, unit, count,
-                        per_unit, calib, log_file,
-                        '' if ok else (error + '\n' + log[-3000:]).strip())
+                        per_unit, calib, log_file, '' if ok else
+                        (error + '\n' + log[-3000:]).strip())
         self.results.append(result)
         if not ok:
             print(f'    FAILED: {result.error}', flush=True)
@@ -245,8 +244,8 @@ class SmokeExecutor(LaunchExecutor):
 def run_table(executor: SmokeExecutor, work: str, data_root: str, checkpoint: str,
               rows: Sequence[str]) -> TableRunner:
     """The COCO table's ``rows`` on the fixture."""
-    runner = TableRunner(TABLE, osp.join(work, 'table'), executor, data_root, rows,
-                         smoke_options, {'fp': checkpoint}, SEARCH)
+    runner = TableRunner(TABLE, osp.join(work, 'table'), executor, data_root, rows, smoke_options,
+                         {'fp': checkpoint}, SEARCH)
     runner.run()
     return runner
 
@@ -254,27 +253,31 @@ def run_table(executor: SmokeExecutor, work: str, data_root: str, checkpoint: st
 def run_extras(executor: SmokeExecutor, work: str, data_root: str, checkpoint: str) -> None:
     """What the table does not run: the 1x FP config, a QAT training resumed for
     one more iteration and validated, AMP QAT, the search's proxy objective."""
-    fp = TableConfig(osp.join(CONFIGS, FP_1X), osp.join(work, 'extra', 'fp_1x'), data_root,
-                     extra=smoke_options)
+    fp = TableConfig(
+        osp.join(CONFIGS, FP_1X), osp.join(work, 'extra', 'fp_1x'), data_root, extra=smoke_options)
     executor.launch('test', test_args(fp, checkpoint), fp.work_dir)
     training = COCO.training(RESUMED)
-    resumed = TableConfig(osp.join(CONFIGS, training.config),
-                          osp.join(work, 'table', RESUMED), data_root,
-                          (('train_cfg.max_epochs', 2), ('train_cfg.val_interval', 2)),
-                          smoke_options)
+    resumed = TableConfig(
+        osp.join(CONFIGS, training.config), osp.join(work, 'table', RESUMED), data_root,
+        (('train_cfg.max_epochs', 2), ('train_cfg.val_interval', 2)), smoke_options)
     executor.launch('train', train_args(resumed, None, resume=True),
-                  osp.join(work, 'extra', 'resume'))
-    amp = TableConfig(osp.join(CONFIGS, AMP_QAT), osp.join(work, 'extra', 'qat_amp'),
-                      data_root, (('optim_wrapper.type', 'CPUAmpOptimWrapper'),
-                                  ('train_cfg.val_interval', 2)), smoke_options)
+                    osp.join(work, 'extra', 'resume'))
+    amp = TableConfig(
+        osp.join(CONFIGS, AMP_QAT), osp.join(work, 'extra', 'qat_amp'), data_root,
+        (('optim_wrapper.type', 'CPUAmpOptimWrapper'), ('train_cfg.val_interval', 2)),
+        smoke_options)
     executor.launch('train', train_args(amp, checkpoint, resume=False), amp.work_dir)
     saqa = COCO.training('qat_saqa_w4a4a2')
-    proxy = Search('proxy', saqa.config, saqa.name, 'qat_uniform_w4a4', (1.35, ),
-                   objective='proxy')
-    tc = TableConfig(osp.join(CONFIGS, saqa.config), osp.join(work, 'extra', 'search_proxy'),
-                     data_root, extra=smoke_options)
-    executor.launch('search', search_args(tc, osp.join(work, 'table', saqa.name, 'epoch_1.pth'),
-                                          proxy, SEARCH, TABLE.search_tolerance), tc.work_dir)
+    proxy = Search('proxy', saqa.config, saqa.name, 'qat_uniform_w4a4', (1.35, ), objective='proxy')
+    tc = TableConfig(
+        osp.join(CONFIGS, saqa.config),
+        osp.join(work, 'extra', 'search_proxy'),
+        data_root,
+        extra=smoke_options)
+    executor.launch(
+        'search',
+        search_args(tc, osp.join(work, 'table', saqa.name, 'epoch_1.pth'), proxy, SEARCH,
+                    TABLE.search_tolerance), tc.work_dir)
 
 
 def configs_not_run(results: Sequence[Result]) -> List[str]:
@@ -289,8 +292,8 @@ def prepare_data(work: str) -> str:
     checkpoint = osp.join(work, 'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_smoke.pth')
 
     def target() -> None:
-        generate_coco_fixture(osp.join(work, 'data', 'coco'), num_train_files=NUM_TRAIN_FILES,
-                              num_val=NUM_VAL)
+        generate_coco_fixture(
+            osp.join(work, 'data', 'coco'), num_train_files=NUM_TRAIN_FILES, num_val=NUM_VAL)
         write_official_checkpoint(checkpoint)
 
     ok, wall, _, error = run_forked(target, osp.join(work, 'fixture.log'), STEP_TIMEOUT_S)
@@ -302,11 +305,13 @@ def prepare_data(work: str) -> str:
 
 
 def format_table(results: Sequence[Result]) -> str:
-    lines = ['| run | config | status | per image / iteration | calibration | wall | '
-             'peak host memory |', '|---|---|---|---|---|---|---|']
+    lines = [
+        '| run | config | status | per image / iteration | calibration | wall | '
+        'peak host memory |', '|---|---|---|---|---|---|---|'
+    ]
     for r in results:
-        per = (f'{r.s_per_unit:.1f} s/{r.unit} ({r.count})' if r.s_per_unit is not None
-               else f'- ({r.count} {r.unit}s)')
+        per = (f'{r.s_per_unit:.1f} s/{r.unit} ({r.count})'
+               if r.s_per_unit is not None else f'- ({r.count} {r.unit}s)')
         calib = f'{r.calib_s:.1f} s' if r.calib_s is not None else '-'
         config = osp.relpath(osp.join(REPO, r.config), CONFIGS) \
             if r.config.startswith('configs/') else osp.basename(r.config)
@@ -317,10 +322,15 @@ def format_table(results: Sequence[Result]) -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--work-dir', default='work_dirs/smoke_coco',
-                        help='fixture, checkpoints and logs (emptied first)')
-    parser.add_argument('--rows', nargs='+', metavar='ROW',
-                        help='only these table rows (and what they need), no other step')
+    parser.add_argument(
+        '--work-dir',
+        default='work_dirs/smoke_coco',
+        help='fixture, checkpoints and logs (emptied first)')
+    parser.add_argument(
+        '--rows',
+        nargs='+',
+        metavar='ROW',
+        help='only these table rows (and what they need), no other step')
     return parser.parse_args()
 
 
@@ -351,8 +361,14 @@ def main() -> None:
     print(f'\nCOCO table and configs at full size on CPU ({os.cpu_count()} cores, {NUM_VAL} '
           f'val images, PTQ calibration on {CALIB_IMAGES}), {total:.0f} s in all:\n' + table)
     with open(osp.join(work, 'smoke.json'), 'w') as f:
-        json.dump(dict(total_s=total, cpus=os.cpu_count(), failed=failed,
-                       results=[asdict(r) for r in executor.results]), f, indent=1)
+        json.dump(
+            dict(
+                total_s=total,
+                cpus=os.cpu_count(),
+                failed=failed,
+                results=[asdict(r) for r in executor.results]),
+            f,
+            indent=1)
     if failed:
         print(f'\nFAILED: {failed}')
     sys.exit(1 if failed else 0)

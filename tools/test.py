@@ -22,14 +22,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file or URL')
     parser.add_argument('--work-dir', help='directory for the metrics file')
     parser.add_argument('--out', help='dump predictions to a .pkl file')
-    parser.add_argument('--show', action='store_true',
-                        help='show prediction results')
-    parser.add_argument('--show-dir', help='save painted predictions here '
-                        '(inside work_dir/timestamp)')
-    parser.add_argument('--wait-time', type=float, default=2,
-                        help='seconds each shown image stays')
-    parser.add_argument('--tta', action='store_true',
-                        help='test-time augmentation (mmdet DetTTAModel, flips)')
+    parser.add_argument('--show', action='store_true', help='show prediction results')
+    parser.add_argument(
+        '--show-dir', help='save painted predictions here '
+        '(inside work_dir/timestamp)')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown image stays')
+    parser.add_argument(
+        '--tta', action='store_true', help='test-time augmentation (mmdet DetTTAModel, flips)')
     return parse_runner_args(parser)
 
 
@@ -40,8 +39,7 @@ def main() -> None:
         raise ValueError(f'--out must be a .pkl or .pickle file, got {args.out}')
     if '://' not in args.checkpoint and not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
-    cfg = load_runner_config(args.config, args.work_dir, args.cfg_options,
-                             args.launcher)
+    cfg = load_runner_config(args.config, args.work_dir, args.cfg_options, args.launcher)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)
@@ -49,8 +47,7 @@ def main() -> None:
         cfg = with_test_time_aug(cfg)
     runner = build_runner(cfg, dataloaders=['test_dataloader'])
     if args.out is not None:
-        runner.test_evaluator.metrics.append(
-            DumpDetResults(out_file_path=args.out))
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
     runner.test()
 
 

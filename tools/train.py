@@ -11,12 +11,16 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a detector')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='directory for logs and checkpoints')
-    parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision training')
-    parser.add_argument('--auto-scale-lr', action='store_true',
-                        help='scale the learning rate by the total batch size')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision training')
     parser.add_argument(
-        '--resume', nargs='?', type=str, const='auto',
+        '--auto-scale-lr',
+        action='store_true',
+        help='scale the learning rate by the total batch size')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
         help='resume from this checkpoint, or, without a path, from the latest '
         'checkpoint in the work directory')
     return parse_runner_args(parser)
@@ -25,8 +29,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     setup_cache_size_limit_of_dynamo()
-    cfg = load_runner_config(args.config, args.work_dir, args.cfg_options,
-                             args.launcher)
+    cfg = load_runner_config(args.config, args.work_dir, args.cfg_options, args.launcher)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'

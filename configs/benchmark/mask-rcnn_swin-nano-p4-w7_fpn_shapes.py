@@ -16,11 +16,9 @@ model = dict(
     rpn_head=dict(in_channels=32, feat_channels=32),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=32),
-        bbox_head=dict(
-            in_channels=32, fc_out_channels=128, num_classes=num_classes),
+        bbox_head=dict(in_channels=32, fc_out_channels=128, num_classes=num_classes),
         mask_roi_extractor=dict(out_channels=32),
-        mask_head=dict(
-            in_channels=32, conv_out_channels=32, num_classes=num_classes)),
+        mask_head=dict(in_channels=32, conv_out_channels=32, num_classes=num_classes)),
     train_cfg=dict(rcnn=dict(sampler=dict(num=64))))
 
 max_epochs = 7
@@ -37,13 +35,10 @@ param_scheduler = [
 ]
 optim_wrapper = dict(optimizer=dict(lr=1e-3, weight_decay=0.05))
 
-default_hooks = dict(
-    logger=dict(interval=25),
-    checkpoint=dict(interval=1, max_keep_ckpts=1))
+default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=1, max_keep_ckpts=1))
 # CPU-friendly distributed settings: gloo, and DDP without a CUDA device id
 # (device_ids=None also works with one GPU per process).
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
-model_wrapper_cfg = dict(
-    type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False)
+model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False)
 randomness = dict(seed=0)
 auto_scale_lr = dict(enable=False, base_batch_size=4)

@@ -60,8 +60,8 @@ def layer_bits(layer: nn.Module) -> Tuple[int, int]:
     """``(weight bits, input bits)`` of a linear or conv layer, float or
     :class:`~mixaq_mmdet.quantization.QuantLinear` /
     :class:`~mixaq_mmdet.quantization.QuantConv2d`."""
-    return (quantizer_bits(getattr(layer, 'weight_quantizer', None)),
-            quantizer_bits(getattr(layer, 'input_quantizer', None)))
+    return (quantizer_bits(getattr(layer, 'weight_quantizer',
+                                   None)), quantizer_bits(getattr(layer, 'input_quantizer', None)))
 
 
 @dataclass
@@ -91,8 +91,7 @@ class _Cost:
         return self
 
     def __mul__(self, count: int) -> '_Cost':
-        return _Cost(self.macs * count, self.bitops * count,
-                     self.act_bit_macs * count)
+        return _Cost(self.macs * count, self.bitops * count, self.act_bit_macs * count)
 
 
 @dataclass
@@ -135,12 +134,10 @@ class BitOpsReport:
         """Speedup of this configuration over ``baseline`` (e.g. the uniform
         W4A8 model): ``baseline.bitops / self.bitops``, at the same input size
         and scope."""
-        if (baseline.img_shape, baseline.scope) != (self.img_shape,
-                                                    self.scope):
-            raise ValueError(
-                f'cannot compare BitOPs at {baseline.img_shape} '
-                f'({baseline.scope}) with BitOPs at {self.img_shape} '
-                f'({self.scope}): count both at the same shape and scope')
+        if (baseline.img_shape, baseline.scope) != (self.img_shape, self.scope):
+            raise ValueError(f'cannot compare BitOPs at {baseline.img_shape} '
+                             f'({baseline.scope}) with BitOPs at {self.img_shape} '
+                             f'({self.scope}): count both at the same shape and scope')
         return baseline.bitops / self.bitops
 
     def as_dict(self) -> dict:
@@ -157,15 +154,13 @@ class SpeedupStats(NamedTuple):
 
 def _check_img_shape(img_shape: Sequence[int]) -> Shape:
     if not isinstance(img_shape, Sequence) or len(img_shape) != 2 or any(
-            isinstance(s, bool) or not isinstance(s, Integral) or s < 1
-            for s in img_shape):
+            isinstance(s, bool) or not isinstance(s, Integral) or s < 1 for s in img_shape):
         raise ValueError('img_shape must be (H, W), two positive ints, got '
                          f'{img_shape!r}')
     return int(img_shape[0]), int(img_shape[1])
 
 
-def _split_model(model: nn.Module,
-                 scope: str) -> Tuple[SwinTransformer, Optional[nn.Module]]:
+def _split_model(model: nn.Module, scope: str) -> Tuple[SwinTransformer, Optional[nn.Module]]:
     """``(backbone, detector)``; the detector is None for a bare backbone."""
     if scope not in QUANT_SCOPES:
         raise ValueError(f'scope must be one of {QUANT_SCOPES}, got {scope!r}')
@@ -186,35 +181,33 @@ def _split_model(model: nn.Module,
     return backbone, detector
 
 
-def _padded_out(hw: Shape, padder: Optional[nn.Module], kernel, stride,
-                padding, dilation) -> Shape:
+def _padded_out(hw: Shape, padder: Optional[nn.Module], kernel, stride, padding, dilation) -> Shape:
     """Output size of a conv/unfold after mmdet's optional AdaptivePadding."""
     if padder is not None:
         pad_h, pad_w = padder.get_pad_shape(hw)
         hw = (hw[0] + pad_h, hw[1] + pad_w)
     k, s, p, d = (_pair(v) for v in (kernel, stride, padding, dilation))
-    return tuple((hw[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1
-                 for i in range(2))
+    return tuple((hw[i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2))
 
 
 def _patch_embed(backbone: SwinTransformer, hw: Shape) -> Tuple[Shape, _Cost]:
     """Token grid and cost of mmdet's PatchEmbed on an (H, W) image."""
     embed = backbone.patch_embed
     conv = embed.projection
-    out = _padded_out(hw, embed.adap_padding, conv.kernel_size, conv.stride,
-                      conv.padding, conv.dilation)
+    out = _padded_out(hw, embed.adap_padding, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation)
     cost = _Cost()
-    cost.add(out[0] * out[1] * conv.out_channels *
-             conv.in_channels // conv.groups * math.prod(conv.kernel_size),
-             *layer_bits(conv))
+    cost.add(
+        out[0] * out[1] * conv.out_channels * conv.in_channels // conv.groups *
+        math.prod(conv.kernel_size), *layer_bits(conv))
     return out, cost
 
 
 def _patch_merging(merging: nn.Module, hw: Shape) -> Tuple[Shape, _Cost]:
     """Token grid and cost of mmdet's PatchMerging on an (H, W) token grid."""
     sampler = merging.sampler
-    out = _padded_out(hw, merging.adap_padding, sampler.kernel_size,
-                      sampler.stride, sampler.padding, sampler.dilation)
+    out = _padded_out(hw, merging.adap_padding, sampler.kernel_size, sampler.stride,
+                      sampler.padding, sampler.dilation)
     reduction = merging.reduction
     cost = _Cost()
     cost.add(out[0] * out[1] * reduction.in_features * reduction.out_features,
@@ -226,14 +219,13 @@ def _branch_window_cost(block: nn.Module, branch: str) -> _Cost:
     """Cost of one window of ``block`` computed by ``branch`` ('high' or
     'low'; an mmdet SwinBlock has one branch, counted as 'high')."""
     w_msa = block.attn.w_msa
-    linears = (w_msa.qkv, w_msa.proj, block.ffn.layers[0][0],
-               block.ffn.layers[1])
+    linears = (w_msa.qkv, w_msa.proj, block.ffn.layers[0][0], block.ffn.layers[1])
     if isinstance(block, TwoBranchSwinBlock):
         quant = block.branches[branch]
-        act_bits = [quantizer_bits(q) for q in (quant.qkv_in, quant.proj_in,
-                                                quant.fc1_in, quant.fc2_in)]
-        matmul_bits = [(quantizer_bits(mm.quantizer_a),
-                        quantizer_bits(mm.quantizer_b))
+        act_bits = [
+            quantizer_bits(q) for q in (quant.qkv_in, quant.proj_in, quant.fc1_in, quant.fc2_in)
+        ]
+        matmul_bits = [(quantizer_bits(mm.quantizer_a), quantizer_bits(mm.quantizer_b))
                        for mm in (quant.qk, quant.av)]
     else:
         act_bits = [layer_bits(layer)[1] for layer in linears]
@@ -241,8 +233,7 @@ def _branch_window_cost(block: nn.Module, branch: str) -> _Cost:
     tokens = block_geometry(block)[0]**2
     cost = _Cost()
     for layer, bits in zip(linears, act_bits):
-        cost.add(tokens * layer.in_features * layer.out_features,
-                 layer_bits(layer)[0], bits)
+        cost.add(tokens * layer.in_features * layer.out_features, layer_bits(layer)[0], bits)
     # q @ k^T and softmax @ v: tokens x tokens x head dim per head each.
     for bits in matmul_bits:
         cost.add_matmul(tokens * tokens * w_msa.proj.in_features, *bits)
@@ -255,12 +246,11 @@ def _block_groups(backbone: SwinTransformer, stage: int, index: int,
     if not isinstance(backbone, MixAQSwinTransformer):
         return num_windows, 0, 0
     pair = backbone.pair_index[stage][index]
-    return group_sizes(num_windows, backbone.low_bit_ratios[pair],
-                       backbone.prune_ratios[pair])
+    return group_sizes(num_windows, backbone.low_bit_ratios[pair], backbone.prune_ratios[pair])
 
 
-def _backbone_costs(backbone: SwinTransformer, img_shape: Shape
-                    ) -> Tuple[List[dict], _Cost, _Cost, List[Shape]]:
+def _backbone_costs(backbone: SwinTransformer,
+                    img_shape: Shape) -> Tuple[List[dict], _Cost, _Cost, List[Shape]]:
     """Per-stage records, total costs (config, uniform) and the token grid
     of every stage."""
     hw, embed = _patch_embed(backbone, img_shape)
@@ -283,16 +273,14 @@ def _backbone_costs(backbone: SwinTransformer, img_shape: Shape
                 stage_cost += _branch_window_cost(block, 'low') * low
             stage_uniform += high_cost * num_windows
         grids.append(hw)
-        record = dict(stage=i, resolution=hw, windows=num_windows,
-                      groups=groups)
+        record = dict(stage=i, resolution=hw, windows=num_windows, groups=groups)
         if stage.downsample is not None:
             hw, merge = _patch_merging(stage.downsample, hw)
             stage_cost += merge
             stage_uniform += merge
         total += stage_cost
         uniform += stage_uniform
-        record.update(bitops=stage_cost.bitops,
-                      bitops_uniform=stage_uniform.bitops)
+        record.update(bitops=stage_cost.bitops, bitops_uniform=stage_uniform.bitops)
         stages.append(record)
     return stages, total, uniform, grids
 
@@ -304,16 +292,20 @@ def _head_costs(detector: nn.Module, backbone: SwinTransformer,
     and Linear layers, fed zero features of the backbone's output shapes."""
     param = next(detector.parameters())
     feats = tuple(
-        param.new_zeros(1, backbone.num_features[i], *grids[i])
-        for i in backbone.out_indices)
+        param.new_zeros(1, backbone.num_features[i], *grids[i]) for i in backbone.out_indices)
     neck = detector.neck if getattr(detector, 'with_neck', False) else None
-    heads = {name: getattr(detector, name) for name in DENSE_HEADS
-             if isinstance(getattr(detector, name, None), BaseDenseHead)}
+    heads = {
+        name: getattr(detector, name)
+        for name in DENSE_HEADS if isinstance(getattr(detector, name, None), BaseDenseHead)
+    }
     parts = dict(heads) if neck is None else dict(neck=neck, **heads)
     costs = {name: _Cost() for name in parts}
 
-    layers = {layer: name for name, part in parts.items() for layer in part.modules()
-              if isinstance(layer, (nn.Conv2d, nn.Linear))}
+    layers = {
+        layer: name
+        for name, part in parts.items()
+        for layer in part.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))
+    }
     # Bits as the model computes now; the counting forward itself runs with the
     # quantizers as identities (no statistics from the zeros, no calibration needed).
     bits = {layer: layer_bits(layer) for layer in layers}
@@ -383,10 +375,15 @@ def count_bitops(model: nn.Module,
             parts[name] = cost.bitops
             total += cost
             uniform += cost
-    return BitOpsReport(img_shape=hw, scope=scope, bitops=total.bitops,
-                        bitops_uniform=uniform.bitops, macs=total.macs,
-                        act_bits=total.act_bit_macs / total.macs,
-                        per_stage=per_stage, parts=parts)
+    return BitOpsReport(
+        img_shape=hw,
+        scope=scope,
+        bitops=total.bitops,
+        bitops_uniform=uniform.bitops,
+        macs=total.macs,
+        act_bits=total.act_bit_macs / total.macs,
+        per_stage=per_stage,
+        parts=parts)
 
 
 def average_speedup(model: nn.Module,
@@ -415,6 +412,6 @@ def average_speedup(model: nn.Module,
 
 
 __all__ = [
-    'BitOpsReport', 'SpeedupStats', 'count_bitops', 'average_speedup',
-    'layer_bits', 'quantizer_bits', 'FLOAT_BITS'
+    'BitOpsReport', 'SpeedupStats', 'count_bitops', 'average_speedup', 'layer_bits',
+    'quantizer_bits', 'FLOAT_BITS'
 ]

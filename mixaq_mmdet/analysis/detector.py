@@ -37,8 +37,7 @@ def load_detector(config: str,
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
     check_swin(getattr(model, 'backbone', model))
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu',
-                           logger='silent')
+    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
     state = ckpt.get('state_dict', ckpt)
     if not set(state) & set(model.state_dict()):
         raise ValueError(f'checkpoint {checkpoint} has no parameter of the '

@@ -5,8 +5,12 @@ from matplotlib.figure import Figure
 from matplotlib.text import Annotation, Text
 
 
-def plot_pareto(rows: Sequence[Dict], out_file: str, x: str = 'speedup',
-                y: str = 'bbox_mAP', title: str = '', xlabel: Optional[str] = None) -> None:
+def plot_pareto(rows: Sequence[Dict],
+                out_file: str,
+                x: str = 'speedup',
+                y: str = 'bbox_mAP',
+                title: str = '',
+                xlabel: Optional[str] = None) -> None:
     """Scatter ``y`` against ``x`` for every row, labelled by name (see
     :func:`pareto_figure`)."""
     fig = pareto_figure(rows, x, y)
@@ -23,8 +27,10 @@ def pareto_figure(rows: Sequence[Dict], x: str = 'speedup', y: str = 'bbox_mAP')
     fig, ax = _axes()
     uniform = sorted((r for r in rows if 'uniform' in r['name']), key=lambda r: r[x])
     if uniform:
-        ax.plot([r[x] for r in uniform], [r[y] for r in uniform], '--',
-                color='grey', label='uniform')
+        ax.plot([r[x] for r in uniform], [r[y] for r in uniform],
+                '--',
+                color='grey',
+                label='uniform')
     for row in sorted(rows, key=lambda r: (r[x], -r[y])):
         marker = 's' if 'uniform' in row['name'] else 'o' if 'mixaq' in row['name'] else 'D'
         ax.scatter(row[x], row[y], marker=marker, s=40, zorder=3)
@@ -49,8 +55,8 @@ def _label_points(fig: Figure, ax, rows: Sequence[Dict], x: str, y: str) -> None
     while True:
         columns = [_label_column(ax, cluster, x, y, x_span, y_step) for cluster in clusters]
         fig.draw_without_rendering()
-        overlap = next((i for i in range(len(columns) - 1)
-                        if _overprint(columns[i], columns[i + 1])), None)
+        overlap = next(
+            (i for i in range(len(columns) - 1) if _overprint(columns[i], columns[i + 1])), None)
         if overlap is None:
             return
         for column in columns:
@@ -65,21 +71,29 @@ def _label_column(ax, cluster: List[Dict], x: str, y: str, x_span: float,
     cluster's last point with a line to each point."""
     top = max(r[y] for r in cluster) + (0.8 * y_step if len(cluster) == 1 else 0)
     anchor = cluster[-1][x] + (0.03 if len(cluster) > 1 else -0.02) * x_span
-    return [ax.annotate(f"{row['name']} ({row[y]:.1f})", (row[x], row[y]),
-                        xytext=(anchor, top - level * y_step), fontsize=7, va='center',
-                        arrowprops=dict(arrowstyle='-', lw=0.4, color='grey')
-                        if len(cluster) > 1 else None)
-            for level, row in enumerate(sorted(cluster, key=lambda r: -r[y]))]
+    return [
+        ax.annotate(
+            f"{row['name']} ({row[y]:.1f})", (row[x], row[y]),
+            xytext=(anchor, top - level * y_step),
+            fontsize=7,
+            va='center',
+            arrowprops=dict(arrowstyle='-', lw=0.4, color='grey') if len(cluster) > 1 else None)
+        for level, row in enumerate(sorted(cluster, key=lambda r: -r[y]))
+    ]
 
 
 def _overprint(first: List[Annotation], second: List[Annotation]) -> bool:
     """Whether a text of ``first`` overlaps a text of ``second`` (as drawn;
     the lines to the points may cross)."""
-    return any(Text.get_window_extent(a).overlaps(Text.get_window_extent(b))
-               for a in first for b in second)
+    return any(
+        Text.get_window_extent(a).overlaps(Text.get_window_extent(b)) for a in first
+        for b in second)
 
 
-def plot_search(result, uniform_cost: float, out_file: str, targets: Sequence[float] = (),
+def plot_search(result,
+                uniform_cost: float,
+                out_file: str,
+                targets: Sequence[float] = (),
                 ylabel: str = 'accuracy') -> None:
     """Every candidate a ratio search evaluated (speedup over the uniform
     high-bit model against its accuracy), its Pareto front and the targets."""
@@ -97,8 +111,10 @@ def plot_search(result, uniform_cost: float, out_file: str, targets: Sequence[fl
 
 
 def plot_policy_curves(curves: Dict[str, Sequence[Tuple[float, float]]],
-                       points: Sequence[Tuple[str, float, float]], out_file: str,
-                       title: str = '', xlabel: str = 'BitOPs speedup') -> None:
+                       points: Sequence[Tuple[str, float, float]],
+                       out_file: str,
+                       title: str = '',
+                       xlabel: str = 'BitOPs speedup') -> None:
     """One line per window order (``(speedup, mAP)`` along the low-bit ratio)
     and labelled single points (the uniform bit widths), labelled as in
     :func:`pareto_figure`."""

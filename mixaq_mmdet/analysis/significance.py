@@ -25,7 +25,9 @@ class PairedDifference(NamedTuple):
         return self.mean >= -sigmas * self.std_error
 
 
-def coco_map(gt: COCO, results: Sequence[Dict], iou_type: str = 'bbox',
+def coco_map(gt: COCO,
+             results: Sequence[Dict],
+             iou_type: str = 'bbox',
              img_ids: Sequence[int] = ()) -> float:
     """COCO mAP (IoU .50:.95, points) of ``results`` on ``img_ids`` (all if empty)."""
     with contextlib.redirect_stdout(io.StringIO()):
@@ -41,8 +43,10 @@ def coco_map(gt: COCO, results: Sequence[Dict], iou_type: str = 'bbox',
     return 100.0 * max(float(evaluator.stats[0]), 0.0)
 
 
-def paired_difference(ann_file: str, results_a: Sequence[Dict],
-                      results_b: Sequence[Dict], iou_type: str = 'bbox',
+def paired_difference(ann_file: str,
+                      results_a: Sequence[Dict],
+                      results_b: Sequence[Dict],
+                      iou_type: str = 'bbox',
                       num_folds: int = 5) -> PairedDifference:
     """mAP(A) - mAP(B) on the split of ``ann_file``, with its standard error.
 
@@ -60,8 +64,10 @@ def paired_difference(ann_file: str, results_a: Sequence[Dict],
     if len(ids) < num_folds:
         raise ValueError(f'{ann_file} has {len(ids)} images, fewer than num_folds='
                          f'{num_folds}')
-    folds = [coco_map(gt, results_a, iou_type, ids[k::num_folds]) -
-             coco_map(gt, results_b, iou_type, ids[k::num_folds]) for k in range(num_folds)]
+    folds = [
+        coco_map(gt, results_a, iou_type, ids[k::num_folds]) -
+        coco_map(gt, results_b, iou_type, ids[k::num_folds]) for k in range(num_folds)
+    ]
     mean = coco_map(gt, results_a, iou_type) - coco_map(gt, results_b, iou_type)
     std_error = float(np.std(folds, ddof=1)) / math.sqrt(num_folds)
     return PairedDifference(round(mean, 3), round(std_error, 3), [round(f, 3) for f in folds])

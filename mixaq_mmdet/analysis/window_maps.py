@@ -18,9 +18,7 @@ from mmdet.models.backbones.swin import SwinTransformer
 from torch import Tensor
 
 from mixaq_mmdet.models.backbones import MixAQSwinTransformer
-from mixaq_mmdet.models.layers.window_policy import (WindowPolicy,
-                                                     split_groups,
-                                                     window_scores)
+from mixaq_mmdet.models.layers.window_policy import WindowPolicy, split_groups, window_scores
 
 ArrayLike = Union[np.ndarray, Tensor, Sequence]
 StageInput = Tuple[Tensor, Tuple[int, int]]
@@ -30,8 +28,7 @@ PARTITIONS = ('regular', 'shifted')
 GROUP_HIGH, GROUP_LOW, GROUP_PRUNED = 0, 1, 2
 GROUP_NAMES = ('high', 'low', 'pruned')
 # RGBA tint per group over a grey image: high-bit windows stay untinted.
-GROUP_COLORS = ((0.0, 0.0, 0.0, 0.0), (0.1, 0.45, 1.0, 0.5),
-                (0.0, 0.0, 0.0, 0.65))
+GROUP_COLORS = ((0.0, 0.0, 0.0, 0.0), (0.1, 0.45, 1.0, 0.5), (0.0, 0.0, 0.0, 0.65))
 
 
 def check_swin(backbone: nn.Module) -> SwinTransformer:
@@ -73,13 +70,17 @@ def stage_inputs(backbone: nn.Module, img: Tensor) -> List[StageInput]:
     captured: Dict[int, StageInput] = {}
 
     def capture(index: int):
+
         def hook(module: nn.Module, args: tuple) -> None:
             x, hw_shape = args[:2]
             captured[index] = (x.detach(), tuple(hw_shape))
+
         return hook
 
-    handles = [stage.blocks[0].register_forward_pre_hook(capture(i))
-               for i, stage in enumerate(backbone.stages)]
+    handles = [
+        stage.blocks[0].register_forward_pre_hook(capture(i))
+        for i, stage in enumerate(backbone.stages)
+    ]
     try:
         backbone(img)
     finally:
@@ -88,8 +89,10 @@ def stage_inputs(backbone: nn.Module, img: Tensor) -> List[StageInput]:
     return [captured[i] for i in range(len(backbone.stages))]
 
 
-def window_object_labels(gt_masks: ArrayLike, hw_shape: Tuple[int, int],
-                         stride: int, window_size: int,
+def window_object_labels(gt_masks: ArrayLike,
+                         hw_shape: Tuple[int, int],
+                         stride: int,
+                         window_size: int,
                          shift_size: int = 0) -> Tensor:
     """Whether each window of a stage partition holds an annotated object.
 
@@ -109,8 +112,9 @@ def window_object_labels(gt_masks: ArrayLike, hw_shape: Tuple[int, int],
     Returns:
         (nW,) bool, windows in the backbone's order.
     """
-    masks = (gt_masks.bool() if isinstance(gt_masks, Tensor) else
-             torch.from_numpy(np.asarray(gt_masks, dtype=bool)))
+    masks = (
+        gt_masks.bool() if isinstance(gt_masks, Tensor) else torch.from_numpy(
+            np.asarray(gt_masks, dtype=bool)))
     if masks.dim() != 3:
         raise ValueError('gt_masks must have shape (N, H_img, W_img), got '
                          f'{tuple(masks.shape)}')
@@ -150,36 +154,32 @@ def roc_auc(scores: ArrayLike, labels: ArrayLike) -> float:
     if n_pos == 0 or n_neg == 0:
         raise ValueError('ROC-AUC needs positive and negative samples, got '
                          f'{n_pos} positives and {n_neg} negatives')
-    _, inverse, counts = np.unique(scores, return_inverse=True,
-                                   return_counts=True)
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
     mean_rank = np.cumsum(counts) - (counts - 1) / 2.0
     pos_rank_sum = mean_rank[inverse.ravel()][labels].sum()
     return float((pos_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _stage_ratios(backbone: SwinTransformer, stage: int, block: int,
-                  low_ratio: Optional[float],
+def _stage_ratios(backbone: SwinTransformer, stage: int, block: int, low_ratio: Optional[float],
                   prune_ratio: Optional[float]) -> Tuple[float, float]:
     """The (low, prune) ratios block ``block`` of ``stage`` runs with."""
     if isinstance(backbone, MixAQSwinTransformer):
         pair = backbone.pair_index[stage][block]
         low = backbone.low_bit_ratios[pair] if low_ratio is None else low_ratio
-        prune = (backbone.prune_ratios[pair]
-                 if prune_ratio is None else prune_ratio)
+        prune = (backbone.prune_ratios[pair] if prune_ratio is None else prune_ratio)
         return low, prune
     return low_ratio, 0.0 if prune_ratio is None else prune_ratio
 
 
-def _group_map(order: Tensor, hw_shape: Tuple[int, int], window_size: int,
-               low_ratio: float, prune_ratio: float) -> np.ndarray:
+def _group_map(order: Tensor, hw_shape: Tuple[int, int], window_size: int, low_ratio: float,
+               prune_ratio: float) -> np.ndarray:
     """(Hw, Ww) group ids of one image's (nW,) window order."""
-    _, low_idx, prune_idx = split_groups(order.unsqueeze(0), low_ratio,
-                                         prune_ratio)
+    _, low_idx, prune_idx = split_groups(order.unsqueeze(0), low_ratio, prune_ratio)
     groups = np.full(order.numel(), GROUP_HIGH, dtype=np.int64)
     groups[low_idx[0].cpu().numpy()] = GROUP_LOW
     groups[prune_idx[0].cpu().numpy()] = GROUP_PRUNED
-    return groups.reshape(math.ceil(hw_shape[0] / window_size),
-                          math.ceil(hw_shape[1] / window_size))
+    return groups.reshape(
+        math.ceil(hw_shape[0] / window_size), math.ceil(hw_shape[1] / window_size))
 
 
 def window_group_maps(backbone: nn.Module,
@@ -210,8 +210,7 @@ def window_group_maps(backbone: nn.Module,
     if img.dim() != 4 or img.shape[0] != 1:
         raise ValueError('img must be one image of shape (1, 3, H, W), got '
                          f'{tuple(img.shape)}')
-    if not isinstance(backbone, MixAQSwinTransformer) and (
-            policy is None or low_ratio is None):
+    if not isinstance(backbone, MixAQSwinTransformer) and (policy is None or low_ratio is None):
         raise ValueError('a plain SwinTransformer has no window policy or '
                          'ratios: pass policy and low_ratio (and prune_ratio)')
     policy = backbone.policy if policy is None else policy
@@ -228,28 +227,26 @@ def window_group_maps(backbone: nn.Module,
         for j, (name, shift) in enumerate(zip(PARTITIONS, shifts)):
             low, prune = _stage_ratios(backbone, i, j, low_ratio, prune_ratio)
             order = orders.select(shift > 0)[0]
-            stage_maps[name] = _group_map(order, hw_shape, window_size, low,
-                                          prune)
+            stage_maps[name] = _group_map(order, hw_shape, window_size, low, prune)
         maps.append(stage_maps)
     return maps
 
 
-def window_map_to_tokens(window_map: np.ndarray, window_size: int,
+def window_map_to_tokens(window_map: np.ndarray,
+                         window_size: int,
                          shift_size: int = 0) -> np.ndarray:
     """Spread a (Hw, Ww) per-window map over the padded token grid
     (Hw*ws, Ww*ws), undoing the shifted partition's roll."""
-    tokens = np.repeat(np.repeat(window_map, window_size, axis=0),
-                       window_size, axis=1)
+    tokens = np.repeat(np.repeat(window_map, window_size, axis=0), window_size, axis=1)
     if shift_size:
         tokens = np.roll(tokens, (shift_size, shift_size), axis=(0, 1))
     return tokens
 
 
-def _window_edges(num_windows: int, window_size: int, shift_size: int,
-                  stride: int, limit: int) -> List[int]:
+def _window_edges(num_windows: int, window_size: int, shift_size: int, stride: int,
+                  limit: int) -> List[int]:
     """Pixel positions of the window boundaries inside ``(0, limit)``."""
-    edges = ((k * window_size + shift_size) * stride
-             for k in range(num_windows))
+    edges = ((k * window_size + shift_size) * stride for k in range(num_windows))
     return [e for e in edges if 0 < e < limit]
 
 
@@ -291,8 +288,7 @@ def draw_window_groups(image: np.ndarray,
         raise ValueError(f'{len(strides)} strides for {len(maps)} stages')
     shift_size = window_size // 2 if shift_size is None else shift_size
     img_h, img_w = image.shape[:2]
-    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114],
-                                               dtype=np.float32)
+    grey = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     cmap = ListedColormap(GROUP_COLORS)
     fig = Figure(figsize=(2 * panel_size, len(maps) * panel_size), dpi=dpi)
     axes = fig.subplots(len(maps), len(PARTITIONS), squeeze=False)
@@ -306,33 +302,34 @@ def draw_window_groups(image: np.ndarray,
             window_map = stage_maps[name]
             shift = shift_size if name == 'shifted' else 0
             tokens = window_map_to_tokens(window_map, window_size, shift)
-            pixels = np.repeat(np.repeat(tokens, stride, axis=0), stride,
-                               axis=1)
+            pixels = np.repeat(np.repeat(tokens, stride, axis=0), stride, axis=1)
             if pixels.shape[0] < img_h or pixels.shape[1] < img_w:
-                raise ValueError(
-                    f'stage {i} windows cover {pixels.shape[0]}x'
-                    f'{pixels.shape[1]} px, less than the {img_h}x{img_w} '
-                    'image: maps, strides and image do not belong together')
+                raise ValueError(f'stage {i} windows cover {pixels.shape[0]}x'
+                                 f'{pixels.shape[1]} px, less than the {img_h}x{img_w} '
+                                 'image: maps, strides and image do not belong together')
             ax.imshow(grey, cmap='gray', vmin=0, vmax=255)
-            ax.imshow(pixels[:img_h, :img_w], cmap=cmap, vmin=-0.5,
-                      vmax=len(GROUP_NAMES) - 0.5, interpolation='nearest')
-            for y in _window_edges(window_map.shape[0], window_size, shift,
-                                   stride, img_h):
+            ax.imshow(
+                pixels[:img_h, :img_w],
+                cmap=cmap,
+                vmin=-0.5,
+                vmax=len(GROUP_NAMES) - 0.5,
+                interpolation='nearest')
+            for y in _window_edges(window_map.shape[0], window_size, shift, stride, img_h):
                 ax.axhline(y - 0.5, color='white', linewidth=0.6)
-            for x in _window_edges(window_map.shape[1], window_size, shift,
-                                   stride, img_w):
+            for x in _window_edges(window_map.shape[1], window_size, shift, stride, img_w):
                 ax.axvline(x - 0.5, color='white', linewidth=0.6)
             counts = np.bincount(window_map.ravel(), minlength=3)
-            ax.set_title(f'stage {i} (stride {stride}) {name}: '
-                         f'{counts[0]} high / {counts[1]} low / '
-                         f'{counts[2]} pruned', fontsize=8)
-    handles = [Patch(facecolor=(1, 1, 1, 0), edgecolor='black',
-                     label='high bits')]
-    handles += [Patch(facecolor=GROUP_COLORS[g], label=GROUP_NAMES[g] +
-                      (' bits' if g == GROUP_LOW else ''))
-                for g in (GROUP_LOW, GROUP_PRUNED)]
-    fig.legend(handles=handles, loc='lower center', ncol=3, fontsize=8,
-               frameon=False)
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.96, bottom=0.05,
-                        hspace=0.2, wspace=0.05)
+            ax.set_title(
+                f'stage {i} (stride {stride}) {name}: '
+                f'{counts[0]} high / {counts[1]} low / '
+                f'{counts[2]} pruned',
+                fontsize=8)
+    handles = [Patch(facecolor=(1, 1, 1, 0), edgecolor='black', label='high bits')]
+    handles += [
+        Patch(
+            facecolor=GROUP_COLORS[g], label=GROUP_NAMES[g] + (' bits' if g == GROUP_LOW else ''))
+        for g in (GROUP_LOW, GROUP_PRUNED)
+    ]
+    fig.legend(handles=handles, loc='lower center', ncol=3, fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.96, bottom=0.05, hspace=0.2, wspace=0.05)
     fig.savefig(out_file, dpi=dpi)

@@ -43,50 +43,74 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .shapes_coco import (SHAPES_CLASSES, _background, _draw_clutter,
-                          _shape_polygon, _texture)
+from .shapes_coco import SHAPES_CLASSES, _background, _draw_clutter, _shape_polygon, _texture
 
 #: COCO 2017's 80 instance categories: (id, name, supercategory), in id order,
 #: which is the order of mmdet's ``CocoDataset.METAINFO['classes']``.
 COCO_CATEGORIES: Tuple[Tuple[int, str, str], ...] = (
-    (1, 'person', 'person'), (2, 'bicycle', 'vehicle'), (3, 'car', 'vehicle'),
-    (4, 'motorcycle', 'vehicle'), (5, 'airplane', 'vehicle'), (6, 'bus', 'vehicle'),
-    (7, 'train', 'vehicle'), (8, 'truck', 'vehicle'), (9, 'boat', 'vehicle'),
-    (10, 'traffic light', 'outdoor'), (11, 'fire hydrant', 'outdoor'),
-    (13, 'stop sign', 'outdoor'), (14, 'parking meter', 'outdoor'),
-    (15, 'bench', 'outdoor'), (16, 'bird', 'animal'), (17, 'cat', 'animal'),
-    (18, 'dog', 'animal'), (19, 'horse', 'animal'), (20, 'sheep', 'animal'),
-    (21, 'cow', 'animal'), (22, 'elephant', 'animal'), (23, 'bear', 'animal'),
-    (24, 'zebra', 'animal'), (25, 'giraffe', 'animal'),
-    (27, 'backpack', 'accessory'), (28, 'umbrella', 'accessory'),
-    (31, 'handbag', 'accessory'), (32, 'tie', 'accessory'),
-    (33, 'suitcase', 'accessory'), (34, 'frisbee', 'sports'), (35, 'skis', 'sports'),
-    (36, 'snowboard', 'sports'), (37, 'sports ball', 'sports'), (38, 'kite', 'sports'),
-    (39, 'baseball bat', 'sports'), (40, 'baseball glove', 'sports'),
-    (41, 'skateboard', 'sports'), (42, 'surfboard', 'sports'),
-    (43, 'tennis racket', 'sports'), (44, 'bottle', 'kitchen'),
-    (46, 'wine glass', 'kitchen'), (47, 'cup', 'kitchen'), (48, 'fork', 'kitchen'),
-    (49, 'knife', 'kitchen'), (50, 'spoon', 'kitchen'), (51, 'bowl', 'kitchen'),
-    (52, 'banana', 'food'), (53, 'apple', 'food'), (54, 'sandwich', 'food'),
-    (55, 'orange', 'food'), (56, 'broccoli', 'food'), (57, 'carrot', 'food'),
-    (58, 'hot dog', 'food'), (59, 'pizza', 'food'), (60, 'donut', 'food'),
-    (61, 'cake', 'food'), (62, 'chair', 'furniture'), (63, 'couch', 'furniture'),
-    (64, 'potted plant', 'furniture'), (65, 'bed', 'furniture'),
-    (67, 'dining table', 'furniture'), (70, 'toilet', 'furniture'),
-    (72, 'tv', 'electronic'), (73, 'laptop', 'electronic'),
-    (74, 'mouse', 'electronic'), (75, 'remote', 'electronic'),
-    (76, 'keyboard', 'electronic'), (77, 'cell phone', 'electronic'),
-    (78, 'microwave', 'appliance'), (79, 'oven', 'appliance'),
-    (80, 'toaster', 'appliance'), (81, 'sink', 'appliance'),
-    (82, 'refrigerator', 'appliance'), (84, 'book', 'indoor'), (85, 'clock', 'indoor'),
-    (86, 'vase', 'indoor'), (87, 'scissors', 'indoor'), (88, 'teddy bear', 'indoor'),
-    (89, 'hair drier', 'indoor'), (90, 'toothbrush', 'indoor'))
+    (1, 'person', 'person'), (2, 'bicycle',
+                              'vehicle'), (3, 'car', 'vehicle'),
+    (4, 'motorcycle',
+     'vehicle'), (5, 'airplane', 'vehicle'),
+    (6, 'bus', 'vehicle'), (7, 'train', 'vehicle'),
+    (8, 'truck', 'vehicle'), (9, 'boat', 'vehicle'),
+    (10, 'traffic light', 'outdoor'), (11, 'fire hydrant', 'outdoor'), (13, 'stop sign', 'outdoor'),
+    (14, 'parking meter', 'outdoor'), (15, 'bench', 'outdoor'), (16, 'bird', 'animal'),
+    (17, 'cat', 'animal'), (18, 'dog',
+                            'animal'), (19, 'horse',
+                                        'animal'),
+    (20, 'sheep', 'animal'), (21, 'cow', 'animal'), (22, 'elephant',
+                                                     'animal'),
+    (23, 'bear', 'animal'), (24, 'zebra', 'animal'), (25, 'giraffe',
+                                                      'animal'), (27, 'backpack',
+                                                                  'accessory'), (28, 'umbrella',
+                                                                                 'accessory'),
+    (31, 'handbag',
+     'accessory'), (32, 'tie', 'accessory'), (33, 'suitcase',
+                                              'accessory'),
+    (34, 'frisbee',
+     'sports'), (35, 'skis', 'sports'), (36, 'snowboard', 'sports'), (37, 'sports ball', 'sports'),
+    (38, 'kite', 'sports'), (39, 'baseball bat', 'sports'), (40, 'baseball glove',
+                                                             'sports'),
+    (41, 'skateboard',
+     'sports'), (42, 'surfboard',
+                 'sports'), (43, 'tennis racket',
+                             'sports'), (44, 'bottle',
+                                         'kitchen'), (46, 'wine glass',
+                                                      'kitchen'), (47, 'cup', 'kitchen'),
+    (48, 'fork', 'kitchen'), (49, 'knife',
+                              'kitchen'), (50, 'spoon',
+                                           'kitchen'), (51, 'bowl',
+                                                        'kitchen'), (52, 'banana',
+                                                                     'food'), (53, 'apple', 'food'),
+    (54, 'sandwich', 'food'), (55, 'orange',
+                               'food'), (56, 'broccoli', 'food'), (57, 'carrot',
+                                                                   'food'), (58, 'hot dog', 'food'),
+    (59, 'pizza',
+     'food'), (60, 'donut',
+               'food'), (61, 'cake', 'food'), (62, 'chair',
+                                               'furniture'), (63, 'couch',
+                                                              'furniture'), (64, 'potted plant',
+                                                                             'furniture'),
+    (65, 'bed', 'furniture'), (67, 'dining table',
+                               'furniture'), (70, 'toilet', 'furniture'), (72, 'tv', 'electronic'),
+    (73, 'laptop', 'electronic'), (74, 'mouse', 'electronic'), (75, 'remote', 'electronic'),
+    (76, 'keyboard', 'electronic'), (77, 'cell phone', 'electronic'), (78, 'microwave',
+                                                                       'appliance'), (79, 'oven',
+                                                                                      'appliance'),
+    (80, 'toaster', 'appliance'), (81, 'sink', 'appliance'), (82, 'refrigerator',
+                                                              'appliance'), (84, 'book', 'indoor'),
+    (85, 'clock', 'indoor'), (86, 'vase',
+                              'indoor'), (87, 'scissors',
+                                          'indoor'), (88, 'teddy bear',
+                                                      'indoor'), (89, 'hair drier',
+                                                                  'indoor'), (90, 'toothbrush',
+                                                                              'indoor'))
 COCO_CATEGORY_IDS: Tuple[int, ...] = tuple(c[0] for c in COCO_CATEGORIES)
 COCO_CLASSES: Tuple[str, ...] = tuple(c[1] for c in COCO_CATEGORIES)
 #: (width, height) of the images, sizes frequent in COCO 2017.
-COCO_IMAGE_SIZES: Tuple[Tuple[int, int], ...] = (
-    (640, 480), (480, 640), (640, 427), (427, 640), (640, 426), (500, 375),
-    (375, 500), (640, 360))
+COCO_IMAGE_SIZES: Tuple[Tuple[int, int], ...] = ((640, 480), (480, 640), (640, 427), (427, 640),
+                                                 (640, 426), (500, 375), (375, 500), (640, 360))
 #: Starts ``info['description']``; the generator rewrites only its own output.
 FIXTURE_MARK = 'mixaq_mmdet COCO-layout fixture'
 SPLITS = {'train2017': 0, 'val2017': 1}
@@ -112,13 +136,17 @@ def _image_id(seed: int, split: str, index: int) -> int:
     return pow(_ID_ROOT, (k + offset) % (_ID_PRIME - 1), _ID_PRIME)
 
 
-def _place(rng: np.random.Generator, w: int, h: int, radius: float,
-           taken: List[Tuple[float, float, float]], tries: int = 30
-           ) -> Optional[np.ndarray]:
+def _place(rng: np.random.Generator,
+           w: int,
+           h: int,
+           radius: float,
+           taken: List[Tuple[float, float, float]],
+           tries: int = 30) -> Optional[np.ndarray]:
     """A center for a disc of ``radius`` inside the image, clear of ``taken``."""
     for _ in range(tries):
-        c = np.array([rng.uniform(radius + 1, w - radius - 1),
-                      rng.uniform(radius + 1, h - radius - 1)])
+        c = np.array(
+            [rng.uniform(radius + 1, w - radius - 1),
+             rng.uniform(radius + 1, h - radius - 1)])
         if all(np.hypot(*(c - (x, y))) > radius + r + 2 for x, y, r in taken):
             taken.append((float(c[0]), float(c[1]), radius))
             return c
@@ -148,21 +176,26 @@ def _polygon_annotation(poly: np.ndarray, h: int, w: int, rle: bool) -> Dict:
     else:
         seg = [flat]
         xs, ys = flat[0::2], flat[1::2]
-        bbox = [min(xs), min(ys), round(max(xs) - min(xs), 2),
-                round(max(ys) - min(ys), 2)]
+        bbox = [min(xs), min(ys), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
     return dict(segmentation=seg, area=area, bbox=bbox)
 
 
-def _layout(seed: int, split: str, index: int, empty: bool
-            ) -> Tuple[Dict, List[Dict], List[Tuple[int, np.ndarray]]]:
+def _layout(seed: int, split: str, index: int,
+            empty: bool) -> Tuple[Dict, List[Dict], List[Tuple[int, np.ndarray]]]:
     """One entry: its image record, its annotations (without ids) and the
     shapes to draw, as (category index, polygon)."""
     rng = np.random.default_rng([seed, SPLITS[split], index, 0])
     w, h = COCO_IMAGE_SIZES[int(rng.integers(len(COCO_IMAGE_SIZES)))]
     img_id = _image_id(seed, split, index)
-    image = dict(license=1, file_name=f'{img_id:012d}.jpg', coco_url='',
-                 height=h, width=w, date_captured='2017-01-01 00:00:00',
-                 flickr_url='', id=img_id)
+    image = dict(
+        license=1,
+        file_name=f'{img_id:012d}.jpg',
+        coco_url='',
+        height=h,
+        width=w,
+        date_captured='2017-01-01 00:00:00',
+        flickr_url='',
+        id=img_id)
     anns: List[Dict] = []
     shapes: List[Tuple[int, np.ndarray]] = []
     if empty:
@@ -187,10 +220,13 @@ def _layout(seed: int, split: str, index: int, empty: bool
             cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
             shapes.append((cat, poly))
         rle = mask_utils.encode(np.asfortranarray(mask))
-        anns.append(dict(segmentation=_uncompressed_rle(mask.astype(bool)),
-                         area=float(mask_utils.area(rle)),
-                         bbox=[float(v) for v in mask_utils.toBbox(rle)],
-                         iscrowd=1, category_id=COCO_CATEGORY_IDS[cat]))
+        anns.append(
+            dict(
+                segmentation=_uncompressed_rle(mask.astype(bool)),
+                area=float(mask_utils.area(rle)),
+                bbox=[float(v) for v in mask_utils.toBbox(rle)],
+                iscrowd=1,
+                category_id=COCO_CATEGORY_IDS[cat]))
     lo, hi = np.log(16), np.log(0.45 * side)
     for k in range(int(rng.integers(1, 9))):
         cat = int(rng.integers(len(COCO_CATEGORIES)))
@@ -256,8 +292,11 @@ def _prepare_dir(out_dir: str, split: str) -> str:
     return ann_file
 
 
-def generate_coco_split(out_dir: str, split: str, num_listed: int,
-                        num_files: int, seed: int = 0) -> str:
+def generate_coco_split(out_dir: str,
+                        split: str,
+                        num_listed: int,
+                        num_files: int,
+                        seed: int = 0) -> str:
     """Write ``split`` ('train2017' or 'val2017'): an annotation file listing
     ``num_listed`` images, of which the first ``num_files`` are written.
 
@@ -288,13 +327,19 @@ def generate_coco_split(out_dir: str, split: str, num_listed: int,
             annotations.append(dict(ann, image_id=image['id'], id=ann_id))
         if written:
             img = _render(seed, split, index, image['width'], image['height'], shapes)
-            cv2.imwrite(osp.join(out_dir, split, image['file_name']), img,
-                        [cv2.IMWRITE_JPEG_QUALITY, 90])
+            cv2.imwrite(
+                osp.join(out_dir, split, image['file_name']), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
     coco = dict(
-        info=dict(description=f'{FIXTURE_MARK} (synthetic, not COCO images)',
-                  url='', version='1.0', year=2017, contributor='mixaq_mmdet',
-                  date_created='2017/09/01', seed=seed, split=split,
-                  num_files=num_files),
+        info=dict(
+            description=f'{FIXTURE_MARK} (synthetic, not COCO images)',
+            url='',
+            version='1.0',
+            year=2017,
+            contributor='mixaq_mmdet',
+            date_created='2017/09/01',
+            seed=seed,
+            split=split,
+            num_files=num_files),
         licenses=[dict(url='', id=1, name='synthetic test data')],
         images=images,
         annotations=annotations,
@@ -304,8 +349,10 @@ def generate_coco_split(out_dir: str, split: str, num_listed: int,
     return ann_file
 
 
-def generate_coco_fixture(out_dir: str, num_train_listed: int = 2000,
-                          num_train_files: int = 8, num_val: int = 4,
+def generate_coco_fixture(out_dir: str,
+                          num_train_listed: int = 2000,
+                          num_train_files: int = 8,
+                          num_val: int = 4,
                           seed: int = 0) -> Dict[str, str]:
     """Write the COCO-layout fixture under ``out_dir`` (e.g. ``data/coco``):
     train2017 lists ``num_train_listed`` images and has the first
@@ -314,6 +361,8 @@ def generate_coco_fixture(out_dir: str, num_train_listed: int = 2000,
     Returns:
         A mapping from split name to its annotation file.
     """
-    return {'train2017': generate_coco_split(out_dir, 'train2017', num_train_listed,
-                                             num_train_files, seed),
-            'val2017': generate_coco_split(out_dir, 'val2017', num_val, num_val, seed)}
+    return {
+        'train2017': generate_coco_split(out_dir, 'train2017', num_train_listed, num_train_files,
+                                         seed),
+        'val2017': generate_coco_split(out_dir, 'val2017', num_val, num_val, seed)
+    }

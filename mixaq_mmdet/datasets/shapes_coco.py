@@ -78,8 +78,7 @@ def _shape_polygon(rng: np.random.Generator, cls: str, center: np.ndarray,
     elif cls == 'square':
         s = r / np.sqrt(2)
         ratio = rng.uniform(0.8, 1.0)
-        pts = np.array([[-s, -s * ratio], [s, -s * ratio], [s, s * ratio],
-                        [-s, s * ratio]])
+        pts = np.array([[-s, -s * ratio], [s, -s * ratio], [s, s * ratio], [-s, s * ratio]])
     elif cls == 'triangle':
         t = np.array([0, 2 * np.pi / 3, 4 * np.pi / 3])
         pts = np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
@@ -89,8 +88,7 @@ def _shape_polygon(rng: np.random.Generator, cls: str, center: np.ndarray,
         pts = np.stack([radii * np.cos(t), radii * np.sin(t)], axis=1)
     else:
         raise ValueError(f'unknown shape class {cls!r}, valid: {SHAPES_CLASSES}')
-    rot = np.array([[np.cos(angle), -np.sin(angle)],
-                    [np.sin(angle), np.cos(angle)]])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     return pts @ rot.T + center
 
 
@@ -115,8 +113,7 @@ def _texture(rng: np.random.Generator, h: int, w: int, cls: int) -> np.ndarray:
     elif kind == 'dots':
         period = rng.uniform(5, 10)
         radius = period * rng.uniform(0.25, 0.4)
-        pattern = (((u % period) - period / 2)**2 +
-                   ((v % period) - period / 2)**2) < radius**2
+        pattern = (((u % period) - period / 2)**2 + ((v % period) - period / 2)**2) < radius**2
     else:  # grid
         period = rng.uniform(5, 10)
         width = rng.uniform(1.2, 2.2)
@@ -151,8 +148,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return img
 
 
-def _draw_clutter(rng: np.random.Generator, img: np.ndarray,
-                  count: Tuple[int, int]) -> None:
+def _draw_clutter(rng: np.random.Generator, img: np.ndarray, count: Tuple[int, int]) -> None:
     """Unannotated distractors: thin lines and flat, untextured soft ellipses."""
     h, w = img.shape[:2]
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
@@ -165,14 +161,13 @@ def _draw_clutter(rng: np.random.Generator, img: np.ndarray,
             layer = np.zeros((h, w), np.float32)
             center = (int(rng.integers(w)), int(rng.integers(h)))
             axes = (int(rng.integers(8, 40)), int(rng.integers(8, 40)))
-            cv2.ellipse(layer, center, axes, float(rng.uniform(0, 180)), 0, 360,
-                        1.0, -1)
+            cv2.ellipse(layer, center, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, -1)
             layer = cv2.GaussianBlur(layer, (0, 0), 2.0)[..., None]
             img[:] = img * (1 - 0.6 * layer) + np.array(color) * 0.6 * layer
 
 
-def render_image(rng: np.random.Generator, spec: ShapesCocoSpec
-                 ) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
+def render_image(rng: np.random.Generator,
+                 spec: ShapesCocoSpec) -> Tuple[np.ndarray, List[Tuple[int, np.ndarray]]]:
     """Draw one image and its visible instance masks.
 
     Returns:
@@ -182,16 +177,14 @@ def render_image(rng: np.random.Generator, spec: ShapesCocoSpec
     h, w = spec.img_size
     img = _background(rng, h, w)
     _draw_clutter(rng, img, spec.clutter_per_image)
-    n_obj = int(rng.integers(spec.objects_per_image[0],
-                             spec.objects_per_image[1] + 1))
+    n_obj = int(rng.integers(spec.objects_per_image[0], spec.objects_per_image[1] + 1))
     lo, hi = np.log(spec.object_size[0]), np.log(spec.object_size[1])
     full_masks, labels = [], []
     for _ in range(n_obj):
         cls = int(rng.integers(len(SHAPES_CLASSES)))
         diameter = float(np.exp(rng.uniform(lo, hi)))
         margin = diameter / 2
-        center = np.array([rng.uniform(margin, w - margin),
-                           rng.uniform(margin, h - margin)])
+        center = np.array([rng.uniform(margin, w - margin), rng.uniform(margin, h - margin)])
         poly = _shape_polygon(rng, SHAPES_CLASSES[cls], center, diameter)
         mask = np.zeros((h, w), np.uint8)
         cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
@@ -220,13 +213,20 @@ def _annotation(ann_id: int, img_id: int, cls: int, mask: np.ndarray) -> Dict:
     ys, xs = np.nonzero(mask)
     x0, y0 = int(xs.min()), int(ys.min())
     bbox = [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
-    return dict(id=ann_id, image_id=img_id, category_id=cls + 1, iscrowd=0,
-                area=int(mask.sum()), bbox=bbox,
-                segmentation=dict(size=list(rle['size']),
-                                  counts=rle['counts'].decode('ascii')))
+    return dict(
+        id=ann_id,
+        image_id=img_id,
+        category_id=cls + 1,
+        iscrowd=0,
+        area=int(mask.sum()),
+        bbox=bbox,
+        segmentation=dict(size=list(rle['size']), counts=rle['counts'].decode('ascii')))
 
 
-def generate_split(out_dir: str, split: str, num_images: int, seed: int = 0,
+def generate_split(out_dir: str,
+                   split: str,
+                   num_images: int,
+                   seed: int = 0,
                    spec: Optional[ShapesCocoSpec] = None) -> str:
     """Write ``num_images`` images of ``split`` and their COCO annotation file.
 
@@ -247,28 +247,29 @@ def generate_split(out_dir: str, split: str, num_images: int, seed: int = 0,
         img, instances = render_image(rng, spec)
         img_id = idx + 1
         file_name = f'{idx:06d}.jpg'
-        cv2.imwrite(osp.join(img_dir, file_name), img,
-                    [cv2.IMWRITE_JPEG_QUALITY, 95])
-        images.append(dict(id=img_id, file_name=file_name,
-                           height=img.shape[0], width=img.shape[1]))
+        cv2.imwrite(osp.join(img_dir, file_name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        images.append(dict(id=img_id, file_name=file_name, height=img.shape[0], width=img.shape[1]))
         for cls, mask in instances:
-            annotations.append(
-                _annotation(len(annotations) + 1, img_id, cls, mask))
+            annotations.append(_annotation(len(annotations) + 1, img_id, cls, mask))
     coco = dict(
-        info=dict(description='mixaq_mmdet embedded shapes benchmark',
-                  seed=seed, split=split),
+        info=dict(description='mixaq_mmdet embedded shapes benchmark', seed=seed, split=split),
         images=images,
         annotations=annotations,
-        categories=[dict(id=i + 1, name=name, supercategory='shape')
-                    for i, name in enumerate(SHAPES_CLASSES)])
+        categories=[
+            dict(id=i + 1, name=name, supercategory='shape')
+            for i, name in enumerate(SHAPES_CLASSES)
+        ])
     ann_file = osp.join(out_dir, 'annotations', f'instances_{split}.json')
     with open(ann_file, 'w') as f:
         json.dump(coco, f)
     return ann_file
 
 
-def generate(out_dir: str, num_train: int = 600, num_val: int = 200,
-             seed: int = 0, spec: Optional[ShapesCocoSpec] = None,
+def generate(out_dir: str,
+             num_train: int = 600,
+             num_val: int = 200,
+             seed: int = 0,
+             spec: Optional[ShapesCocoSpec] = None,
              splits: Sequence[str] = ('train', 'val', 'search'),
              num_search: int = 100) -> Dict[str, str]:
     """Write the benchmark's ``splits`` under ``out_dir``.

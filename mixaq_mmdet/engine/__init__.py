@@ -8,5 +8,8 @@ from .model_wrappers import unwrap
 from .optim_constructor import QATOptimWrapperConstructor
 from .ratio_sampling import sample_uniform_sum_ratios
 
-__all__ = ['CPUAmpOptimWrapper', 'PTQLoop', 'prepare_test_loop', 'BitOpsHook', 'QATInitHook', 'RandomStateHook', 'SAQAHook',
-           'QATOptimWrapperConstructor', 'calibrate_model', 'sample_uniform_sum_ratios', 'unwrap']
+__all__ = [
+    'CPUAmpOptimWrapper', 'PTQLoop', 'prepare_test_loop', 'BitOpsHook', 'QATInitHook',
+    'RandomStateHook', 'SAQAHook', 'QATOptimWrapperConstructor', 'calibrate_model',
+    'sample_uniform_sum_ratios', 'unwrap'
+]

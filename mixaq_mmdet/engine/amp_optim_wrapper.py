@@ -36,9 +36,11 @@ class CPUAmpOptimWrapper(AmpOptimWrapper):
         **kwargs: as :class:`mmengine.optim.OptimWrapper`.
     """
 
-    def __init__(self, loss_scale: Union[None, str, float, dict] = None,
+    def __init__(self,
+                 loss_scale: Union[None, str, float, dict] = None,
                  dtype: Union[str, torch.dtype] = 'bfloat16',
-                 autocast_scope: Optional[str] = 'backbone', **kwargs) -> None:
+                 autocast_scope: Optional[str] = 'backbone',
+                 **kwargs) -> None:
         # AmpOptimWrapper.__init__ asserts an accelerator; its other methods
         # need only what is set here.
         OptimWrapper.__init__(self, **kwargs)

@@ -16,9 +16,8 @@ from torch.utils.data import DataLoader
 
 from mixaq_mmdet.datasets.layout import check_dataset_files
 from mixaq_mmdet.models import quant_scope
-from mixaq_mmdet.quantization import (calculate_qparams, disable_quantization,
-                                      enable_calibration, enable_fake_quant,
-                                      quantizers_of, set_quantizer_names)
+from mixaq_mmdet.quantization import (calculate_qparams, disable_quantization, enable_calibration,
+                                      enable_fake_quant, quantizers_of, set_quantizer_names)
 from mixaq_mmdet.quantization.reparam import record_channel_statistics, reparameterize
 
 
@@ -30,8 +29,7 @@ def check_calib_images(calib_images: object) -> int:
     return calib_images
 
 
-def build_calib_dataloader(runner, dataloader: Union[DataLoader, Dict],
-                           seed: int) -> DataLoader:
+def build_calib_dataloader(runner, dataloader: Union[DataLoader, Dict], seed: int) -> DataLoader:
     """Build the calibration dataloader; an empty calibration set is an error."""
     if not isinstance(dataloader, dict):
         loader = dataloader
@@ -49,16 +47,18 @@ def build_calib_dataloader(runner, dataloader: Union[DataLoader, Dict],
                 raise
         loader = runner.build_dataloader(cfg, seed=seed)
     if len(loader.dataset) == 0:
-        raise ValueError(
-            f'the calibration set is empty: {type(loader.dataset).__name__} '
-            f'({getattr(loader.dataset, "ann_file", "")}) has 0 images; '
-            'check the calib_dataloader config')
+        raise ValueError(f'the calibration set is empty: {type(loader.dataset).__name__} '
+                         f'({getattr(loader.dataset, "ann_file", "")}) has 0 images; '
+                         'check the calib_dataloader config')
     return loader
 
 
 @torch.no_grad()
-def calibrate_model(model: nn.Module, dataloader: DataLoader, num_images: int,
-                    reparam: bool = False, only_uncalibrated: bool = False,
+def calibrate_model(model: nn.Module,
+                    dataloader: DataLoader,
+                    num_images: int,
+                    reparam: bool = False,
+                    only_uncalibrated: bool = False,
                     prefix: str = 'PTQ') -> int:
     """Observe ``num_images`` images (over all ranks), then compute the qparams.
 
@@ -79,19 +79,20 @@ def calibrate_model(model: nn.Module, dataloader: DataLoader, num_images: int,
     model.eval()
     available = len(dataloader.dataset)
     if available < num_images:
-        print_log(f'{prefix}: {num_images} calibration images asked, the calibration '
-                  f'set has only {available}; using {available}', logger='current',
-                  level=logging.WARNING)
+        print_log(
+            f'{prefix}: {num_images} calibration images asked, the calibration '
+            f'set has only {available}; using {available}',
+            logger='current',
+            level=logging.WARNING)
     backbone_only = quant_scope(model) == 'backbone'
     if reparam:
         if only_uncalibrated:
             raise ValueError('reparam folds into calibrated layers: it needs '
                              'only_uncalibrated=False')
         if not hasattr(model.backbone, 'reparam_targets'):
-            raise ValueError(
-                f'reparam=True needs a backbone that lists its post-LayerNorm '
-                f'activations (MixAQSwinTransformer); {type(model.backbone).__name__} '
-                'does not: set reparam=False')
+            raise ValueError(f'reparam=True needs a backbone that lists its post-LayerNorm '
+                             f'activations (MixAQSwinTransformer); {type(model.backbone).__name__} '
+                             'does not: set reparam=False')
         targets = model.backbone.reparam_targets()
         disable_quantization(model)
         with record_channel_statistics(targets) as stats, model.backbone.whole_windows():
@@ -110,19 +111,23 @@ def calibrate_model(model: nn.Module, dataloader: DataLoader, num_images: int,
     check_same_qparams_on_all_ranks(model)
     total = int(all_reduce_sum(seen))
     new = len(quantizers_of(model)) - len(unreached) - len(keep)
-    print_log(f'{prefix}: calibrated {new} quantizers on {total} images '
-              f'({quant_scope(model)} scope, reparam={reparam}'
-              + (f', {len(keep)} calibrated ones kept' if keep else '')
-              + f') in {time.perf_counter() - start:.1f} s', logger='current')
+    print_log(
+        f'{prefix}: calibrated {new} quantizers on {total} images '
+        f'({quant_scope(model)} scope, reparam={reparam}' +
+        (f', {len(keep)} calibrated ones kept' if keep else '') +
+        f') in {time.perf_counter() - start:.1f} s',
+        logger='current')
     if unreached:
-        print_log(f'{prefix}: {len(unreached)} quantizers saw no data (e.g. low-bit '
-                  'branches of pairs with low ratio 0); they stay uncalibrated and '
-                  'raise if used', logger='current')
+        print_log(
+            f'{prefix}: {len(unreached)} quantizers saw no data (e.g. low-bit '
+            'branches of pairs with low ratio 0); they stay uncalibrated and '
+            'raise if used',
+            logger='current')
     return seen
 
 
-def _observe(model: nn.Module, dataloader: DataLoader, num_images: int,
-             backbone_only: bool, what: str) -> int:
+def _observe(model: nn.Module, dataloader: DataLoader, num_images: int, backbone_only: bool,
+             what: str) -> int:
     """Run this rank's share of ``num_images`` through the backbone or the
     whole detector; return how many it ran."""
     world_size = get_world_size()
@@ -171,8 +176,8 @@ def check_same_qparams_on_all_ranks(model: nn.Module) -> None:
         return
     sums: List[torch.Tensor] = [
         torch.cat([t.detach().double().flatten().cpu()
-                   for t in (*q.parameters(), *q.buffers())]).sum()
-        for q in quantizers_of(model) if q.is_calibrated
+                   for t in (*q.parameters(), *q.buffers())]).sum() for q in quantizers_of(model)
+        if q.is_calibrated
     ]
     local = torch.stack(sums) if sums else torch.zeros(1, dtype=torch.float64)
     reference = local.clone()
@@ -182,5 +187,7 @@ def check_same_qparams_on_all_ranks(model: nn.Module) -> None:
                            'than rank 0 after calibration')
 
 
-__all__ = ['check_calib_images', 'build_calib_dataloader', 'calibrate_model', 'all_reduce_sum',
-           'check_same_qparams_on_all_ranks']
+__all__ = [
+    'check_calib_images', 'build_calib_dataloader', 'calibrate_model', 'all_reduce_sum',
+    'check_same_qparams_on_all_ranks'
+]

@@ -29,9 +29,7 @@ STRICT_SETTINGS = ('w_bits', 'a_bits', 'quant_scope', 'reparam')
 #: They may differ from those at calibration or training (set_ratios, the
 #: ablations of the window order); a difference is logged, and a branch that
 #: was never calibrated raises when reached.
-POLICY_SETTINGS = ('low_bit_ratios', 'prune_ratios', 'window_score', 'window_order',
-                   'window_seed')
-
+POLICY_SETTINGS = ('low_bit_ratios', 'prune_ratios', 'window_score', 'window_order', 'window_seed')
 
 
 def _quantizer_prefixes(model: nn.Module) -> List[str]:
@@ -48,23 +46,21 @@ def check_float_checkpoint(model: nn.Module, checkpoint: Mapping, path: str) -> 
     state = checkpoint.get('state_dict', checkpoint)
     quant_prefixes = tuple(_quantizer_prefixes(model))
     model_state = model.state_dict()
-    expected = [k for k in model_state
-                if not k.startswith(quant_prefixes)
-                and not any(m in k for m in MIXAQ_ONLY_KEYS)]
+    expected = [
+        k for k in model_state
+        if not k.startswith(quant_prefixes) and not any(m in k for m in MIXAQ_ONLY_KEYS)
+    ]
     missing = [k for k in expected if k not in state]
     if missing:
-        raise ValueError(
-            f'checkpoint {path} does not fit {type(model).__name__}: '
-            f'{len(missing)} of its {len(expected)} float weights are missing '
-            f'(e.g. {", ".join(missing[:3])}); PTQ needs the FP checkpoint of the '
-            'same detector (a Swin Mask R-CNN with these settings)')
-    mismatched = [k for k in expected
-                  if tuple(state[k].shape) != tuple(model_state[k].shape)]
+        raise ValueError(f'checkpoint {path} does not fit {type(model).__name__}: '
+                         f'{len(missing)} of its {len(expected)} float weights are missing '
+                         f'(e.g. {", ".join(missing[:3])}); PTQ needs the FP checkpoint of the '
+                         'same detector (a Swin Mask R-CNN with these settings)')
+    mismatched = [k for k in expected if tuple(state[k].shape) != tuple(model_state[k].shape)]
     if mismatched:
-        raise ValueError(
-            f'checkpoint {path} does not fit {type(model).__name__}: '
-            f'{len(mismatched)} weights have other shapes (e.g. {mismatched[0]}: '
-            f'{tuple(state[mismatched[0]].shape)} in the checkpoint)')
+        raise ValueError(f'checkpoint {path} does not fit {type(model).__name__}: '
+                         f'{len(mismatched)} weights have other shapes (e.g. {mismatched[0]}: '
+                         f'{tuple(state[mismatched[0]].shape)} in the checkpoint)')
 
 
 def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str,
@@ -87,8 +83,8 @@ def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str
     absent = [p for p in prefixes if p not in saved]
     if extra or absent:
         example = (f'{len(extra)} quantizers the model does not have (e.g. '
-                   f'{extra[0][:-1]})' if extra else
-                   f'no state for {len(absent)} of the model\'s quantizers (e.g. '
+                   f'{extra[0][:-1]})'
+                   if extra else f'no state for {len(absent)} of the model\'s quantizers (e.g. '
                    f'{absent[0][:-1]})')
         scope = '' if recorded is None else \
             f" (calibrated with quant_scope={recorded.get('quant_scope')!r})"
@@ -97,20 +93,27 @@ def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str
             f'(quant_scope={quant_scope(model)!r}): it has {example}; evaluate it with '
             'the config it was calibrated with, or recalibrate from the FP checkpoint')
     if recorded is None:
-        print_log(f'PTQ: {path} records no MixA-Q setting in its meta: the quantizers\' '
-                  'bits were checked, the ratios and window policy cannot be',
-                  logger='current', level=logging.WARNING)
+        print_log(
+            f'PTQ: {path} records no MixA-Q setting in its meta: the quantizers\' '
+            'bits were checked, the ratios and window policy cannot be',
+            logger='current',
+            level=logging.WARNING)
         return
-    diff = [f'{k}: checkpoint {recorded.get(k)!r}, config {current[k]!r}'
-            for k in STRICT_SETTINGS if recorded.get(k) != current[k]]
+    diff = [
+        f'{k}: checkpoint {recorded.get(k)!r}, config {current[k]!r}' for k in STRICT_SETTINGS
+        if recorded.get(k) != current[k]
+    ]
     if diff:
         raise ValueError(f'calibrated checkpoint {path} was calibrated for another '
                          f'setting ({"; ".join(diff)}); evaluate it with the config it '
                          'was calibrated with, or recalibrate from the FP checkpoint')
     for key in POLICY_SETTINGS:
         if recorded.get(key) != current[key]:
-            print_log(f'PTQ: {key}={current[key]!r} differs from the checkpoint\'s '
-                      f'({recorded.get(key)!r})', logger='current', level=logging.WARNING)
+            print_log(
+                f'PTQ: {key}={current[key]!r} differs from the checkpoint\'s '
+                f'({recorded.get(key)!r})',
+                logger='current',
+                level=logging.WARNING)
 
 
 def _recorded_setting(checkpoint: Mapping) -> Optional[Dict[str, Any]]:
@@ -169,10 +172,12 @@ def check_base_model(checkpoint: Mapping, path: str,
                          f'{expected!r}')
     found = checkpoint_model_name(checkpoint, path)
     if found is None:
-        print_log(f'{path} does not say which model it is (no '
-                  f'{" / ".join(EXPERIMENT_META_KEYS)} in its meta, not a release file '
-                  f'name): cannot check that it is the config\'s base model {names[0]}',
-                  logger='current', level=logging.WARNING)
+        print_log(
+            f'{path} does not say which model it is (no '
+            f'{" / ".join(EXPERIMENT_META_KEYS)} in its meta, not a release file '
+            f'name): cannot check that it is the config\'s base model {names[0]}',
+            logger='current',
+            level=logging.WARNING)
         return None
     name, source = found
     own = normalize_model_name(name)
@@ -216,7 +221,8 @@ def check_no_download(model: nn.Module, load_from: Optional[str], resume: bool) 
             f'model.{name}.init_cfg=None in the config (the MixA-Q COCO configs do)')
 
 
-__all__ = ['MIXAQ_ONLY_KEYS', 'META_KEY', 'STRICT_SETTINGS', 'POLICY_SETTINGS',
-           'check_float_checkpoint', 'check_calibrated_checkpoint', 'check_base_model',
-           'checkpoint_model_name', 'normalize_model_name', 'remote_init_checkpoints',
-           'check_no_download']
+__all__ = [
+    'MIXAQ_ONLY_KEYS', 'META_KEY', 'STRICT_SETTINGS', 'POLICY_SETTINGS', 'check_float_checkpoint',
+    'check_calibrated_checkpoint', 'check_base_model', 'checkpoint_model_name',
+    'normalize_model_name', 'remote_init_checkpoints', 'check_no_download'
+]

@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader
 
 from mixaq_mmdet.models import quant_setting
 from mixaq_mmdet.quantization import enable_fake_quant, quantizers_of
-from .calibration import (all_reduce_sum, build_calib_dataloader, calibrate_model,
-                          check_calib_images)
+from .calibration import all_reduce_sum, build_calib_dataloader, calibrate_model, check_calib_images
 from .checkpoints import (META_KEY, check_base_model, check_calibrated_checkpoint,
                           check_float_checkpoint)
 
@@ -107,10 +106,9 @@ class PTQLoop(TestLoop):
         self._calib_dataloader = calib_dataloader
         self.num_calib_images = 0
         if not quantizers_of(self.model):
-            raise ValueError(
-                f'{type(self.model).__name__} has no quantizers: PTQLoop needs a '
-                "quantized model, e.g. backbone type 'MixAQSwinTransformer' with "
-                'quant=True')
+            raise ValueError(f'{type(self.model).__name__} has no quantizers: PTQLoop needs a '
+                             "quantized model, e.g. backbone type 'MixAQSwinTransformer' with "
+                             'quant=True')
 
     @property
     def model(self) -> nn.Module:
@@ -124,8 +122,8 @@ class PTQLoop(TestLoop):
     def calib_dataloader(self) -> DataLoader:
         """The calibration dataloader, built on first use."""
         if not isinstance(self._calib_dataloader, DataLoader):
-            self._calib_dataloader = build_calib_dataloader(
-                self.runner, self._calib_dataloader, self.calib_seed)
+            self._calib_dataloader = build_calib_dataloader(self.runner, self._calib_dataloader,
+                                                            self.calib_seed)
         return self._calib_dataloader
 
     def run(self) -> dict:
@@ -143,8 +141,9 @@ class PTQLoop(TestLoop):
             self.quantize_model(self._calibrated)
             if self.compile_kwargs is not None:
                 self.model.backbone.compile(**self.compile_kwargs)
-                print_log(f'PTQ: backbone compiled with torch.compile({self.compile_kwargs})',
-                          logger='current')
+                print_log(
+                    f'PTQ: backbone compiled with torch.compile({self.compile_kwargs})',
+                    logger='current')
             self.runner.model.eval()
         super().run_iter(idx, data_batch)
 
@@ -180,8 +179,7 @@ class PTQLoop(TestLoop):
         have run before)."""
         checkpoint = self.runner.cfg.get('load_from')
         if calibrated:
-            print_log(f'PTQ: {checkpoint} is calibrated; evaluating it as it is',
-                      logger='current')
+            print_log(f'PTQ: {checkpoint} is calibrated; evaluating it as it is', logger='current')
             enable_fake_quant(self.model)
         else:
             self.calibrate()
@@ -190,10 +188,13 @@ class PTQLoop(TestLoop):
 
     def _save_calibrated(self, fp_checkpoint: str) -> None:
         path = osp.join(self.runner.work_dir, 'calibrated.pth')
-        meta = {META_KEY: self.setting(), 'calib_images': self.num_calib_images,
-                'fp_checkpoint': fp_checkpoint}
-        save_checkpoint(dict(meta=meta, state_dict=weights_to_cpu(get_state_dict(self.model))),
-                        path)
+        meta = {
+            META_KEY: self.setting(),
+            'calib_images': self.num_calib_images,
+            'fp_checkpoint': fp_checkpoint
+        }
+        save_checkpoint(
+            dict(meta=meta, state_dict=weights_to_cpu(get_state_dict(self.model))), path)
         print_log(f'PTQ: calibrated checkpoint saved to {path}', logger='current')
 
     def setting(self) -> Dict[str, Any]:
@@ -223,8 +224,8 @@ class PTQLoop(TestLoop):
         Returns:
             The number of images this rank observed.
         """
-        seen = calibrate_model(self.model, self.calib_dataloader, self.calib_images,
-                               reparam=self.reparam)
+        seen = calibrate_model(
+            self.model, self.calib_dataloader, self.calib_images, reparam=self.reparam)
         self.num_calib_images = int(all_reduce_sum(seen))
         return seen
 

@@ -32,14 +32,16 @@ class QATOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                                  f'got {value!r}')
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
-    def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
+    def add_params(self,
+                   params: List[dict],
+                   module: nn.Module,
+                   prefix: str = '',
                    is_dcn_module: Optional[Union[int, float]] = None) -> None:
         if not isinstance(module, QuantizerBase):
             super().add_params(params, module, prefix, is_dcn_module)
             return
         for param in module.parameters():
-            group = dict(params=[param],
-                         lr=self.base_lr * self.paramwise_cfg['quantizer_lr_mult'])
+            group = dict(params=[param], lr=self.base_lr * self.paramwise_cfg['quantizer_lr_mult'])
             if self.base_wd is not None:
                 group['weight_decay'] = self.base_wd * self.paramwise_cfg['quantizer_decay_mult']
             params.append(group)

@@ -14,9 +14,13 @@ import numpy as np
 from mixaq_mmdet.ratios import MAX_RATIO
 
 
-def sample_uniform_sum_ratios(num_pairs: int, seed: int, iteration: int,
-                              max_ratio: float = MAX_RATIO, concentration: float = 1.0,
-                              stream: int = 0, max_tries: int = 10000) -> List[float]:
+def sample_uniform_sum_ratios(num_pairs: int,
+                              seed: int,
+                              iteration: int,
+                              max_ratio: float = MAX_RATIO,
+                              concentration: float = 1.0,
+                              stream: int = 0,
+                              max_tries: int = 10000) -> List[float]:
     """Per-pair ratios by MixA-Q's "uniform-sum" sampling.
 
     A target sum ``S`` is drawn uniformly from ``[0, num_pairs * max_ratio]`` and

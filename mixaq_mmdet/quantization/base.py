@@ -231,8 +231,8 @@ class QuantizerBase(nn.Module):
                         f'checkpoint has {tuple(value.shape)} {name} values, the model\'s '
                         f'layer has {fixed} channels')
                 current.data = current.data.new_empty(value.shape)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
         if flag is not None:
             self._set_calibrated(saved_calibrated)
 
@@ -247,8 +247,7 @@ class QuantizerBase(nn.Module):
         mine = self.settings()
         if dict(saved) != mine:
             diff = ', '.join(f'{k}={saved.get(k)!r} (model: {mine.get(k)!r})'
-                             for k in sorted(set(saved) | set(mine))
-                             if saved.get(k) != mine.get(k))
+                             for k in sorted(set(saved) | set(mine)) if saved.get(k) != mine.get(k))
             raise ValueError(
                 f'{where}: the checkpoint was calibrated for {_format(saved)}, this model '
                 f'has {_format(mine)} ({diff}); evaluate the checkpoint with the config '

@@ -6,7 +6,8 @@ from torch import nn
 from .layers import QuantConv2d, QuantLinear
 
 
-def quantize_layers(module: nn.Module, weight_quantizer: Mapping,
+def quantize_layers(module: nn.Module,
+                    weight_quantizer: Mapping,
                     input_quantizer: Mapping,
                     skip: Tuple[Type[nn.Module], ...] = ()) -> int:
     """Replace every float ``nn.Conv2d`` and ``nn.Linear`` below ``module``.

@@ -49,7 +49,8 @@ class _QuantLayerMixin:
         self._cache = TensorCache()
 
     @classmethod
-    def from_float(cls, layer: nn.Module,
+    def from_float(cls,
+                   layer: nn.Module,
                    weight_quantizer: QuantizerCfg = DEFAULT_WEIGHT_QUANTIZER,
                    input_quantizer: Optional[QuantizerCfg] = DEFAULT_ACT_QUANTIZER,
                    share_params: bool = True):
@@ -88,12 +89,15 @@ class QuantLinear(_QuantLayerMixin, nn.Linear):
         share_params: Use the float layer's parameters (True) or copies of them.
     """
 
-    def __init__(self, linear: nn.Linear, weight_quantizer: QuantizerCfg,
-                 input_quantizer: Optional[QuantizerCfg], share_params: bool = True) -> None:
+    def __init__(self,
+                 linear: nn.Linear,
+                 weight_quantizer: QuantizerCfg,
+                 input_quantizer: Optional[QuantizerCfg],
+                 share_params: bool = True) -> None:
         if not isinstance(linear, nn.Linear) or isinstance(linear, QuantLinear):
             raise TypeError(f'QuantLinear needs a float nn.Linear, got {type(linear).__name__}')
-        super().__init__(linear.in_features, linear.out_features, linear.bias is not None,
-                         device='meta')
+        super().__init__(
+            linear.in_features, linear.out_features, linear.bias is not None, device='meta')
         self._adopt(linear, weight_quantizer, input_quantizer, share_params)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -107,18 +111,28 @@ class QuantConv2d(_QuantLayerMixin, nn.Conv2d):
     quantization is per output channel (``ch_axis=0``).
     """
 
-    def __init__(self, conv: nn.Conv2d, weight_quantizer: QuantizerCfg,
-                 input_quantizer: Optional[QuantizerCfg], share_params: bool = True) -> None:
+    def __init__(self,
+                 conv: nn.Conv2d,
+                 weight_quantizer: QuantizerCfg,
+                 input_quantizer: Optional[QuantizerCfg],
+                 share_params: bool = True) -> None:
         if not isinstance(conv, nn.Conv2d) or isinstance(conv, QuantConv2d):
             raise TypeError(f'QuantConv2d needs a float nn.Conv2d, got {type(conv).__name__}')
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                         conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                         conv.padding_mode, device='meta')
+        super().__init__(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device='meta')
         self._adopt(conv, weight_quantizer, input_quantizer, share_params)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self._quantized_input(x), self.quantized_weight(),
-                                  self.bias)
+        return self._conv_forward(self._quantized_input(x), self.quantized_weight(), self.bias)
 
 
 class QuantMatMul(nn.Module):
@@ -129,7 +143,8 @@ class QuantMatMul(nn.Module):
         quantizer_b: Quantizer of ``b``, or None to leave it float.
     """
 
-    def __init__(self, quantizer_a: Optional[QuantizerCfg] = None,
+    def __init__(self,
+                 quantizer_a: Optional[QuantizerCfg] = None,
                  quantizer_b: Optional[QuantizerCfg] = None) -> None:
         super().__init__()
         self.quantizer_a = _build_optional(quantizer_a)

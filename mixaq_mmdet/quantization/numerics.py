@@ -41,8 +41,9 @@ def log_sqrt2_tables(bits: int) -> Tuple[Tensor, Tensor]:
     boundaries = torch.pow(2.0, -(j + 0.5) / 2).flip(0)
     odd = torch.remainder(j, 2) == 1
     sqrt2 = torch.where(odd, torch.full_like(j, math.sqrt(2.0)), torch.ones_like(j))
-    levels = torch.cat([pow2_exact(-torch.ceil(j / 2)) * sqrt2,
-                        torch.zeros(1, dtype=torch.float64)])
+    levels = torch.cat(
+        [pow2_exact(-torch.ceil(j / 2)) * sqrt2,
+         torch.zeros(1, dtype=torch.float64)])
     return boundaries, levels
 
 
@@ -59,7 +60,7 @@ def uniform_step_function(scale: Tensor, zero_point: Tensor, quant_min: int,
 
 
 def fake_quantize_no_grad(x: Tensor, inv_scale: Tensor, scale: Tensor, low: Tensor,
-                           high: Tensor) -> Tensor:
+                          high: Tensor) -> Tensor:
     """Bit for bit the values of torch's ``fake_quantize_per_{tensor,channel}_affine``
     (``x * (1 / scale)`` rounded half to even, shifted by the zero point, clamped,
     shifted back, times ``scale``: ``low``/``high`` are the integer range minus
@@ -111,8 +112,12 @@ class _LearnableFakeQuantize(torch.autograd.Function):
         return grad_x, grad_scale, grad_zero_point, None, None, None, None
 
 
-def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
-                  quant_max: int, ch_axis: Optional[int] = None,
+def fake_quantize(x: Tensor,
+                  scale: Tensor,
+                  zero_point: Tensor,
+                  quant_min: int,
+                  quant_max: int,
+                  ch_axis: Optional[int] = None,
                   grad_factor: float = 1.0) -> Tensor:
     """Differentiable uniform affine fake quantization (LSQ / LSQ+).
 
@@ -131,5 +136,4 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
         raise ValueError(f'ch_axis={ch_axis} is out of range for an input of shape '
                          f'{tuple(x.shape)}')
     return _LearnableFakeQuantize.apply(x, scale, zero_point, quant_min, quant_max,
-                                        None if ch_axis is None else ch_axis % x.dim(),
-                                        grad_factor)
+                                        None if ch_axis is None else ch_axis % x.dim(), grad_factor)

@@ -239,11 +239,14 @@ class HistogramObserver(MinMaxObserver):
     uniformly over it; bins are clipped to the exact minimum and maximum.
     """
 
-    def __init__(self, per_channel: bool = False, ch_axis: int = 0, octaves: int = 32,
+    def __init__(self,
+                 per_channel: bool = False,
+                 ch_axis: int = 0,
+                 octaves: int = 32,
                  mantissa_bits: int = 5) -> None:
         super().__init__(per_channel, ch_axis)
-        for name, value, low, high in (('octaves', octaves, 1, 64),
-                                       ('mantissa_bits', mantissa_bits, 0, 10)):
+        for name, value, low, high in (('octaves', octaves, 1, 64), ('mantissa_bits', mantissa_bits,
+                                                                     0, 10)):
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f'{name} must be an int in [{low}, {high}], got {value!r}')
         self.octaves = octaves
@@ -273,11 +276,11 @@ class HistogramObserver(MinMaxObserver):
         x = x.float()
         min_val, max_val = self._batch_minmax(x)
         amax = torch.maximum(min_val.abs(), max_val.abs())
-        exponent = torch.where(amax > 0, torch.frexp(amax.double()).exponent.long(),
+        exponent = torch.where(amax > 0,
+                               torch.frexp(amax.double()).exponent.long(),
                                torch.full_like(amax, _ZERO_EXPONENT, dtype=torch.long))
         if self.hist is None:
-            self.hist = torch.zeros(amax.numel(), self.num_bins, dtype=torch.long,
-                                    device=x.device)
+            self.hist = torch.zeros(amax.numel(), self.num_bins, dtype=torch.long, device=x.device)
             self.exponent = exponent
         else:
             grown = torch.maximum(self.exponent, exponent)
@@ -293,8 +296,9 @@ class HistogramObserver(MinMaxObserver):
         if out.empty:
             return out
         num_channels = out.num_channels
-        exponent = (torch.full((num_channels, ), _ZERO_EXPONENT, device=device)
-                    if self.empty else self.exponent.to(device).clone())
+        exponent = (
+            torch.full((num_channels, ), _ZERO_EXPONENT, device=device)
+            if self.empty else self.exponent.to(device).clone())
         dist.all_reduce(exponent, op=dist.ReduceOp.MAX)
         if self.empty:
             hist = torch.zeros(num_channels, self.num_bins, dtype=torch.long, device=device)
@@ -333,8 +337,8 @@ class HistogramObserver(MinMaxObserver):
         (see :meth:`RangeStatistics.step_mse`), ``(K, C)``, float64: integrated
         exactly over every bin, its values spread evenly across it."""
         boundaries, levels = boundaries.double(), levels.double()
-        left, right = (e.unsqueeze(0).expand(len(boundaries), -1, -1).contiguous()
-                       for e in self._bin_edges())
+        left, right = (
+            e.unsqueeze(0).expand(len(boundaries), -1, -1).contiguous() for e in self._bin_edges())
         width = right - left
         spread = ((_step_antiderivative(right, boundaries, levels) -
                    _step_antiderivative(left, boundaries, levels)) /
@@ -361,8 +365,9 @@ class HistogramObserver(MinMaxObserver):
         if self.per_channel:
             idx += (torch.arange(num_channels, dtype=torch.int32, device=x.device) *
                     self.num_bins).view(shape)
-        return torch.bincount(idx.flatten(), minlength=num_channels * self.num_bins).view(
-            num_channels, self.num_bins)
+        return torch.bincount(
+            idx.flatten(),
+            minlength=num_channels * self.num_bins).view(num_channels, self.num_bins)
 
     def _shifted(self, hist: Tensor, octaves: Tensor) -> Tensor:
         """Counts moved down by ``octaves`` (per channel) after the top exponent grew;
@@ -449,8 +454,9 @@ class TensorObserver(MinMaxObserver):
             raise ValueError('a static tensor must be observed with the same shape on '
                              f'every rank, got {tuple(self.tensor.shape)} here and '
                              f'{tuple(src_shape)} on rank {src}')
-        tensor = (self.tensor.to(device, torch.float32).clone() if rank == src else
-                  torch.empty(src_shape, device=device))
+        tensor = (
+            self.tensor.to(device, torch.float32).clone() if rank == src else torch.empty(
+                src_shape, device=device))
         dist.broadcast(tensor, src=src)
         out.observe(tensor)
         return out
@@ -466,17 +472,14 @@ class TensorObserver(MinMaxObserver):
         """Mean squared error of each channel under each of ``K`` step functions
         (see :meth:`RangeStatistics.step_mse`), ``(K, C)``, float64, exactly."""
         rows = self._rows().double().contiguous()
-        return torch.stack([
-            (lv.gather(-1, torch.searchsorted(bd, rows)) - rows).pow_(2).mean(1)
-            for bd, lv in zip(boundaries.double(), levels.double())
-        ])
+        return torch.stack([(lv.gather(-1, torch.searchsorted(bd, rows)) - rows).pow_(2).mean(1)
+                            for bd, lv in zip(boundaries.double(), levels.double())])
 
     def _rows(self) -> Tensor:
         """The tensor as ``(C, N)``: one row per channel."""
         if not self.per_channel:
             return self.tensor.reshape(1, -1)
-        return self.tensor.movedim(self.channel_axis(self.tensor), 0).reshape(
-            self.num_channels, -1)
+        return self.tensor.movedim(self.channel_axis(self.tensor), 0).reshape(self.num_channels, -1)
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:

@@ -25,8 +25,7 @@ PERCENTILES = (0.999, 0.9999, 0.99999)
 #: Weights in the PTQ setting (RepQ-ViT W4): per output channel, asymmetric,
 #: percentile/MSE range computed exactly on the weight.
 DEFAULT_WEIGHT_QUANTIZER: Mapping[str, Any] = MappingProxyType(
-    dict(type='UniformQuantizer', bits=4, per_channel=True, calib='percentile_mse',
-         static=True))
+    dict(type='UniformQuantizer', bits=4, per_channel=True, calib='percentile_mse', static=True))
 #: Activations in the PTQ setting (RepQ-ViT A8): per tensor, asymmetric,
 #: percentile/MSE range from a histogram of the calibration data.
 DEFAULT_ACT_QUANTIZER: Mapping[str, Any] = MappingProxyType(
@@ -65,8 +64,13 @@ class UniformQuantizer(QuantizerBase):
     _qparam_names = ('scale', 'zero_point')
     kind = 'uniform'
 
-    def __init__(self, bits: int, symmetric: bool = False, per_channel: bool = False,
-                 ch_axis: int = 0, calib: str = 'minmax', static: bool = False) -> None:
+    def __init__(self,
+                 bits: int,
+                 symmetric: bool = False,
+                 per_channel: bool = False,
+                 ch_axis: int = 0,
+                 calib: str = 'minmax',
+                 static: bool = False) -> None:
         super().__init__(bits)
         if calib not in CALIB_METHODS:
             raise ValueError(f'{self.display_name}: calib must be one of {CALIB_METHODS}, '
@@ -92,9 +96,11 @@ class UniformQuantizer(QuantizerBase):
         self._init_qparams()
 
     def settings(self) -> Dict[str, Any]:
-        return dict(super().settings(), symmetric=self.symmetric,
-                    per_channel=self.per_channel,
-                    ch_axis=self.ch_axis if self.per_channel else None)
+        return dict(
+            super().settings(),
+            symmetric=self.symmetric,
+            per_channel=self.per_channel,
+            ch_axis=self.ch_axis if self.per_channel else None)
 
     def has_statistics(self) -> bool:
         return not self.observer.empty
@@ -147,7 +153,8 @@ class UniformQuantizer(QuantizerBase):
         for name in self._qparam_names:
             tensor = getattr(self, name)
             if tensor.shape != (num_channels, ):
-                tensor.data = tensor.data.new_full((num_channels, ), float(tensor.detach().flatten()[0]))
+                tensor.data = tensor.data.new_full((num_channels, ),
+                                                   float(tensor.detach().flatten()[0]))
 
     def _set_qparam(self, name: str, value: Tensor) -> None:
         """Store computed qparams in place when the shape is known (a parameter
@@ -172,8 +179,7 @@ class UniformQuantizer(QuantizerBase):
             max_pos = torch.max(-min_neg, max_pos)
             scale = torch.clamp(max_pos / (float(self.quant_max - self.quant_min) / 2), min=eps)
             return scale, torch.zeros_like(scale, dtype=torch.int32)
-        scale = torch.clamp((max_pos - min_neg) / float(self.quant_max - self.quant_min),
-                            min=eps)
+        scale = torch.clamp((max_pos - min_neg) / float(self.quant_max - self.quant_min), min=eps)
         zero_point = self.quant_min - torch.round(min_neg / scale).to(torch.int32)
         return scale, torch.clamp(zero_point, self.quant_min, self.quant_max)
 
@@ -183,8 +189,8 @@ class UniformQuantizer(QuantizerBase):
         lows = torch.cat([stats.min_val.unsqueeze(0), q[:k]])
         highs = torch.cat([stats.max_val.unsqueeze(0), q[k:]])
         scales, zero_points = self._range_to_qparams(lows, highs)
-        mse = stats.step_mse(*uniform_step_function(scales, zero_points, self.quant_min,
-                                                    self.quant_max))
+        mse = stats.step_mse(
+            *uniform_step_function(scales, zero_points, self.quant_min, self.quant_max))
         best = mse.argmin(0, keepdim=True)  # first minimum: (min, max) wins ties
         return scales.gather(0, best)[0], zero_points.gather(0, best)[0]
 
@@ -192,13 +198,14 @@ class UniformQuantizer(QuantizerBase):
         axis = self.observer.channel_axis(x) if self.per_channel else None
         if torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad):
             if axis is not None:
-                return torch.fake_quantize_per_channel_affine(
-                    x, self.scale, self.zero_point, axis, self.quant_min, self.quant_max)
+                return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, axis,
+                                                              self.quant_min, self.quant_max)
             return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point,
                                                          self.quant_min, self.quant_max)
-        params = self._cache.get('affine', (self.scale, self.zero_point),
-                                 lambda: self._affine_params(x.dim(), axis),
-                                 extra=(x.dim(), axis))
+        params = self._cache.get(
+            'affine', (self.scale, self.zero_point),
+            lambda: self._affine_params(x.dim(), axis),
+            extra=(x.dim(), axis))
         return fake_quantize_no_grad(x, *params)
 
     def _affine_params(self, dim: int, axis: Optional[int]) -> Tuple[Tensor, ...]:
@@ -234,8 +241,13 @@ class LSQQuantizer(UniformQuantizer):
         Others: as :class:`UniformQuantizer`.
     """
 
-    def __init__(self, bits: int, symmetric: bool = False, per_channel: bool = False,
-                 ch_axis: int = 0, calib: str = 'minmax', static: bool = False,
+    def __init__(self,
+                 bits: int,
+                 symmetric: bool = False,
+                 per_channel: bool = False,
+                 ch_axis: int = 0,
+                 calib: str = 'minmax',
+                 static: bool = False,
                  grad_factor: Optional[float] = None) -> None:
         super().__init__(bits, symmetric, per_channel, ch_axis, calib, static)
         if grad_factor is not None and not grad_factor > 0:
@@ -282,9 +294,10 @@ class LogSqrt2Quantizer(QuantizerBase):
             on a histogram of the calibration data, among the observed maximum,
             its 99.9 / 99.99 / 99.999 % quantiles and a quarter-octave grid
             down to 1/256 of the maximum (the MSE of the probabilities is the
-            expected error of ``softmax @ v`` for uncorrelated values). At low bits a fixed top of 1 zeroes most
-            probabilities of a 49-token softmax (3 bits: below 0.074; 2 bits:
-            below 0.30); a calibrated top moves the levels down to them.
+            expected error of ``softmax @ v`` for uncorrelated values). At low
+            bits a fixed top of 1 zeroes most probabilities of a 49-token
+            softmax (3 bits: below 0.074; 2 bits: below 0.30); a calibrated top
+            moves the levels down to them.
     """
 
     kind = 'log_sqrt2'
@@ -343,17 +356,20 @@ class LogSqrt2Quantizer(QuantizerBase):
         quantiles = stats.quantiles(list(PERCENTILES))[:, 0]
         grid = stats.max_val.double() * 2.0**(-torch.arange(1, 33, dtype=torch.float64) / 4)
         candidates = torch.cat([stats.max_val.double(), quantiles, grid]).clamp(min=1e-12)
-        boundaries, levels = (t.view(torch.float64).to(candidates.device)
-                              for t in (self.log_boundaries, self.log_levels))
+        boundaries, levels = (
+            t.view(torch.float64).to(candidates.device)
+            for t in (self.log_boundaries, self.log_levels))
         top = candidates.view(-1, 1, 1)
         errors = stats.step_mse(top * boundaries, top * levels.flip(0))[:, 0]
         return candidates[errors.argmin()].reshape(1).float()  # first minimum: max wins ties
 
     def _tables(self, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
         """Boundaries and levels in ``dtype``."""
+
         def cast() -> Tuple[Tensor, Tensor]:
             return (self.log_boundaries.view(torch.float64).to(dtype),
                     self.log_levels.view(torch.float64).to(dtype))
+
         return self._cache.get('tables', (self.log_boundaries, ), cast, extra=(dtype, ))
 
     def _quantize(self, x: Tensor, top: Optional[Tensor]) -> Tensor:

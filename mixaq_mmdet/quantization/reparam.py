@@ -56,8 +56,8 @@ class ChannelStatistics:
     def __init__(self, targets: Sequence[ReparamTarget]) -> None:
         self.observers: Dict[nn.Module, UniformQuantizer] = {}
         for target in targets:
-            observer = UniformQuantizer(target.bits, per_channel=True, ch_axis=-1,
-                                        calib='percentile_mse')
+            observer = UniformQuantizer(
+                target.bits, per_channel=True, ch_axis=-1, calib='percentile_mse')
             observer.name = f'reparameterization of {type(target.linear).__name__}'
             self.observers[target.linear] = observer.to(target.linear.weight.device)
 
@@ -81,14 +81,12 @@ class ChannelStatistics:
 
 
 @contextmanager
-def record_channel_statistics(
-        targets: Sequence[ReparamTarget]) -> Iterator[ChannelStatistics]:
+def record_channel_statistics(targets: Sequence[ReparamTarget]) -> Iterator[ChannelStatistics]:
     """Observe the per-channel inputs of the targets' linears while the block
     is active (forward pre-hooks, removed on exit)."""
     stats = ChannelStatistics(targets)
     handles = [
-        t.linear.register_forward_pre_hook(
-            lambda module, args: stats.observe(module, args[0]))
+        t.linear.register_forward_pre_hook(lambda module, args: stats.observe(module, args[0]))
         for t in targets
     ]
     try:
@@ -98,8 +96,7 @@ def record_channel_statistics(
             handle.remove()
 
 
-def equalizing_map(lo: Tensor, hi: Tensor,
-                   shift: bool = True) -> Tuple[Tensor, Tensor]:
+def equalizing_map(lo: Tensor, hi: Tensor, shift: bool = True) -> Tuple[Tensor, Tensor]:
     """``(r, delta)`` mapping channel ranges ``[lo, hi]`` onto one common range.
 
     With ``shift=False`` (a next layer without bias cannot absorb a shift) the
@@ -142,12 +139,14 @@ def reparameterize(targets: Sequence[ReparamTarget],
     """
     maps = []
     for target in targets:
-        r, delta = equalizing_map(*stats.ranges(target.linear),
-                                  shift=target.linear.bias is not None)
+        r, delta = equalizing_map(
+            *stats.ranges(target.linear), shift=target.linear.bias is not None)
         fold_channel_map(target, r, delta)
         maps.append((r, delta))
     return maps
 
 
-__all__ = ['ReparamTarget', 'ChannelStatistics', 'record_channel_statistics',
-           'equalizing_map', 'fold_channel_map', 'reparameterize']
+__all__ = [
+    'ReparamTarget', 'ChannelStatistics', 'record_channel_statistics', 'equalizing_map',
+    'fold_channel_map', 'reparameterize'
+]

@@ -65,8 +65,8 @@ def calculate_qparams(model: nn.Module, strict: bool = True) -> List[str]:
             quantizer.calculate_qparams()
     missing = [q.display_name for q in quantizers if not q.is_calibrated]
     if missing and (strict or len(missing) == len(quantizers)):
-        shown = ', '.join(missing[:5]) + (f' and {len(missing) - 5} more' if len(missing) > 5
-                                          else '')
+        shown = ', '.join(
+            missing[:5]) + (f' and {len(missing) - 5} more' if len(missing) > 5 else '')
         raise RuntimeError(f'{len(missing)} quantizer(s) have no calibration statistics: '
                            f'{shown}; run forward passes on calibration data after '
                            'enable_calibration(model)')

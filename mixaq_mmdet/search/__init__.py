@@ -5,18 +5,18 @@ every pair of blocks, accuracy against BitOPs.
 :mod:`.evaluator` measures a detector at any ratios on a fixed set of images;
 :mod:`.detector_search` joins them with speedup targets and config output.
 """
-from .nsga import (RATIO_GRID, Candidate, Evaluation, RatioSearchSpace, SearchResult,
-                   cost_range, search_ratios)
+from .detector_search import (OBJECTIVES, check_targets, front_records, objective_fn, run_search,
+                              save_json, speedup_band, uniform_candidates, uniform_ratio_at,
+                              write_searched_config)
 from .evaluator import (DEFAULT_REFERENCE_BUDGET_MB, DEFAULT_SEARCH_IMAGES, RatioEvaluator,
                         check_branches_calibrated)
-from .detector_search import (OBJECTIVES, check_targets, front_records, objective_fn,
-                              run_search, save_json, speedup_band, uniform_candidates,
-                              uniform_ratio_at, write_searched_config)
+from .nsga import (RATIO_GRID, Candidate, Evaluation, RatioSearchSpace, SearchResult, cost_range,
+                   search_ratios)
 
 __all__ = [
     'RATIO_GRID', 'Candidate', 'Evaluation', 'RatioSearchSpace', 'SearchResult', 'cost_range',
     'search_ratios', 'RatioEvaluator', 'check_branches_calibrated', 'DEFAULT_SEARCH_IMAGES',
-    'DEFAULT_REFERENCE_BUDGET_MB', 'OBJECTIVES',
-    'check_targets', 'front_records', 'objective_fn', 'run_search', 'save_json', 'speedup_band',
-    'uniform_candidates', 'uniform_ratio_at', 'write_searched_config'
+    'DEFAULT_REFERENCE_BUDGET_MB', 'OBJECTIVES', 'check_targets', 'front_records', 'objective_fn',
+    'run_search', 'save_json', 'speedup_band', 'uniform_candidates', 'uniform_ratio_at',
+    'write_searched_config'
 ]

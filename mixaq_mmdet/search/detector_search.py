@@ -52,7 +52,9 @@ def uniform_candidates(space: RatioSearchSpace, cost_fn: Callable[[Candidate], f
     return [c for c in seeds if band[0] <= cost_fn(c) <= band[1]]
 
 
-def uniform_ratio_at(evaluator: RatioEvaluator, speedup: float, step: float = 0.01,
+def uniform_ratio_at(evaluator: RatioEvaluator,
+                     speedup: float,
+                     step: float = 0.01,
                      prune: float = 0.0) -> Candidate:
     """The largest uniform low-bit ratio (on a ``step`` grid) whose speedup is
     at most ``speedup``: the one-ratio-for-all baseline a searched point must
@@ -68,12 +70,18 @@ def uniform_ratio_at(evaluator: RatioEvaluator, speedup: float, step: float = 0.
     return best
 
 
-def run_search(evaluator: RatioEvaluator, space: RatioSearchSpace, objective: str,
-               targets: Sequence[float] = (), tolerance: float = 0.02,
-               pop_size: int = 16, generations: int = 8, seed: int = 0,
-               cache_path: Optional[str] = None,
-               on_generation: Optional[Callable[[int, int, SearchResult], None]] = None
-               ) -> Tuple[SearchResult, Dict[float, Evaluation]]:
+def run_search(
+    evaluator: RatioEvaluator,
+    space: RatioSearchSpace,
+    objective: str,
+    targets: Sequence[float] = (),
+    tolerance: float = 0.02,
+    pop_size: int = 16,
+    generations: int = 8,
+    seed: int = 0,
+    cache_path: Optional[str] = None,
+    on_generation: Optional[Callable[[int, int, SearchResult], None]] = None
+) -> Tuple[SearchResult, Dict[float, Evaluation]]:
     """Search per-pair ratios (:func:`search_ratios`) on the evaluator's images.
 
     With ``targets`` the search stays inside their speedup band and the best
@@ -87,29 +95,39 @@ def run_search(evaluator: RatioEvaluator, space: RatioSearchSpace, objective: st
         return measure(candidate)
 
     band = speedup_band(evaluator.uniform_cost(), targets, tolerance) if targets else None
-    result = search_ratios(space, accuracy, evaluator.cost, band=band, pop_size=pop_size,
-                           generations=generations, seed=seed, cache_path=cache_path,
-                           initial=uniform_candidates(space, evaluator.cost, band)[:pop_size],
-                           on_generation=on_generation)
-    print_log(f'search: {len(calls)} of {len(result.evaluations)} candidates evaluated anew '
-              '(the others from the cache or outside the band)', logger='current')
+    result = search_ratios(
+        space,
+        accuracy,
+        evaluator.cost,
+        band=band,
+        pop_size=pop_size,
+        generations=generations,
+        seed=seed,
+        cache_path=cache_path,
+        initial=uniform_candidates(space, evaluator.cost, band)[:pop_size],
+        on_generation=on_generation)
+    print_log(
+        f'search: {len(calls)} of {len(result.evaluations)} candidates evaluated anew '
+        '(the others from the cache or outside the band)',
+        logger='current')
     uniform = evaluator.uniform_cost()
     chosen = {t: result.best_in_band(speedup_band(uniform, [t], tolerance)) for t in targets}
     return result, chosen
 
 
-def write_searched_config(base_config: str, candidate: Candidate, out_file: str,
+def write_searched_config(base_config: str,
+                          candidate: Candidate,
+                          out_file: str,
                           note: str = '') -> str:
     """Write a config that inherits ``base_config`` with the searched per-pair
     ratios (``_base_`` relative to ``out_file``, so the pair can move together)."""
     os.makedirs(osp.dirname(osp.abspath(out_file)), exist_ok=True)
     base = osp.relpath(osp.abspath(base_config), osp.dirname(osp.abspath(out_file)))
     lines = [f'# {line}' for line in note.splitlines()] + [
-        f'_base_ = {base!r}', '',
-        'model = dict(',
-        '    backbone=dict(',
+        f'_base_ = {base!r}', '', 'model = dict(', '    backbone=dict(',
         f'        low_bit_ratios={list(candidate.low_bit_ratios)!r},',
-        f'        prune_ratios={list(candidate.prune_ratios)!r}))', '']
+        f'        prune_ratios={list(candidate.prune_ratios)!r}))', ''
+    ]
     with open(out_file, 'w') as f:
         f.write('\n'.join(lines))
     print_log(f'search: wrote {out_file}', logger='current')
@@ -118,9 +136,14 @@ def write_searched_config(base_config: str, candidate: Candidate, out_file: str,
 
 def front_records(result: SearchResult, uniform_cost: float) -> List[dict]:
     """The Pareto front as JSON-ready records (ratios, accuracy, BitOPs, speedup)."""
-    return [dict(low_bit_ratios=list(e.candidate.low_bit_ratios),
-                 prune_ratios=list(e.candidate.prune_ratios), accuracy=e.accuracy,
-                 bitops=e.cost, speedup=uniform_cost / e.cost) for e in result.front()]
+    return [
+        dict(
+            low_bit_ratios=list(e.candidate.low_bit_ratios),
+            prune_ratios=list(e.candidate.prune_ratios),
+            accuracy=e.accuracy,
+            bitops=e.cost,
+            speedup=uniform_cost / e.cost) for e in result.front()
+    ]
 
 
 def save_json(obj, path: str) -> None:
@@ -131,6 +154,7 @@ def save_json(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ['OBJECTIVES', 'check_targets', 'speedup_band', 'objective_fn', 'uniform_candidates',
-           'uniform_ratio_at', 'run_search', 'write_searched_config', 'front_records',
-           'save_json']
+__all__ = [
+    'OBJECTIVES', 'check_targets', 'speedup_band', 'objective_fn', 'uniform_candidates',
+    'uniform_ratio_at', 'run_search', 'write_searched_config', 'front_records', 'save_json'
+]

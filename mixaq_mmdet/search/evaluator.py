@@ -20,8 +20,7 @@ import contextlib
 import io
 import logging
 import math
-from typing import (Collection, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence,
-                    Tuple)
+from typing import Collection, Dict, Hashable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -97,9 +96,16 @@ class RatioEvaluator:
             on this rank; batches beyond it recompute theirs each time.
     """
 
-    def __init__(self, model: nn.Module, dataset, num_images: Optional[int] = None,
-                 max_images: Optional[int] = None, seed: int = 0, exclude: Collection[str] = (), batch_size: int = 8,
-                 metrics: Sequence[str] = ('bbox', ), hold_images: bool = True,
+    def __init__(self,
+                 model: nn.Module,
+                 dataset,
+                 num_images: Optional[int] = None,
+                 max_images: Optional[int] = None,
+                 seed: int = 0,
+                 exclude: Collection[str] = (),
+                 batch_size: int = 8,
+                 metrics: Sequence[str] = ('bbox', ),
+                 hold_images: bool = True,
                  reference_budget_mb: float = DEFAULT_REFERENCE_BUDGET_MB) -> None:
         backbone = getattr(model, 'backbone', None)
         if not isinstance(backbone, MixAQSwinTransformer):
@@ -114,11 +120,15 @@ class RatioEvaluator:
             raise ValueError(f'{type(dataset).__name__} ({getattr(dataset, "ann_file", "")}) '
                              'has no images to evaluate on')
         if exclude:
-            kept = [i for i in range(len(dataset))
-                    if dataset.get_data_info(i)['img_path'] not in exclude]
+            kept = [
+                i for i in range(len(dataset))
+                if dataset.get_data_info(i)['img_path'] not in exclude
+            ]
             if len(kept) < len(dataset):
-                print_log(f'search: {len(dataset) - len(kept)} images of {dataset.ann_file} '
-                          'are calibration images; left out', logger='current')
+                print_log(
+                    f'search: {len(dataset) - len(kept)} images of {dataset.ann_file} '
+                    'are calibration images; left out',
+                    logger='current')
                 dataset = dataset.get_subset(kept)
             if len(dataset) == 0:
                 raise ValueError(f'every image of {dataset.ann_file} is excluded '
@@ -135,8 +145,8 @@ class RatioEvaluator:
             if num_images > len(dataset):
                 raise ValueError(
                     f'num_images={num_images} is more than the {len(dataset)} images of '
-                    f'{dataset.ann_file}' + (' left after excluding the calibration images'
-                                             if exclude else '') +
+                    f'{dataset.ann_file}' +
+                    (' left after excluding the calibration images' if exclude else '') +
                     f': ask for at most {len(dataset)}')
             if num_images < len(dataset):
                 rng = np.random.default_rng(seed)
@@ -193,8 +203,7 @@ class RatioEvaluator:
         padded to the preprocessor's divisor), over all ranks: read from the
         loaded shards (gathered in the sampler's order)."""
         divisor = getattr(self.model.data_preprocessor, 'pad_size_divisor', 1)
-        local = [tuple(s.img_shape) for batch, _ in self.batches()
-                 for s in batch['data_samples']]
+        local = [tuple(s.img_shape) for batch, _ in self.batches() for s in batch['data_samples']]
         shards = all_gather_object(local)
         world = len(shards)
         shapes = [shards[p % world][p // world] for p in range(self.num_images)]
@@ -209,9 +218,11 @@ class RatioEvaluator:
         """The window group sizes of every block on these images' shapes: two
         candidates with the same key compute the same thing."""
         self.set_candidate(candidate)
-        return tuple(tuple(tuple(map(tuple, stage['groups']))
-                           for stage in count_bitops(self.model, shape).per_stage)
-                     for shape in sorted(set(self.img_shapes)))
+        return tuple(
+            tuple(
+                tuple(map(tuple, stage['groups']))
+                for stage in count_bitops(self.model, shape).per_stage)
+            for shape in sorted(set(self.img_shapes)))
 
     def cost(self, candidate: Candidate) -> float:
         """Mean BitOPs per image (the analytic count at each image's size)."""
@@ -220,26 +231,27 @@ class RatioEvaluator:
             counts: Dict[Tuple[int, int], int] = {}
             for shape in self.img_shapes:
                 counts[shape] = counts.get(shape, 0) + 1
-            self._cost_cache[key] = sum(
-                n * count_bitops(self.model, shape).bitops
-                for shape, n in counts.items()) / self.num_images
+            self._cost_cache[key] = sum(n * count_bitops(self.model, shape).bitops
+                                        for shape, n in counts.items()) / self.num_images
         return self._cost_cache[key]
 
     def uniform_cost(self) -> float:
         """Mean BitOPs per image with every window high-bit: speedups divide it."""
-        return self.cost(Candidate((0.0, ) * self.backbone.num_pairs,
-                                   (0.0, ) * self.backbone.num_pairs))
+        return self.cost(
+            Candidate((0.0, ) * self.backbone.num_pairs, (0.0, ) * self.backbone.num_pairs))
 
     @torch.no_grad()
-    def evaluate(self, candidate: Candidate, outfile_prefix: Optional[str] = None,
+    def evaluate(self,
+                 candidate: Candidate,
+                 outfile_prefix: Optional[str] = None,
                  quiet: bool = True) -> Dict[str, float]:
         """COCO metrics of ``candidate`` (the ``metrics`` of the constructor),
         as mmdet reports them (``coco/bbox_mAP``, ...); with ``outfile_prefix``
         the detections are written as mmdet's CocoMetric writes them."""
         self.set_candidate(candidate)
         if self._evaluator is None:  # built once: the annotation file is read once
-            metric = METRICS.build(dict(type='CocoMetric', ann_file=self.dataset.ann_file,
-                                        metric=list(self.metrics)))
+            metric = METRICS.build(
+                dict(type='CocoMetric', ann_file=self.dataset.ann_file, metric=list(self.metrics)))
             # Score exactly the images evaluated: CocoMetric otherwise scores
             # every image of the annotation file (all of train2017 for a
             # subset of it), as if the others had no detections.
@@ -310,8 +322,8 @@ class RatioEvaluator:
     @property
     def reference_bytes(self) -> int:
         """Host memory the stored reference features take on this rank."""
-        return sum(f.numel() * f.element_size()
-                   for features in self._reference or [] if features for f in features)
+        return sum(f.numel() * f.element_size() for features in self._reference or [] if features
+                   for f in features)
 
     def feature_distortion(self, candidate: Candidate) -> float:
         """Mean over images of ``sum_levels |f - f_float|^2 / sum_levels |f_float|^2``
@@ -338,5 +350,7 @@ class RatioEvaluator:
         return self._distortion_cache[key]
 
 
-__all__ = ['RatioEvaluator', 'check_branches_calibrated', 'DEFAULT_SEARCH_IMAGES',
-           'DEFAULT_REFERENCE_BUDGET_MB']
+__all__ = [
+    'RatioEvaluator', 'check_branches_calibrated', 'DEFAULT_SEARCH_IMAGES',
+    'DEFAULT_REFERENCE_BUDGET_MB'
+]

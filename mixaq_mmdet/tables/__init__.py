@@ -20,8 +20,8 @@ from .runner import TableRunner
 TABLES = {table.name: table for table in (BENCHMARK, COCO)}
 
 __all__ = [
-    'TABLES', 'BENCHMARK', 'COCO', 'Row', 'Search', 'SearchSettings', 'Table', 'Target',
-    'Training', 'TableRunner', 'TableConfig', 'relocation_options', 'LaunchExecutor',
-    'LocalExecutor', 'tool_command', 'ResultStore', 'file_digest', 'fingerprint',
-    'package_digest', 'add_speedups', 'compare', 'format_table', 'format_targets', 'row_record'
+    'TABLES', 'BENCHMARK', 'COCO', 'Row', 'Search', 'SearchSettings', 'Table', 'Target', 'Training',
+    'TableRunner', 'TableConfig', 'relocation_options', 'LaunchExecutor', 'LocalExecutor',
+    'tool_command', 'ResultStore', 'file_digest', 'fingerprint', 'package_digest', 'add_speedups',
+    'compare', 'format_table', 'format_targets', 'row_record'
 ]

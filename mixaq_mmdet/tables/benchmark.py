@@ -16,22 +16,23 @@ SAQA = 'qat/qat_saqa_w4a4a2_shapes.py'
 RATIO_125, RATIO_135 = 0.49, 0.55
 #: Window orders of the sweeps: label, score, order. 'random' and 'reverse'
 #: use the 'contrast' score (the one the MixA-Q rows use on the benchmark).
-ORDERS: Tuple[Tuple[str, str, str], ...] = (
-    ('l2', 'l2', 'importance'), ('contrast', 'contrast', 'importance'),
-    ('random', 'contrast', 'random'), ('reverse', 'contrast', 'reverse'))
+ORDERS: Tuple[Tuple[str, str, str],
+              ...] = (('l2', 'l2', 'importance'), ('contrast', 'contrast', 'importance'),
+                      ('random', 'contrast', 'random'), ('reverse', 'contrast', 'reverse'))
 #: The sweeps calibrate every pair at this low-bit ratio (both branches see data).
 CALIB_RATIO = 0.5
 #: Low-bit ratio of W4 A8/A2 at 1.35x over W4A8 (320x320).
 RATIO_A2_135 = 0.42
 #: The sweeps: row prefix, config, base row, low-bit ratios evaluated.
 SWEEPS: Tuple[Tuple[str, str, str, Tuple[float, ...]], ...] = (
-    ('policy_w4a8a2', 'ptq/ptq_mixaq_w4a8a2_shapes.py', PTQ_BASE,
-     (0.25, RATIO_A2_135, 0.5, 0.75)),
+    ('policy_w4a8a2', 'ptq/ptq_mixaq_w4a8a2_shapes.py', PTQ_BASE, (0.25, RATIO_A2_135, 0.5, 0.75)),
     ('policy_w4a4a2', 'ptq/ptq_mixaq_w4a4a2_shapes.py', 'uniform_w4a4', (0.5, )),
 )
 
 
-def at(low: float, prune: float = 0.0, order: Optional[str] = None,
+def at(low: float,
+       prune: float = 0.0,
+       order: Optional[str] = None,
        score: Optional[str] = None) -> Options:
     """Options of a row evaluated at ``low`` / ``prune`` ratios on every pair."""
     options = [('model.backbone.low_bit_ratios', low), ('model.backbone.prune_ratios', prune)]
@@ -48,13 +49,18 @@ def sweep_rows() -> Tuple[Row, ...]:
     rows = []
     for prefix, config, base, ratios in SWEEPS:
         for label, score, order in ORDERS:
-            calib = (('model.backbone.window_score', score),
-                     ('model.backbone.window_order', order),
+            calib = (('model.backbone.window_score', score), ('model.backbone.window_order', order),
                      ('model.backbone.low_bit_ratios', CALIB_RATIO))
-            rows += [Row(f'{prefix}_{label}_{ratio:g}', config, 'fp', base,
-                         options=(('model.backbone.low_bit_ratios', ratio), ),
-                         calibration=f'{prefix}_{label}', calib_options=calib, plotted=False)
-                     for ratio in ratios]
+            rows += [
+                Row(f'{prefix}_{label}_{ratio:g}',
+                    config,
+                    'fp',
+                    base,
+                    options=(('model.backbone.low_bit_ratios', ratio), ),
+                    calibration=f'{prefix}_{label}',
+                    calib_options=calib,
+                    plotted=False) for ratio in ratios
+            ]
     return tuple(rows)
 
 
@@ -67,8 +73,10 @@ def plot_policy(rows: Sequence[Dict], out_file: str) -> None:
     ends = [by_name[n] for n in (PTQ_BASE, 'uniform_w4a2') if n in by_name]
     curves = {}
     for label, score, order in ORDERS:
-        points = [by_name[f'{prefix}_{label}_{r:g}'] for r in ratios
-                  if f'{prefix}_{label}_{r:g}' in by_name]
+        points = [
+            by_name[f'{prefix}_{label}_{r:g}'] for r in ratios
+            if f'{prefix}_{label}_{r:g}' in by_name
+        ]
         if points:
             name = f'{score}/{order}' if order != 'importance' else f'{score} (importance)'
             curves[name] = [(r['speedup'], r['bbox_mAP']) for r in ends[:1] + points + ends[1:]]
@@ -76,9 +84,12 @@ def plot_policy(rows: Sequence[Dict], out_file: str) -> None:
                for n in ('uniform_w4a8', 'uniform_w4a6', 'uniform_w4a4', 'uniform_w4a3',
                          'uniform_w4a2', 'search_1.35x') if n in by_name]
     if curves:
-        plot_policy_curves(curves, singles, out_file,
-                           title='Window policy, PTQ W4 A8/A2 (val, 320x320)',
-                           xlabel=f'BitOPs speedup over {PTQ_BASE}')
+        plot_policy_curves(
+            curves,
+            singles,
+            out_file,
+            title='Window policy, PTQ W4 A8/A2 (val, 320x320)',
+            xlabel=f'BitOPs speedup over {PTQ_BASE}')
 
 
 def _ptq(name: str) -> Row:
@@ -90,8 +101,10 @@ BENCHMARK = Table(
     title='the embedded benchmark (val, 320x320)',
     config_root=osp.join(REPO, 'configs', 'benchmark'),
     data_root='data/shapes_coco',
-    ann_files={split: f'annotations/instances_{split}.json'
-               for split in ('train', 'val', 'search')},
+    ann_files={
+        split: f'annotations/instances_{split}.json'
+        for split in ('train', 'val', 'search')
+    },
     img_shape=(320, 320),
     eval_batch=8,
     trainings=(
@@ -117,8 +130,8 @@ BENCHMARK = Table(
         Row('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2', QAT_BASE),
         Row('qat_mixaq_w4a4a2_1.25x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_125)),
         Row('qat_mixaq_w4a4a2_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135)),
-        Row('qat_mixaq_prune_1.5x', 'qat/qat_saqa_prune_w4a4a2_shapes.py',
-            'qat_saqa_prune_w4a4a2', QAT_BASE, at(0.5, 0.2)),
+        Row('qat_mixaq_prune_1.5x', 'qat/qat_saqa_prune_w4a4a2_shapes.py', 'qat_saqa_prune_w4a4a2',
+            QAT_BASE, at(0.5, 0.2)),
         Row('qat_no_saqa_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135), init=True),
         Row('qat_mixaq_l2_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135, score='l2')),
         Row('qat_mixaq_random_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE,
@@ -128,11 +141,19 @@ BENCHMARK = Table(
         *sweep_rows(),
     ),
     searches=(
-        Search('search', 'ptq/ptq_mixaq_w4a8a2_shapes.py', 'fp', PTQ_BASE, (1.35, ),
-               uniform_name='uniform_ratio',
-               calib_options=(('model.backbone.low_bit_ratios', CALIB_RATIO), )),
-        Search('qat_search', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, (1.35, ),
-               uniform_name='qat_uniform_ratio'),
+        Search(
+            'search',
+            'ptq/ptq_mixaq_w4a8a2_shapes.py',
+            'fp',
+            PTQ_BASE, (1.35, ),
+            uniform_name='uniform_ratio',
+            calib_options=(('model.backbone.low_bit_ratios', CALIB_RATIO), )),
+        Search(
+            'qat_search',
+            SAQA,
+            'qat_saqa_w4a4a2',
+            QAT_BASE, (1.35, ),
+            uniform_name='qat_uniform_ratio'),
     ),
     targets=(
         Target('PTQ A8/A2 1.35x: contrast order above random, beyond noise',
@@ -151,6 +172,9 @@ BENCHMARK = Table(
                'qat_uniform_w4a3', 'gt'),
         *ablation_targets('1.35x'),
     ),
-    plots={'PTQ': (PTQ_BASE, 'pareto.png'), 'QAT': (QAT_BASE, 'pareto_qat.png')},
+    plots={
+        'PTQ': (PTQ_BASE, 'pareto.png'),
+        'QAT': (QAT_BASE, 'pareto_qat.png')
+    },
     extra_plots=((plot_policy, 'policy_curve.png'), ),
 )

@@ -60,7 +60,9 @@ def checkpoint_stamp(checkpoint: Optional[str]) -> str:
     return file_digest(checkpoint)
 
 
-def fingerprint(cfg: Config, checkpoint: Optional[str], versions: str,
+def fingerprint(cfg: Config,
+                checkpoint: Optional[str],
+                versions: str,
                 work_dir: Optional[str] = None) -> str:
     """The key of a row or a training: ``cfg``'s merged text (with ``work_dir``,
     the table's folder, written as a placeholder: a moved folder keeps its

@@ -13,10 +13,9 @@ from .rows import Row, Search, SearchSettings, Table, Target, Training, ablation
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: mmdet's metafile (configs/swin/metafile.yml): the FP base of the paper's tables.
-FP_CHECKPOINT = (
-    'https://download.openmmlab.com/mmdetection/v2.0/swin/'
-    'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco/'
-    'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth')
+FP_CHECKPOINT = ('https://download.openmmlab.com/mmdetection/v2.0/swin/'
+                 'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco/'
+                 'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth')
 FP_CONFIG = 'mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 PTQ_BASE, QAT_BASE = 'uniform_w4a8', 'qat_uniform_w4a4'
 SAQA, SAQA_PRUNE = 'qat/qat_saqa_w4a4a2_swin-t_coco.py', 'qat/qat_saqa-prune_w4a4a2_swin-t_coco.py'
@@ -31,9 +30,12 @@ def _ptq(name: str, config: str) -> Row:
 
 def _at_135(name: str, **options) -> Row:
     extra = tuple((f'model.backbone.{k}', v) for k, v in options.items() if k != 'init')
-    return Row(name, SAQA, 'qat_saqa_w4a4a2', QAT_BASE,
-               (('model.backbone.low_bit_ratios', RATIO_135), ) + extra,
-               init=options.get('init', False))
+    return Row(
+        name,
+        SAQA,
+        'qat_saqa_w4a4a2',
+        QAT_BASE, (('model.backbone.low_bit_ratios', RATIO_135), ) + extra,
+        init=options.get('init', False))
 
 
 COCO = Table(
@@ -41,9 +43,10 @@ COCO = Table(
     title='COCO val2017, Swin-T Mask R-CNN 3x (800x1333)',
     config_root=osp.join(REPO, 'configs', 'mixaq'),
     data_root='data/coco',
-    ann_files=dict(train='annotations/instances_train2017.json',
-                   val='annotations/instances_val2017.json',
-                   search='annotations/instances_train2017.json'),
+    ann_files=dict(
+        train='annotations/instances_train2017.json',
+        val='annotations/instances_val2017.json',
+        search='annotations/instances_train2017.json'),
     img_shape=(800, 1344),
     eval_batch=1,
     search_settings=SearchSettings(pop=16, gens=8, images=DEFAULT_SEARCH_IMAGES),
@@ -75,10 +78,10 @@ COCO = Table(
         Row('qat_uniform_w4a3_12e', 'qat/qat_uniform_w4a3-12e_swin-t_coco.py',
             'qat_uniform_w4a3_12e', QAT_BASE),
         Row('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2', QAT_BASE),
-        Row('qat_mixaq_w4a4a2_1.24x', 'qat/mixaq_w4a4a2-1.24x_swin-t_coco.py',
-            'qat_saqa_w4a4a2', QAT_BASE),
-        Row('qat_mixaq_w4a4a2_1.35x', 'qat/mixaq_w4a4a2-1.35x_swin-t_coco.py',
-            'qat_saqa_w4a4a2', QAT_BASE),
+        Row('qat_mixaq_w4a4a2_1.24x', 'qat/mixaq_w4a4a2-1.24x_swin-t_coco.py', 'qat_saqa_w4a4a2',
+            QAT_BASE),
+        Row('qat_mixaq_w4a4a2_1.35x', 'qat/mixaq_w4a4a2-1.35x_swin-t_coco.py', 'qat_saqa_w4a4a2',
+            QAT_BASE),
         Row('qat_mixaq_prune_1.53x', 'qat/mixaq_w4a4a2-prune-1.53x_swin-t_coco.py',
             'qat_saqa_prune_w4a4a2', QAT_BASE),
         Row('qat_mixaq_prune_1.82x', 'qat/mixaq_w4a4a2-prune-1.82x_swin-t_coco.py',
@@ -89,18 +92,27 @@ COCO = Table(
         _at_135('qat_mixaq_reverse_1.35x', window_order='reverse'),
     ),
     searches=(
-        Search('ptq_search', 'ptq/ptq_mixaq_w4a8a4-1.35x_swin-t_coco.py', 'fp', PTQ_BASE,
-               (1.24, 1.35), objective='map',
-               calib_options=(('model.backbone.low_bit_ratios', 0.5), )),
+        Search(
+            'ptq_search',
+            'ptq/ptq_mixaq_w4a8a4-1.35x_swin-t_coco.py',
+            'fp',
+            PTQ_BASE, (1.24, 1.35),
+            objective='map',
+            calib_options=(('model.backbone.low_bit_ratios', 0.5), )),
         Search('qat_search', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, (1.24, 1.35), objective='map'),
-        Search('qat_search_prune', SAQA_PRUNE, 'qat_saqa_prune_w4a4a2', QAT_BASE, (1.53, 1.82),
-               objective='map', prune=True),
+        Search(
+            'qat_search_prune',
+            SAQA_PRUNE,
+            'qat_saqa_prune_w4a4a2',
+            QAT_BASE, (1.53, 1.82),
+            objective='map',
+            prune=True),
     ),
     targets=(
         Target('SAQA, every window high-bit >= uniform W4A4 QAT of the same length',
                'qat_saqa_all_high', 'qat_uniform_w4a4_12e', 'ge'),
-        Target('MixA-Q 1.24x within 0.5 of uniform W4A4 QAT of the same length',
-               'qat_search_1.24x', 'qat_uniform_w4a4_12e', 'within'),
+        Target('MixA-Q 1.24x within 0.5 of uniform W4A4 QAT of the same length', 'qat_search_1.24x',
+               'qat_uniform_w4a4_12e', 'within'),
         Target('MixA-Q 1.35x above uniform W4A3 QAT of the same length (same cost)',
                'qat_search_1.35x', 'qat_uniform_w4a3_12e', 'gt'),
         Target('QAT 1.35x: searched ratios not worse than one ratio for all pairs',
@@ -109,5 +121,8 @@ COCO = Table(
         Target('PTQ 1.35x: searched ratios not worse than one ratio for all pairs',
                'ptq_search_1.35x', 'mixaq_w4a8a4_1.35x', 'not_worse'),
     ),
-    plots={'PTQ': (PTQ_BASE, 'pareto.png'), 'QAT': (QAT_BASE, 'pareto_qat.png')},
+    plots={
+        'PTQ': (PTQ_BASE, 'pareto.png'),
+        'QAT': (QAT_BASE, 'pareto_qat.png')
+    },
 )

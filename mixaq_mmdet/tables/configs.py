@@ -52,8 +52,12 @@ class TableConfig:
     is what an in-process run uses, :meth:`cli_options` what a launched tool
     is given to load the same."""
 
-    def __init__(self, path: str, work_dir: str, data_root: str,
-                 options: Options = (), extra: Optional[ConfigOptions] = None) -> None:
+    def __init__(self,
+                 path: str,
+                 work_dir: str,
+                 data_root: str,
+                 options: Options = (),
+                 extra: Optional[ConfigOptions] = None) -> None:
         if not osp.isfile(path):
             raise FileNotFoundError(f'table config {path} does not exist')
         plain = Config.fromfile(path)

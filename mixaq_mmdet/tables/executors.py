@@ -20,9 +20,9 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 from ..engine import prepare_test_loop, unwrap
-from ..utils import build_runner
 from ..search import (Candidate, RatioEvaluator, RatioSearchSpace, check_branches_calibrated,
                       run_search, uniform_ratio_at, write_searched_config)
+from ..utils import build_runner
 from .configs import TableConfig, format_option
 from .report import row_record
 from .rows import Search, SearchSettings, Table
@@ -42,8 +42,10 @@ def tool_command(tool: str, args: Sequence[str], gpus: int, python: str = 'pytho
             return ['bash', 'tools/dist_train.sh', args[0], str(gpus), *args[1:]]
         if tool == 'test':
             return ['bash', 'tools/dist_test.sh', args[0], args[1], str(gpus), *args[2:]]
-        return [python, '-m', 'torch.distributed.run', f'--nproc_per_node={gpus}',
-                'tools/search_ratios.py', *args, '--launcher', 'pytorch']
+        return [
+            python, '-m', 'torch.distributed.run', f'--nproc_per_node={gpus}',
+            'tools/search_ratios.py', *args, '--launcher', 'pytorch'
+        ]
     script = 'tools/search_ratios.py' if tool == 'search' else f'tools/{tool}.py'
     return [python, script, *args]
 
@@ -61,26 +63,29 @@ def shown(path: str) -> str:
 
 def train_args(tc: TableConfig, parent: Optional[str], resume: bool) -> List[str]:
     options = tc.cli_options() + ([f'load_from={parent}'] if parent and not resume else [])
-    return [shown(tc.path), '--work-dir', tc.work_dir] + (['--resume'] if resume else []) + (
-        ['--cfg-options', *options] if options else [])
+    return [shown(tc.path), '--work-dir', tc.work_dir
+            ] + (['--resume'] if resume else []) + (['--cfg-options', *options] if options else [])
 
 
 def test_args(tc: TableConfig, checkpoint: str) -> List[str]:
     options = tc.cli_options()
-    return [shown(tc.path), checkpoint, '--work-dir', tc.work_dir] + (
-        ['--cfg-options', *options] if options else [])
+    return [shown(tc.path), checkpoint, '--work-dir', tc.work_dir
+            ] + (['--cfg-options', *options] if options else [])
 
 
 def search_args(tc: TableConfig, checkpoint: str, search: Search, settings: SearchSettings,
                 tolerance: float) -> List[str]:
     """``tools/search_ratios.py``'s arguments for ``search`` (no val evaluation:
     the table evaluates the searched configs as rows)."""
-    return [shown(tc.path), checkpoint, '--work-dir', tc.work_dir, '--target-speedup',
-            *(f'{t:g}' for t in search.targets), '--tolerance', f'{tolerance:g}',
-            '--objective', search.objective, '--pop', str(settings.pop), '--gens',
-            str(settings.gens), '--search-images', str(settings.images), '--no-val'] + (
-                ['--prune'] if search.prune else []) + (
-                ['--cfg-options', *tc.cli_options()] if tc.options else [])
+    return [
+        shown(tc.path), checkpoint, '--work-dir', tc.work_dir, '--target-speedup',
+        *(f'{t:g}' for t in search.targets), '--tolerance', f'{tolerance:g}', '--objective',
+        search.objective, '--pop',
+        str(settings.pop), '--gens',
+        str(settings.gens), '--search-images',
+        str(settings.images), '--no-val'
+    ] + (['--prune'] if search.prune else []) + (['--cfg-options', *tc.cli_options()]
+                                                 if tc.options else [])
 
 
 def is_quantized(tc: TableConfig) -> bool:
@@ -120,7 +125,8 @@ class LocalExecutor:
         quantized = is_quantized(tc)
         calib = runner.test_loop.num_calib_images if quantized else 0
         record = row_record(name, unwrap(runner.model), metrics, trained, base, quantized, calib,
-                            self.table.img_shape, time.time() - start)
+                            self.table.img_shape,
+                            time.time() - start)
         record['commands'] = [shlex.join(tool_command('test', test_args(tc, checkpoint), 1))]
         return record
 
@@ -138,8 +144,11 @@ class LocalExecutor:
             cfg.load_from, cfg.resume = checkpoint, False
             runner = build_runner(cfg, dataloaders=('test_dataloader', ))
             loop = prepare_test_loop(runner)
-            val = RatioEvaluator(loop.model, loop.dataloader.dataset,
-                                 batch_size=self.table.eval_batch, metrics=('bbox', 'segm'))
+            val = RatioEvaluator(
+                loop.model,
+                loop.dataloader.dataset,
+                batch_size=self.table.eval_batch,
+                metrics=('bbox', 'segm'))
             self.prepared[key] = Prepared(runner, val, loop.num_calib_images)
         return self.prepared[key]
 
@@ -152,7 +161,8 @@ class LocalExecutor:
         os.makedirs(out_dir, exist_ok=True)
         metrics = prepared.val.evaluate(candidate, outfile_prefix=osp.join(out_dir, 'preds'))
         return row_record(name, prepared.val.model, metrics, trained, base, True,
-                          prepared.calib_images, self.table.img_shape, time.time() - start)
+                          prepared.calib_images, self.table.img_shape,
+                          time.time() - start)
 
     def search(self, search: Search, tc: TableConfig, checkpoint: str, settings: SearchSettings,
                key: str, out_dirs: Dict[str, str]) -> List[Dict]:
@@ -160,8 +170,11 @@ class LocalExecutor:
         ratios) on val."""
         prepared = self.prepare(tc, checkpoint)
         model = prepared.val.model
-        evaluator = RatioEvaluator(model, tc.cfg.search_dataloader.dataset,
-                                   num_images=settings.images, batch_size=self.table.eval_batch)
+        evaluator = RatioEvaluator(
+            model,
+            tc.cfg.search_dataloader.dataset,
+            num_images=settings.images,
+            batch_size=self.table.eval_batch)
         check_branches_calibrated(model.backbone)
         print(f'[table] {search.name}: NSGA-II ({settings.pop} x {settings.gens}, '
               f'{search.objective} objective on {evaluator.num_images} search images) for '
@@ -169,8 +182,12 @@ class LocalExecutor:
         start = time.time()
         os.makedirs(tc.work_dir, exist_ok=True)
         result, chosen = run_search(
-            evaluator, RatioSearchSpace(model.backbone.num_pairs), search.objective,
-            list(search.targets), self.table.search_tolerance, pop_size=settings.pop,
+            evaluator,
+            RatioSearchSpace(model.backbone.num_pairs),
+            search.objective,
+            list(search.targets),
+            self.table.search_tolerance,
+            pop_size=settings.pop,
             generations=settings.gens,
             cache_path=osp.join(tc.work_dir, f'search_cache_{key}.json'))
         seconds = time.time() - start
@@ -183,18 +200,19 @@ class LocalExecutor:
                 rows.append((f'{search.uniform_name}_{target:g}x', uniform))
             print(f'[table] {search.name}: searched in {seconds / 60:.1f} min '
                   f'({len(result.evaluations)} candidates): low-bit ratios '
-                  f'{list(point.candidate.low_bit_ratios)} for {target:g}x'
-                  + (f'; uniform ratio {rows[1][1].low_bit_ratios[0]:g}' if len(rows) > 1
-                     else ''))
-            write_searched_config(tc.path, point.candidate,
-                                  osp.join(tc.work_dir, f'searched_{target:g}x.py'),
-                                  note=f'Searched by the {self.table.name} table for '
-                                       f'{target:g}x.')
+                  f'{list(point.candidate.low_bit_ratios)} for {target:g}x' +
+                  (f'; uniform ratio {rows[1][1].low_bit_ratios[0]:g}' if len(rows) > 1 else ''))
+            write_searched_config(
+                tc.path,
+                point.candidate,
+                osp.join(tc.work_dir, f'searched_{target:g}x.py'),
+                note=f'Searched by the {self.table.name} table for '
+                f'{target:g}x.')
             for name, candidate in rows:
                 record = self.evaluate_at(name, tc, checkpoint, candidate, out_dirs[name],
                                           search.model, search.base)
-                record.update(search_seconds=round(seconds, 1),
-                              search_candidates=len(result.evaluations))
+                record.update(
+                    search_seconds=round(seconds, 1), search_candidates=len(result.evaluations))
                 records.append(record)
         return records
 
@@ -222,8 +240,7 @@ class LaunchExecutor:
         os.makedirs(log_dir, exist_ok=True)
         env = dict(os.environ, PYTHON=sys.executable)
         with open(osp.join(log_dir, f'{tool}.log'), 'w') as log:
-            done = subprocess.run(argv, cwd=REPO, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)
+            done = subprocess.run(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode != 0:
             with open(osp.join(log_dir, f'{tool}.log'), errors='replace') as f:
                 tail = f.read()[-3000:]
@@ -244,7 +261,8 @@ class LaunchExecutor:
         init_default_scope(tc.cfg.get('default_scope', 'mmdet'))
         model = MODELS.build(copy.deepcopy(tc.cfg.model))
         record = row_record(name, model, metrics, trained, base, is_quantized(tc), calib,
-                            self.table.img_shape, time.time() - start)
+                            self.table.img_shape,
+                            time.time() - start)
         record['commands'] = [command]
         return record
 
@@ -283,8 +301,10 @@ class LaunchExecutor:
                 ('test_evaluator.outfile_prefix', osp.join(out_dirs[name], 'preds')), )
             if self.dry_run:
                 cli = [format_option(k, v) for k, v in options]
-                printed = self.launch('test', [searched, checkpoint, '--work-dir', out_dirs[name],
-                                             '--cfg-options', *cli], out_dirs[name])
+                printed = self.launch(
+                    'test',
+                    [searched, checkpoint, '--work-dir', out_dirs[name], '--cfg-options', *cli],
+                    out_dirs[name])
                 records.append(dict(name=name, commands=[command, printed]))
                 continue
             row_tc = TableConfig(searched, out_dirs[name], self.table.data_root, options)

@@ -14,8 +14,8 @@ from .rows import Target
 NUM_FOLDS = 5
 
 
-def row_record(name: str, model: nn.Module, metrics: Mapping[str, float], trained: str,
-               base: str, quantized: bool, calib_images: int, img_shape: Sequence[int],
+def row_record(name: str, model: nn.Module, metrics: Mapping[str, float], trained: str, base: str,
+               quantized: bool, calib_images: int, img_shape: Sequence[int],
                seconds: float) -> Dict:
     """A row of results.json: metrics, BitOPs at ``img_shape`` and the model's
     setting (``model`` is the evaluated model, or one built from the same config)."""
@@ -72,12 +72,22 @@ def compare(targets: Sequence[Target], rows: Sequence[Dict], row_dir: Callable[[
             with open(path) as f:
                 detections.append(json.load(f))
         diff = paired_difference(ann_file, *detections, num_folds=folds)
-        met = dict(ge=diff.mean >= 0, gt=diff.mean > 0, within=abs(diff.mean) <= 0.5,
-                   noise=diff.exceeds_noise(),
-                   not_worse=diff.not_worse_beyond_noise())[target.test]
-        results.append(dict(claim=target.claim, a=target.a, b=target.b, test=target.test,
-                            diff=diff.mean, std_error=diff.std_error, folds=diff.folds,
-                            met=bool(met)))
+        met = dict(
+            ge=diff.mean >= 0,
+            gt=diff.mean > 0,
+            within=abs(diff.mean) <= 0.5,
+            noise=diff.exceeds_noise(),
+            not_worse=diff.not_worse_beyond_noise())[target.test]
+        results.append(
+            dict(
+                claim=target.claim,
+                a=target.a,
+                b=target.b,
+                test=target.test,
+                diff=diff.mean,
+                std_error=diff.std_error,
+                folds=diff.folds,
+                met=bool(met)))
     return results
 
 

@@ -158,8 +158,8 @@ class Table:
             if row.calibration is None:
                 continue
             first = calibrations.setdefault(row.calibration, row)
-            if (first.config, first.model, first.calib_options) != (
-                    row.config, row.model, row.calib_options):
+            if (first.config, first.model, first.calib_options) != (row.config, row.model,
+                                                                    row.calib_options):
                 raise ValueError(f'table {self.name}: rows {first.name} and {row.name} share '
                                  f'calibration {row.calibration!r} but not its config, model '
                                  'and calibration options')
@@ -176,8 +176,8 @@ class Table:
 
     @property
     def row_names(self) -> Tuple[str, ...]:
-        return tuple(r.name for r in self.rows) + tuple(
-            n for s in self.searches for n in s.row_names())
+        return tuple(r.name for r in self.rows) + tuple(n for s in self.searches
+                                                        for n in s.row_names())
 
     def training(self, name: str) -> Training:
         return next(t for t in self.trainings if t.name == name)

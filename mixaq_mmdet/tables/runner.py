@@ -11,8 +11,7 @@ from ..engine.hooks.qat_init_hook import INIT_CHECKPOINT
 from ..search import Candidate
 from .cache import ResultStore, files_digest, fingerprint, package_digest
 from .configs import ConfigOptions, TableConfig
-from .executors import (LaunchExecutor, LocalExecutor, calibration_images, test_args,
-                        tool_command)
+from .executors import LaunchExecutor, LocalExecutor, calibration_images, test_args, tool_command
 from .report import add_speedups, compare
 from .rows import Row, Search, SearchSettings, Table
 
@@ -38,29 +37,36 @@ class TableRunner:
     ``search`` the table's search settings.
     """
 
-    def __init__(self, table: Table, work_dir: str, executor: Executor,
-                 data_root: Optional[str] = None, rows: Optional[Sequence[str]] = None,
+    def __init__(self,
+                 table: Table,
+                 work_dir: str,
+                 executor: Executor,
+                 data_root: Optional[str] = None,
+                 rows: Optional[Sequence[str]] = None,
                  options: Optional[ConfigOptions] = None,
                  checkpoints: Optional[Dict[str, str]] = None,
                  search: Optional[SearchSettings] = None) -> None:
         unknown = sorted(set(rows or ()) - set(table.row_names))
         if unknown:
-            raise ValueError(f'table {table.name} has no rows {unknown}; rows: '
-                             + ', '.join(table.row_names))
+            raise ValueError(f'table {table.name} has no rows {unknown}; rows: ' +
+                             ', '.join(table.row_names))
         self.table, self.work_dir, self.executor = table, osp.abspath(work_dir), executor
         # the tools run in the repository: a data root given elsewhere is made absolute
         self.data_root = osp.abspath(data_root) if data_root else table.data_root
         self.wanted = list(rows) if rows else list(table.row_names)
         self.options = options
-        self.given = {name: path if '://' in path else osp.abspath(path)
-                      for name, path in (checkpoints or {}).items()}
+        self.given = {
+            name: path if '://' in path else osp.abspath(path)
+            for name, path in (checkpoints or {}).items()
+        }
         self.search_settings = search or table.search_settings
         self.store = ResultStore(osp.join(self.work_dir, 'results.json'))
         self.dry_run = executor.dry_run
 
     def config(self, config: str, work_dir: str, options=()) -> TableConfig:
-        return TableConfig(osp.join(self.table.config_root, config), work_dir, self.data_root,
-                           tuple(options), self.options)
+        return TableConfig(
+            osp.join(self.table.config_root, config), work_dir, self.data_root, tuple(options),
+            self.options)
 
     def data_version(self, splits: Sequence[str]) -> str:
         if self.dry_run:
@@ -69,8 +75,7 @@ class TableRunner:
                             self.data_root)
 
     def key(self, tc: TableConfig, checkpoint: Optional[str], versions: str) -> Optional[str]:
-        if self.dry_run or (checkpoint and '://' not in checkpoint
-                            and not osp.isfile(checkpoint)):
+        if self.dry_run or (checkpoint and '://' not in checkpoint and not osp.isfile(checkpoint)):
             return None
         return fingerprint(tc.cfg, checkpoint, versions, self.work_dir)
 
@@ -88,9 +93,8 @@ class TableRunner:
         if self.dry_run:
             return rows, []
         add_speedups(rows)
-        targets = compare(
-            self.table.targets, rows, self.row_dir,
-            osp.join(self.data_root, self.table.ann_files['val']))
+        targets = compare(self.table.targets, rows, self.row_dir,
+                          osp.join(self.data_root, self.table.ann_files['val']))
         self.store.save(targets=targets, trainings=self.training_records(checkpoints))
         return rows, targets
 
@@ -146,8 +150,8 @@ class TableRunner:
             f.write(key)
         resume = osp.isfile(osp.join(tc.work_dir, 'last_checkpoint'))
         print(f'[table] {name}: training {osp.relpath(tc.path, self.table.config_root)} into '
-              f'{tc.work_dir}' + (f' from {parent}' if parent else '')
-              + (' (resuming)' if resume else ''))
+              f'{tc.work_dir}' + (f' from {parent}' if parent else '') +
+              (' (resuming)' if resume else ''))
         start = time.time()
         commands = self.executor.train(tc, parent, resume)
         with open(osp.join(tc.work_dir, TRAINING_COMMANDS_FILE), 'a') as f:
@@ -196,8 +200,8 @@ class TableRunner:
         record.update(config=osp.relpath(tc.path, self.table.config_root), plotted=row.plotted)
         self.add(record, key)
 
-    def evaluate_calibrated(self, row: Row, calib: TableConfig, checkpoint: str,
-                            out_dir: str, calib_key: Optional[str]) -> Dict:
+    def evaluate_calibrated(self, row: Row, calib: TableConfig, checkpoint: str, out_dir: str,
+                            calib_key: Optional[str]) -> Dict:
         """``row`` calibrated at its ``calib_options``, evaluated at its ``options``."""
         if isinstance(self.executor, LocalExecutor):
             options = dict(row.options)
@@ -205,16 +209,19 @@ class TableRunner:
             candidate = _candidate(options, backbone.num_pairs)
             record = self.executor.evaluate_at(row.name, calib, checkpoint, candidate, out_dir,
                                                row.model, row.base)
-            evaluated = self.config(row.config, out_dir, row.calib_options + row.options
-                                    + self.row_options(out_dir))
+            evaluated = self.config(row.config, out_dir,
+                                    row.calib_options + row.options + self.row_options(out_dir))
             record['commands'] = [
                 shlex.join(tool_command('test', test_args(calib, checkpoint), 1)),
-                shlex.join(tool_command('test', test_args(
-                    evaluated, osp.join(calib.work_dir, 'calibrated.pth')), 1))]
+                shlex.join(
+                    tool_command('test',
+                                 test_args(evaluated, osp.join(calib.work_dir, 'calibrated.pth')),
+                                 1))
+            ]
             return record
         calibrated, command = self.executor.calibrate(calib, checkpoint, calib_key)
-        tc = self.config(row.config, out_dir, row.calib_options + row.options
-                         + self.row_options(out_dir))
+        tc = self.config(row.config, out_dir,
+                         row.calib_options + row.options + self.row_options(out_dir))
         record = self.executor.evaluate(row.name, tc, calibrated, row.model, row.base)
         record['calib_images'] = calibration_images(calib.work_dir)
         record['commands'].insert(0, command)
@@ -226,9 +233,10 @@ class TableRunner:
         tc = self.config(search.config, osp.join(self.work_dir, search.folder),
                          search.calib_options)
         settings = self.search_settings
-        key = self.key(tc, checkpoint, f"{versions}:{self.data_version(('search', ))}:"
-                       f'{search.targets}:{self.table.search_tolerance}:{search.objective}:'
-                       f'{search.prune}:{settings.images}:{settings.pop}:{settings.gens}')
+        key = self.key(
+            tc, checkpoint, f"{versions}:{self.data_version(('search', ))}:"
+            f'{search.targets}:{self.table.search_tolerance}:{search.objective}:'
+            f'{search.prune}:{settings.images}:{settings.pop}:{settings.gens}')
         results = [self.store.reuse(name, key, self.wanted) for name in names]
         if all(done for done, _ in results):
             for _, row in results:
@@ -237,7 +245,8 @@ class TableRunner:
             return
         print(f'[table] {search.name}: searching {search.config} on {checkpoint}')
         records = self.executor.search(search, tc, checkpoint, settings, key or 'dry-run',
-                                       {name: self.row_dir(name) for name in names})
+                                       {name: self.row_dir(name)
+                                        for name in names})
         for record in records:
             record.update(config=osp.relpath(tc.path, self.table.config_root), plotted=True)
             self.add(record, key)
@@ -251,13 +260,15 @@ class TableRunner:
 
 def _candidate(options: Dict, num_pairs: int) -> Candidate:
     """The ratios a row's options set, as a search candidate."""
+
     def per_pair(value) -> tuple:
         return tuple(value) if isinstance(value, (list, tuple)) else (value, ) * num_pairs
 
-    unknown = sorted(set(options) - {'model.backbone.low_bit_ratios',
-                                     'model.backbone.prune_ratios'})
+    unknown = sorted(
+        set(options) - {'model.backbone.low_bit_ratios', 'model.backbone.prune_ratios'})
     if unknown:
         raise ValueError(f'a row calibrated once and evaluated at other options can only '
                          f'change the ratios, not {unknown}')
-    return Candidate(per_pair(options.get('model.backbone.low_bit_ratios', 0.0)),
-                     per_pair(options.get('model.backbone.prune_ratios', 0.0)))
+    return Candidate(
+        per_pair(options.get('model.backbone.low_bit_ratios', 0.0)),
+        per_pair(options.get('model.backbone.prune_ratios', 0.0)))

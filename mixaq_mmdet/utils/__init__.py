@@ -1,5 +1,6 @@
 from .config import build_runner, load_runner_config, parse_runner_args, with_test_time_aug
 from .tensor_cache import TensorCache
 
-__all__ = ['load_runner_config', 'build_runner', 'parse_runner_args', 'with_test_time_aug',
-           'TensorCache']
+__all__ = [
+    'load_runner_config', 'build_runner', 'parse_runner_args', 'with_test_time_aug', 'TensorCache'
+]

@@ -16,19 +16,20 @@ from mixaq_mmdet.datasets.layout import check_dataset_files
 
 #: mmdet 3.3.0's defaults for ``tools/test.py --tta`` when a config has none.
 DEFAULT_TTA_MODEL = dict(
-    type='DetTTAModel',
-    tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
-TTA_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor',
-                 'flip', 'flip_direction')
+    type='DetTTAModel', tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5), max_per_img=100))
+TTA_META_KEYS = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+                 'flip_direction')
 
 
 def parse_runner_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Add the options mmdet's tools share (``--cfg-options``, ``--launcher``,
     ``--local-rank``), parse, and export ``LOCAL_RANK`` for the launcher."""
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value pairs')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'])
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value pairs')
+    parser.add_argument('--launcher', default='none', choices=['none', 'pytorch', 'slurm', 'mpi'])
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -53,8 +54,7 @@ def load_runner_config(config: str,
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(config))[0])
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     return cfg
 
 
@@ -63,12 +63,12 @@ def with_test_time_aug(cfg: Config) -> Config:
     3.3.0's ``tools/test.py --tta`` does: the config's ``tta_model`` and
     ``tta_pipeline``, or by default horizontal flips merged by NMS."""
     if 'tta_model' not in cfg:
-        print_log('--tta: the config has no tta_model; using DetTTAModel with NMS',
-                  logger='current')
+        print_log(
+            '--tta: the config has no tta_model; using DetTTAModel with NMS', logger='current')
         cfg.tta_model = copy.deepcopy(DEFAULT_TTA_MODEL)
     if 'tta_pipeline' not in cfg:
-        print_log('--tta: the config has no tta_pipeline; flipping the test pipeline',
-                  logger='current')
+        print_log(
+            '--tta: the config has no tta_pipeline; flipping the test pipeline', logger='current')
         dataset = cfg.test_dataloader.dataset
         while 'dataset' in dataset:
             dataset = dataset['dataset']

@@ -55,8 +55,8 @@ RELEASE_CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 #: The release's config file name in mmdet 2.x (``meta['exp_name']``).
 EXP_NAME = 'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 #: ``meta``'s keys in the order the training stack inserts them.
-OFFICIAL_META_KEYS = ('mmdet_version', 'CLASSES', 'env_info', 'config', 'seed',
-                      'exp_name', 'hook_msgs', 'epoch', 'iter', 'mmcv_version', 'time')
+OFFICIAL_META_KEYS = ('mmdet_version', 'CLASSES', 'env_info', 'config', 'seed', 'exp_name',
+                      'hook_msgs', 'epoch', 'iter', 'mmcv_version', 'time')
 #: The 2.x config's optimizer: AdamW, no weight decay on these keys.
 BASE_LR, WEIGHT_DECAY, BETAS, EPS = 1e-4, 0.05, (0.9, 0.999), 1e-8
 NO_DECAY_KEYS = ('absolute_pos_embed', 'relative_position_bias_table', 'norm')
@@ -102,34 +102,53 @@ def release_config_text() -> str:
     reads it back."""
     model = copy.deepcopy(get_config(RELEASE_CONFIG).model.to_dict())
     model.pop('data_preprocessor', None)
-    img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
-                        to_rgb=True)
-    data = {split: dict(type='CocoDataset',
-                        ann_file=f'data/coco/annotations/instances_{name}2017.json',
-                        img_prefix=f'data/coco/{name}2017/')
-            for split, name in (('train', 'train'), ('val', 'val'), ('test', 'val'))}
-    cfg = Config(dict(
-        model=model, dataset_type='CocoDataset', data_root='data/coco/',
-        img_norm_cfg=img_norm_cfg,
-        data=dict(samples_per_gpu=2, workers_per_gpu=2, **data),
-        evaluation=dict(metric=['bbox', 'segm']),
-        optimizer=dict(type='AdamW', lr=BASE_LR, betas=BETAS, weight_decay=WEIGHT_DECAY,
-                       paramwise_cfg=dict(custom_keys={
-                           k: dict(decay_mult=0.0) for k in NO_DECAY_KEYS})),
-        optimizer_config=dict(grad_clip=None),
-        lr_config=dict(policy='step', warmup='linear', warmup_iters=1000,
-                       warmup_ratio=0.001, step=list(LR_STEPS)),
-        runner=dict(type='EpochBasedRunner', max_epochs=MAX_EPOCHS),
-        checkpoint_config=dict(interval=1),
-        log_config=dict(interval=50, hooks=[dict(type='TextLoggerHook')]),
-        custom_hooks=[dict(type='NumClassCheckHook')],
-        dist_params=dict(backend='nccl'), log_level='INFO', load_from=None,
-        resume_from=None, workflow=[('train', 1)],
-        work_dir=f'./work_dirs/{EXP_NAME[:-3]}', gpu_ids=list(range(8))))
+    img_norm_cfg = dict(mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], to_rgb=True)
+    data = {
+        split:
+        dict(
+            type='CocoDataset',
+            ann_file=f'data/coco/annotations/instances_{name}2017.json',
+            img_prefix=f'data/coco/{name}2017/')
+        for split, name in (('train', 'train'), ('val', 'val'), ('test', 'val'))
+    }
+    cfg = Config(
+        dict(
+            model=model,
+            dataset_type='CocoDataset',
+            data_root='data/coco/',
+            img_norm_cfg=img_norm_cfg,
+            data=dict(samples_per_gpu=2, workers_per_gpu=2, **data),
+            evaluation=dict(metric=['bbox', 'segm']),
+            optimizer=dict(
+                type='AdamW',
+                lr=BASE_LR,
+                betas=BETAS,
+                weight_decay=WEIGHT_DECAY,
+                paramwise_cfg=dict(custom_keys={k: dict(decay_mult=0.0)
+                                                for k in NO_DECAY_KEYS})),
+            optimizer_config=dict(grad_clip=None),
+            lr_config=dict(
+                policy='step',
+                warmup='linear',
+                warmup_iters=1000,
+                warmup_ratio=0.001,
+                step=list(LR_STEPS)),
+            runner=dict(type='EpochBasedRunner', max_epochs=MAX_EPOCHS),
+            checkpoint_config=dict(interval=1),
+            log_config=dict(interval=50, hooks=[dict(type='TextLoggerHook')]),
+            custom_hooks=[dict(type='NumClassCheckHook')],
+            dist_params=dict(backend='nccl'),
+            log_level='INFO',
+            load_from=None,
+            resume_from=None,
+            workflow=[('train', 1)],
+            work_dir=f'./work_dirs/{EXP_NAME[:-3]}',
+            gpu_ids=list(range(8))))
     return cfg.pretty_text
 
 
-def official_meta(classes: Sequence[str] = COCO_CLASSES, epoch: int = MAX_EPOCHS,
+def official_meta(classes: Sequence[str] = COCO_CLASSES,
+                  epoch: int = MAX_EPOCHS,
                   seed: Optional[int] = None) -> Dict[str, Any]:
     """The ``meta`` of the release file, keys in :data:`OFFICIAL_META_KEYS` order.
 
@@ -161,18 +180,27 @@ def official_meta(classes: Sequence[str] = COCO_CLASSES, epoch: int = MAX_EPOCHS
         'MMDetection: 2.16.0+unknown',
     ])
     meta: Dict[str, Any] = dict(
-        mmdet_version='2.16.0unknown', CLASSES=tuple(classes), env_info=env_info,
-        config=release_config_text(), seed=seed, exp_name=EXP_NAME)
+        mmdet_version='2.16.0unknown',
+        CLASSES=tuple(classes),
+        env_info=env_info,
+        config=release_config_text(),
+        seed=seed,
+        exp_name=EXP_NAME)
     if epoch > 1:
         meta['hook_msgs'] = dict(last_ckpt=f'{work_dir}/epoch_{epoch - 1}.pth')
-    meta.update(epoch=epoch, iter=epoch * ITERS_PER_EPOCH, mmcv_version='1.3.12',
-                time='Thu Sep  9 04:12:39 2021')
+    meta.update(
+        epoch=epoch,
+        iter=epoch * ITERS_PER_EPOCH,
+        mmcv_version='1.3.12',
+        time='Thu Sep  9 04:12:39 2021')
     return meta
 
 
-def mmcv_adamw_state_dict(model: nn.Module, num_state_params: Optional[int] = 2,
+def mmcv_adamw_state_dict(model: nn.Module,
+                          num_state_params: Optional[int] = 2,
                           step: int = MAX_EPOCHS * ITERS_PER_EPOCH,
-                          epoch: int = MAX_EPOCHS, seed: int = 0) -> Dict[str, Any]:
+                          epoch: int = MAX_EPOCHS,
+                          seed: int = 0) -> Dict[str, Any]:
     """What torch 1.9's ``AdamW.state_dict()`` returns after mmcv 1.x built it
     with the release's ``paramwise_cfg``: one param group per parameter (mmcv's
     ``DefaultOptimizerConstructor`` with custom keys), weight decay 0 where a
@@ -184,16 +212,15 @@ def mmcv_adamw_state_dict(model: nn.Module, num_state_params: Optional[int] = 2,
             (``step`` as an int, ``exp_avg``, ``exp_avg_sq``), random but
             seeded; None: all (about twice the model's size).
     """
-    lr = BASE_LR * 0.1 ** sum(epoch >= s for s in LR_STEPS)
+    lr = BASE_LR * 0.1**sum(epoch >= s for s in LR_STEPS)
     generator = torch.Generator().manual_seed(seed)
     state: Dict[int, Dict[str, Any]] = {}
     groups = []
     for index, (name, param) in enumerate(model.named_parameters()):
         no_decay = any(key in name for key in NO_DECAY_KEYS)
-        group: Dict[str, Any] = (dict(lr=lr, weight_decay=0.0, betas=BETAS, eps=EPS,
-                                      amsgrad=False) if no_decay else
-                                 dict(lr=lr, betas=BETAS, eps=EPS,
-                                      weight_decay=WEIGHT_DECAY, amsgrad=False))
+        group: Dict[str, Any] = (
+            dict(lr=lr, weight_decay=0.0, betas=BETAS, eps=EPS, amsgrad=False) if no_decay else
+            dict(lr=lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, amsgrad=False))
         group.update(initial_lr=BASE_LR, params=[index])
         groups.append(group)
         if num_state_params is None or index < num_state_params:
@@ -205,7 +232,8 @@ def mmcv_adamw_state_dict(model: nn.Module, num_state_params: Optional[int] = 2,
     return dict(state=state, param_groups=groups)
 
 
-def official_checkpoint(model: Optional[nn.Module] = None, seed: int = 0,
+def official_checkpoint(model: Optional[nn.Module] = None,
+                        seed: int = 0,
                         publish: bool = False,
                         num_state_params: Optional[int] = 2) -> Dict[str, Any]:
     """The release's checkpoint dict for ``model`` (default: a random
@@ -213,15 +241,16 @@ def official_checkpoint(model: Optional[nn.Module] = None, seed: int = 0,
     ``publish_model.py`` does."""
     if model is None:
         model = build_release_model(seed)
-    state_dict = OrderedDict((k, v.detach().cpu().clone())
-                             for k, v in model.state_dict().items())
+    state_dict = OrderedDict((k, v.detach().cpu().clone()) for k, v in model.state_dict().items())
     checkpoint: Dict[str, Any] = dict(meta=official_meta(), state_dict=state_dict)
     if not publish:
         checkpoint['optimizer'] = mmcv_adamw_state_dict(model, num_state_params, seed=seed)
     return checkpoint
 
 
-def write_official_checkpoint(path: str, seed: int = 0, publish: bool = False,
+def write_official_checkpoint(path: str,
+                              seed: int = 0,
+                              publish: bool = False,
                               num_state_params: Optional[int] = 2,
                               model: Optional[nn.Module] = None) -> str:
     """Write :func:`official_checkpoint` to ``path`` with plain ``torch.save``
@@ -234,6 +263,8 @@ def write_official_checkpoint(path: str, seed: int = 0, publish: bool = False,
     return path
 
 
-__all__ = ['RELEASE_CONFIG', 'EXP_NAME', 'OFFICIAL_META_KEYS', 'build_release_model',
-           'release_config_text', 'official_meta', 'mmcv_adamw_state_dict',
-           'official_checkpoint', 'write_official_checkpoint']
+__all__ = [
+    'RELEASE_CONFIG', 'EXP_NAME', 'OFFICIAL_META_KEYS', 'build_release_model',
+    'release_config_text', 'official_meta', 'mmcv_adamw_state_dict', 'official_checkpoint',
+    'write_official_checkpoint'
+]

@@ -44,7 +44,10 @@ class TensorCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, name: Hashable, sources: Sequence[Tensor], compute: Callable[[], Any],
+    def get(self,
+            name: Hashable,
+            sources: Sequence[Tensor],
+            compute: Callable[[], Any],
             extra: Tuple[Any, ...] = ()) -> Any:
         """``compute()``, reused while ``sources`` and ``extra`` are unchanged.
 
@@ -54,8 +57,8 @@ class TensorCache:
             compute: computes the value.
             extra: other things the value depends on (shapes, flags), hashable.
         """
-        if torch.compiler.is_compiling() or (
-                torch.is_grad_enabled() and any(t.requires_grad for t in sources)):
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad
+                                                                             for t in sources)):
             return compute()
         keys = [_version_key(t) for t in sources]
         if any(k is None for k in keys):

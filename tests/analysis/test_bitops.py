@@ -10,18 +10,14 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from mixaq_mmdet.analysis.bitops import (BitOpsReport, average_speedup,
-                                         count_bitops)
+from mixaq_mmdet.analysis.bitops import BitOpsReport, average_speedup, count_bitops
 from mixaq_mmdet.models import MixAQSwinTransformer
 from mixaq_mmdet.quantization import QuantMatMul, disable_quantization
 from ..conftest import FP_BENCH_CONFIG, run_tool
 
-TINY = dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2), window_size=7,
-            out_indices=(0, 1))
-NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
-            window_size=7)
-SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-              window_size=7)
+TINY = dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2), window_size=7, out_indices=(0, 1))
+NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
+SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
 W, A_HIGH, A_LOW = 4, 8, 4
 
 
@@ -50,12 +46,11 @@ def _hand_tiny(low, prune, w=W, a_high=A_HIGH, a_low=A_LOW):
     return uniform - saving, uniform
 
 
-@pytest.mark.parametrize('low,prune', [([0.5, 0.25], [0.25, 0.5]),
-                                       ([0.3, 0.6], [0.0, 0.0]),
+@pytest.mark.parametrize('low,prune', [([0.5, 0.25], [0.25, 0.5]), ([0.3, 0.6], [0.0, 0.0]),
                                        ([0.0, 0.0], [0.1, 0.9])])
 def test_hand_count(low, prune):
-    model = MixAQSwinTransformer(**TINY, w_bits=W, a_bits=(A_HIGH, A_LOW),
-                                 low_bit_ratios=low, prune_ratios=prune)
+    model = MixAQSwinTransformer(
+        **TINY, w_bits=W, a_bits=(A_HIGH, A_LOW), low_bit_ratios=low, prune_ratios=prune)
     report = count_bitops(model, (112, 112))
     bitops, uniform = _hand_tiny(low, prune)
     assert report.bitops == bitops
@@ -74,8 +69,7 @@ def test_act_bits_is_mac_weighted():
     # everything low-bit except patch embed and merging (high bits)
     embed, merge = 28 * 28 * 16 * 48, 14 * 14 * 64 * 32
     assert report.act_bits == pytest.approx(
-        (A_LOW * (report.macs - embed - merge) + A_HIGH * (embed + merge)) /
-        report.macs)
+        (A_LOW * (report.macs - embed - merge) + A_HIGH * (embed + merge)) / report.macs)
     model.set_ratios(0.0, 0.0)
     assert count_bitops(model, (112, 112)).act_bits == A_HIGH
 
@@ -95,9 +89,7 @@ def test_float_models_count_32_bits():
     assert ref.bitops == ref.bitops_uniform == float_bitops
     assert ref.bitops == ref.macs * 32 * 32
     assert ref.act_bits == 32
-    off = count_bitops(
-        MixAQSwinTransformer(**TINY, quant=False, low_bit_ratios=low),
-        (112, 112))
+    off = count_bitops(MixAQSwinTransformer(**TINY, quant=False, low_bit_ratios=low), (112, 112))
     for key in ('bitops', 'bitops_uniform', 'macs', 'act_bits'):
         assert getattr(off, key) == getattr(ref, key)
     quant = MixAQSwinTransformer(**TINY, low_bit_ratios=low)
@@ -113,23 +105,26 @@ def test_shapes_and_macs_match_a_real_forward(hw):
     mmdet's dense path or skip padding tokens in the FFN, whose outputs are
     dropped; the count is the method's per-window cost)."""
     torch.manual_seed(0)
-    model = MixAQSwinTransformer(**NANO, quant=False,
-                                 low_bit_ratios=[0.5, 0.3, 0.0, 0.0],
-                                 prune_ratios=[0.25, 0.0, 0.5, 0.0]).train()
+    model = MixAQSwinTransformer(
+        **NANO,
+        quant=False,
+        low_bit_ratios=[0.5, 0.3, 0.0, 0.0],
+        prune_ratios=[0.25, 0.0, 0.5, 0.0]).train()
     grids, windows, macs = {}, {}, []
 
     def block_hook(stage):
+
         def hook(module, args):
             grids[stage] = tuple(args[1])
             windows[stage] = args[2].num_windows
+
         return hook
 
     def mac_hook(module, args, out):
         if isinstance(module, QuantMatMul):
             macs.append(args[0].numel() * args[1].shape[-1])
         elif isinstance(module, nn.Conv2d):
-            macs.append(out.numel() * module.in_channels *
-                        math.prod(module.kernel_size))
+            macs.append(out.numel() * module.in_channels * math.prod(module.kernel_size))
         else:
             macs.append(out.numel() * module.in_features)
 
@@ -176,11 +171,9 @@ def test_relative_to_and_average_speedup():
     reports = [count_bitops(model, s) for s in shapes]
     stats = average_speedup(model, shapes)
     assert stats.num_images == 3
-    assert stats.mean == pytest.approx(
-        sum(r.speedup for r in reports) / 3)
+    assert stats.mean == pytest.approx(sum(r.speedup for r in reports) / 3)
     assert stats.pooled == pytest.approx(
-        sum(r.bitops_uniform for r in reports) /
-        sum(r.bitops for r in reports))
+        sum(r.bitops_uniform for r in reports) / sum(r.bitops for r in reports))
     with pytest.raises(ValueError, match='at least one'):
         average_speedup(model, [])
 
@@ -197,8 +190,7 @@ def nano_detector():
 def test_detector_scope(nano_detector):
     hw = (320, 288)
     backbone = count_bitops(nano_detector, hw)
-    assert backbone.as_dict() == count_bitops(nano_detector.backbone,
-                                              hw).as_dict()
+    assert backbone.as_dict() == count_bitops(nano_detector.backbone, hw).as_dict()
     detector = count_bitops(nano_detector, hw, scope='detector')
     assert set(detector.parts) == {'backbone', 'neck', 'rpn_head'}
     assert detector.parts['backbone'] == backbone.bitops
@@ -206,14 +198,13 @@ def test_detector_scope(nano_detector):
     # the neck and RPN head are float (32 x 32) and unaffected by the ratios
     grids = [s['resolution'] for s in backbone.per_stage]
     levels = grids + [((grids[-1][0] + 1) // 2, (grids[-1][1] + 1) // 2)]
-    lateral = sum(h * w * c * 32 for (h, w), c in zip(grids,
-                                                     (32, 64, 128, 256)))
+    lateral = sum(h * w * c * 32 for (h, w), c in zip(grids, (32, 64, 128, 256)))
     fpn = sum(h * w * 32 * 32 * 9 for h, w in grids)
     rpn = sum(h * w * 32 * (32 * 9 + 3 + 12) for h, w in levels)
     assert detector.parts['neck'] == (lateral + fpn) * 32 * 32
     assert detector.parts['rpn_head'] == rpn * 32 * 32
-    assert detector.bitops_uniform - detector.bitops == pytest.approx(
-        backbone.bitops_uniform - backbone.bitops)
+    assert detector.bitops_uniform - detector.bitops == pytest.approx(backbone.bitops_uniform -
+                                                                      backbone.bitops)
     assert 1.0 < detector.speedup < backbone.speedup
 
 
@@ -235,9 +226,11 @@ def test_detector_scope_counts_the_quantized_neck_at_its_bits():
     # W4A8 instead of 32 x 32 in the neck and RPN head
     assert float_neck.parts['neck'] == quantized.parts['neck'] * 32 * 32 / (4 * 8)
     assert float_neck.parts['rpn_head'] == quantized.parts['rpn_head'] * 32
-    proc = run_tool(['tools/analysis_tools/bitops.py',
-                     f'{REPO}/configs/benchmark/ptq/ptq_uniform_w4a8_shapes.py',
-                     '--shape', '320', '320', '--cfg-options', 'model.quant_scope=detector'],
+    proc = run_tool([
+        'tools/analysis_tools/bitops.py',
+        f'{REPO}/configs/benchmark/ptq/ptq_uniform_w4a8_shapes.py', '--shape', '320', '320',
+        '--cfg-options', 'model.quant_scope=detector'
+    ],
                     timeout=120)
     assert 'scope detector' in proc.stdout
     assert f'BitOPs: {quantized.bitops / 1e9:.2f} G' in proc.stdout
@@ -245,10 +238,10 @@ def test_detector_scope_counts_the_quantized_neck_at_its_bits():
 
 def test_tool_prints_speedup():
     proc = run_tool([
-        'tools/analysis_tools/bitops.py', FP_BENCH_CONFIG, '--shape', '320',
-        '320', '--cfg-options', 'model.backbone.type=MixAQSwinTransformer',
-        'model.backbone.low_bit_ratios=0.5'
-    ], timeout=120)
+        'tools/analysis_tools/bitops.py', FP_BENCH_CONFIG, '--shape', '320', '320', '--cfg-options',
+        'model.backbone.type=MixAQSwinTransformer', 'model.backbone.low_bit_ratios=0.5'
+    ],
+                    timeout=120)
     match = re.search(r'speedup: ([0-9.]+)x', proc.stdout)
     assert match, proc.stdout
     assert 1.0 < float(match.group(1)) < 1.5

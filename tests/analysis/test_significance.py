@@ -9,18 +9,25 @@ from mixaq_mmdet.analysis import coco_map, paired_difference
 @pytest.fixture()
 def gt_file(tmp_path):
     images = [dict(id=i, width=100, height=100, file_name=f'{i}.png') for i in range(1, 21)]
-    anns = [dict(id=i, image_id=i, category_id=1, bbox=[10, 10, 40, 40], area=1600, iscrowd=0)
-            for i in range(1, 21)]
+    anns = [
+        dict(id=i, image_id=i, category_id=1, bbox=[10, 10, 40, 40], area=1600, iscrowd=0)
+        for i in range(1, 21)
+    ]
     path = tmp_path / 'gt.json'
-    json.dump(dict(images=images, annotations=anns, categories=[dict(id=1, name='box')]),
-              open(path, 'w'))
+    json.dump(
+        dict(images=images, annotations=anns, categories=[dict(id=1, name='box')]), open(path, 'w'))
     return str(path)
 
 
 def _preds(hit):
     """One detection per image: on the object where ``hit(image_id)``, else beside it."""
-    return [dict(image_id=i, category_id=1, score=0.9,
-                 bbox=[10, 10, 40, 40] if hit(i) else [55, 55, 40, 40]) for i in range(1, 21)]
+    return [
+        dict(
+            image_id=i,
+            category_id=1,
+            score=0.9,
+            bbox=[10, 10, 40, 40] if hit(i) else [55, 55, 40, 40]) for i in range(1, 21)
+    ]
 
 
 def test_a_better_model_beats_the_noise(gt_file):

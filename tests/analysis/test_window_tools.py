@@ -11,16 +11,14 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-from mixaq_mmdet.analysis import (GROUP_PRUNED, PARTITIONS, draw_window_groups,
-                                  roc_auc, stage_inputs, stage_strides,
-                                  window_group_maps, window_map_to_tokens,
-                                  window_object_labels)
+from mixaq_mmdet.analysis import (GROUP_PRUNED, PARTITIONS, draw_window_groups, roc_auc,
+                                  stage_inputs, stage_strides, window_group_maps,
+                                  window_map_to_tokens, window_object_labels)
 from mixaq_mmdet.models.backbones import MixAQSwinTransformer
 from mixaq_mmdet.models.layers import WindowPolicy, group_sizes
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
 
-NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
-            window_size=7)
+NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
 
 
 def _png_size(path):
@@ -40,22 +38,20 @@ def _masks(h, w, pixels):
 
 # ---------------------------------------------------------------- labels
 
+
 def test_object_labels_regular_partition_with_padding():
     # 10x10 tokens at stride 4 pad to 14x14: 2x2 windows of 7x7 tokens
     masks = _masks(40, 40, [(0, 0), (30, 30)])  # tokens (0, 0) and (7, 7)
     labels = window_object_labels(masks, (10, 10), 4, 7, 0)
     assert labels.tolist() == [True, False, False, True]
     masks = _masks(40, 40, [(27, 39)])  # token (6, 9): row 0, col 1
-    assert window_object_labels(masks, (10, 10), 4, 7).tolist() == [
-        False, True, False, False]
+    assert window_object_labels(masks, (10, 10), 4, 7).tolist() == [False, True, False, False]
 
 
 def test_object_labels_shifted_partition():
     # the roll by -3 moves token (r, c) to ((r - 3) % 14, (c - 3) % 14)
-    for pixel, window in (((0, 0), 3), ((30, 30), 0), ((24, 0), 1),
-                          ((0, 24), 2)):
-        labels = window_object_labels(_masks(40, 40, [pixel]), (10, 10), 4,
-                                      7, 3)
+    for pixel, window in (((0, 0), 3), ((30, 30), 0), ((24, 0), 1), ((0, 24), 2)):
+        labels = window_object_labels(_masks(40, 40, [pixel]), (10, 10), 4, 7, 3)
         assert labels.nonzero().flatten().tolist() == [window], pixel
 
 
@@ -94,14 +90,17 @@ def test_object_labels_empty_and_bad_masks():
 
 # ---------------------------------------------------------------- ROC-AUC
 
-@pytest.mark.parametrize('scores, labels, expected', [
-    ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),  # 3 of 4 pairs ordered
-    ([1.0, 1.0, 2.0], [0, 1, 1], 0.75),  # one tied pair counts 1/2
-    ([3, 3, 3, 3], [1, 0, 1, 0], 0.5),  # all tied
-    ([0.2, 0.3, 0.9, 0.8], [0, 0, 1, 1], 1.0),  # perfect
-    ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0),  # inverse
-    ([1, 2, 2, 3, 0], [1, 1, 0, 0, 0], 2.5 / 6),  # (1: 1 of 3) + (2: 1.5 of 3)
-])
+
+@pytest.mark.parametrize(
+    'scores, labels, expected',
+    [
+        ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),  # 3 of 4 pairs ordered
+        ([1.0, 1.0, 2.0], [0, 1, 1], 0.75),  # one tied pair counts 1/2
+        ([3, 3, 3, 3], [1, 0, 1, 0], 0.5),  # all tied
+        ([0.2, 0.3, 0.9, 0.8], [0, 0, 1, 1], 1.0),  # perfect
+        ([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], 0.0),  # inverse
+        ([1, 2, 2, 3, 0], [1, 1, 0, 0, 0], 2.5 / 6),  # (1: 1 of 3) + (2: 1.5 of 3)
+    ])
 def test_roc_auc_hand_computed(scores, labels, expected):
     assert roc_auc(scores, labels) == pytest.approx(expected)
     assert roc_auc(torch.tensor(scores), torch.tensor(labels).bool()) == \
@@ -128,8 +127,7 @@ def swin_pair():
     """An mmdet Swin and a MixA-Q Swin (quant off) with the same weights."""
     torch.manual_seed(0)
     ref = SwinTransformer(**NANO)
-    model = MixAQSwinTransformer(**NANO, quant=False, low_bit_ratios=LOW,
-                                 prune_ratios=PRUNE)
+    model = MixAQSwinTransformer(**NANO, quant=False, low_bit_ratios=LOW, prune_ratios=PRUNE)
     model.load_state_dict(ref.state_dict(), strict=False)
     ref.eval()
     return ref, model.eval()
@@ -186,9 +184,11 @@ def test_pruned_windows_are_the_ones_the_backbone_skips(swin_pair):
     img = torch.randn(1, 3, 150, 210)
     maps = window_group_maps(model, img)
     seen = {}
-    hooks = [block.register_forward_hook(
-        lambda mod, args, out, j=j: seen.__setitem__(j, (args[0], args[1], out)))
-        for j, block in enumerate(model.stages[1].blocks)]
+    hooks = [
+        block.register_forward_hook(
+            lambda mod, args, out, j=j: seen.__setitem__(j, (args[0], args[1], out)))
+        for j, block in enumerate(model.stages[1].blocks)
+    ]
     with torch.no_grad():
         model(img)
     for hook in hooks:
@@ -209,8 +209,7 @@ def test_draw_writes_png_of_the_documented_size(swin_pair, tmp_path):
     maps = window_group_maps(model, img)
     image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8)
     out = str(tmp_path / 'groups.png')
-    draw_window_groups(image, maps, 7, stage_strides(model), out,
-                       panel_size=2.0, dpi=40)
+    draw_window_groups(image, maps, 7, stage_strides(model), out, panel_size=2.0, dpi=40)
     assert _png_size(out) == (2 * 2 * 40, 4 * 2 * 40)
     with pytest.raises(ValueError, match='uint8'):
         draw_window_groups(image.astype(float), maps, 7, [4, 8, 16, 32], out)
@@ -220,6 +219,7 @@ def test_draw_writes_png_of_the_documented_size(swin_pair, tmp_path):
 
 
 # ---------------------------------------------------------------- tools
+
 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
@@ -235,15 +235,17 @@ def checkpoint(tmp_path_factory):
 
 def test_auc_tool_writes_results(tiny_shapes, checkpoint, tmp_path):
     out = str(tmp_path / 'auc.json')
-    proc = run_tool(['tools/analysis_tools/window_score_auc.py', FP_BENCH_CONFIG,
-                     checkpoint, '--num-images', '2', '--out', out,
-                     '--cfg-options', *data_root_options(tiny_shapes)])
+    proc = run_tool([
+        'tools/analysis_tools/window_score_auc.py', FP_BENCH_CONFIG, checkpoint, '--num-images',
+        '2', '--out', out, '--cfg-options', *data_root_options(tiny_shapes)
+    ])
     result = json.load(open(out))
     assert result['num_images'] == 2 and result['window_size'] == 7
     rows = result['rows']
-    assert [(r['score'], r['stage'], r['partition']) for r in rows] == [
-        (s, i, p) for s in ('l2', 'contrast') for i in range(4)
-        for p in PARTITIONS]
+    assert [(r['score'], r['stage'], r['partition']) for r in rows] == [(s, i, p)
+                                                                        for s in ('l2', 'contrast')
+                                                                        for i in range(4)
+                                                                        for p in PARTITIONS]
     # 320 px: 80, 40, 20, 10 tokens -> 12x12, 6x6, 3x3, 2x2 windows per image
     assert [r['num_windows'] for r in rows[:8:2]] == [288, 72, 18, 8]
     assert [r['stride'] for r in rows[:8:2]] == [4, 8, 16, 32]
@@ -257,10 +259,11 @@ def test_visualizer_draws_mixaq_groups(tiny_shapes, checkpoint, tmp_path):
     out = str(tmp_path / 'windows.png')
     image = osp.join(tiny_shapes, 'val', '000000.jpg')
     proc = run_tool([
-        'tools/analysis_tools/visualize_windows.py', FP_BENCH_CONFIG, checkpoint,
-        image, '--out', out, '--prune-ratio', '0.25', '--score', 'contrast',
-        '--cfg-options', 'model.backbone.type=MixAQSwinTransformer',
-        'model.backbone.quant=False', 'model.backbone.low_bit_ratios=0.5'])
+        'tools/analysis_tools/visualize_windows.py', FP_BENCH_CONFIG, checkpoint, image, '--out',
+        out, '--prune-ratio', '0.25', '--score', 'contrast', '--cfg-options',
+        'model.backbone.type=MixAQSwinTransformer', 'model.backbone.quant=False',
+        'model.backbone.low_bit_ratios=0.5'
+    ])
     assert _png_size(out) == (800, 1600)
     assert "score='contrast'" in proc.stdout
     # stage 0: 144 windows, low 0.5 from the backbone, prune 0.25 from the flag
@@ -269,8 +272,10 @@ def test_visualizer_draws_mixaq_groups(tiny_shapes, checkpoint, tmp_path):
 
 def test_visualizer_rejects_missing_image(checkpoint, tmp_path):
     missing = str(tmp_path / 'none.jpg')
-    proc = run_tool(['tools/analysis_tools/visualize_windows.py', FP_BENCH_CONFIG,
-                     checkpoint, missing, '--out', str(tmp_path / 'x.png')],
+    proc = run_tool([
+        'tools/analysis_tools/visualize_windows.py', FP_BENCH_CONFIG, checkpoint, missing, '--out',
+        str(tmp_path / 'x.png')
+    ],
                     check=False)
     assert proc.returncode != 0
     assert f'image file {missing} does not exist' in proc.stderr
@@ -278,10 +283,11 @@ def test_visualizer_rejects_missing_image(checkpoint, tmp_path):
 
 def test_speed_benchmark_runs_tiny(tmp_path):
     out = str(tmp_path / 'speed.json')
-    proc = run_tool(['benchmarks/backbone_speed.py', '--tiny', '--shapes',
-                     '64x64', '--batch-sizes', '1', '2', '--repeats', '1',
-                     '--warmup', '0', '--threads', '1', '--calib-shape',
-                     '256x256', '--json', out])
+    proc = run_tool([
+        'benchmarks/backbone_speed.py', '--tiny', '--shapes', '64x64', '--batch-sizes', '1', '2',
+        '--repeats', '1', '--warmup', '0', '--threads', '1', '--calib-shape', '256x256', '--json',
+        out
+    ])
     result = json.load(open(out))
     cases = {}
     for r in result['rows']:
@@ -295,8 +301,9 @@ def test_speed_benchmark_runs_tiny(tmp_path):
     # the cpu targets check batch 1 only, one limit per variant at 64x64
     assert {c['batch'] for c in result['checks']} == {1}
     assert sorted(c['variant'] for c in result['checks']) == [
-        'mixaq_float', 'mixaq_float_low0.5', 'mixaq_float_prune0.5',
-        'mixaq_fq_low0.5', 'mixaq_twobranch_low0.5']
+        'mixaq_float', 'mixaq_float_low0.5', 'mixaq_float_prune0.5', 'mixaq_fq_low0.5',
+        'mixaq_twobranch_low0.5'
+    ]
     lines = proc.stdout.splitlines()
     assert ['shape', 'batch', 'precision', 'variant', 'median', 'ms',
             'ratio'] in [line.split() for line in lines]
@@ -308,14 +315,17 @@ def test_speed_ratios_pair_each_round_with_its_reference():
     """A slow spell of the machine in one round slows both sides of that round:
     the paired ratio keeps the true 1.10x where the ratio of medians would not."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'backbone_speed', osp.join(REPO, 'benchmarks/backbone_speed.py'))
+    spec = importlib.util.spec_from_file_location('backbone_speed',
+                                                  osp.join(REPO, 'benchmarks/backbone_speed.py'))
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
     reference = [100.0, 300.0, 300.0, 100.0, 100.0]
     variant = [110.0, 330.0, 330.0, 330.0, 110.0]  # round 3: the variant alone was slow
-    rows = speed.summarize(speed.Case((64, 64), 1, 'fp32'),
-                           {speed.REFERENCE: reference, 'mixaq_float': variant})
+    rows = speed.summarize(
+        speed.Case((64, 64), 1, 'fp32'), {
+            speed.REFERENCE: reference,
+            'mixaq_float': variant
+        })
     assert rows[1]['median_ms'] == 330.0 and rows[1]['ratio'] == pytest.approx(1.1)
     assert rows[0]['ratio'] == 1.0
     with pytest.raises(ValueError):

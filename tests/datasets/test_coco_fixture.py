@@ -26,9 +26,7 @@ from mixaq_mmdet.datasets.coco_fixture import COCO_IMAGE_SIZES
 from mixaq_mmdet.engine.checkpoints import check_base_model, check_float_checkpoint
 from mixaq_mmdet.models.backbones import MixAQSwinTransformer
 from mixaq_mmdet.utils.official_checkpoint import (EXP_NAME, OFFICIAL_META_KEYS,
-                                                   build_release_model,
-                                                   write_official_checkpoint)
-
+                                                   build_release_model, write_official_checkpoint)
 from ..conftest import REPO
 
 FP_3X = osp.join(REPO, 'configs/mixaq/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py')
@@ -68,8 +66,8 @@ def _kinds(anns):
 
 def test_layout_and_categories_are_coco_2017s(coco_root):
     assert sorted(os.listdir(coco_root)) == ['annotations', 'train2017', 'val2017']
-    assert sorted(os.listdir(osp.join(coco_root, 'annotations'))) == [
-        'instances_train2017.json', 'instances_val2017.json']
+    assert sorted(os.listdir(osp.join(
+        coco_root, 'annotations'))) == ['instances_train2017.json', 'instances_val2017.json']
     for split in ('train2017', 'val2017'):
         coco = _load(coco_root, split)
         assert list(coco) == ['info', 'licenses', 'images', 'annotations', 'categories']
@@ -80,15 +78,17 @@ def test_layout_and_categories_are_coco_2017s(coco_root):
         assert tuple(c['name'] for c in coco['categories']) == \
             tuple(CocoDataset.METAINFO['classes']) == COCO_CLASSES
         assert all(set(c) == {'id', 'name', 'supercategory'} for c in coco['categories'])
-        assert {c['supercategory'] for c in coco['categories']} >= {
-            'person', 'vehicle', 'animal', 'kitchen', 'indoor'}
+        assert {c['supercategory']
+                for c in coco['categories']
+                } >= {'person', 'vehicle', 'animal', 'kitchen', 'indoor'}
         for im in coco['images']:
             assert {'id', 'file_name', 'width', 'height'} <= set(im)
             assert im['file_name'] == f"{im['id']:012d}.jpg"
             assert (im['width'], im['height']) in COCO_IMAGE_SIZES
         for ann in coco['annotations']:
-            assert set(ann) == {'id', 'image_id', 'category_id', 'bbox', 'area', 'iscrowd',
-                                'segmentation'}
+            assert set(ann) == {
+                'id', 'image_id', 'category_id', 'bbox', 'area', 'iscrowd', 'segmentation'
+            }
             assert ann['category_id'] in COCO_CATEGORY_IDS and len(ann['bbox']) == 4
     sizes = {(im['width'], im['height']) for im in _load(coco_root, 'train2017')['images']}
     assert {(640, 480), (480, 640)} <= sizes
@@ -143,8 +143,7 @@ def test_pycocotools_decodes_every_kind_of_mask(coco_root):
             assert y - 1 <= ys.min() and ys.max() <= y + h + 1
             assert int(mask.sum()) == ann['area']
             if ann['iscrowd']:
-                rle = mask_utils.frPyObjects(ann['segmentation'], img['height'],
-                                             img['width'])
+                rle = mask_utils.frPyObjects(ann['segmentation'], img['height'], img['width'])
                 assert np.array_equal(mask_utils.decode(rle), mask)
                 assert mask_utils.area(rle) == ann['area']
 
@@ -152,9 +151,14 @@ def test_pycocotools_decodes_every_kind_of_mask(coco_root):
 def test_cocoeval_scores_the_ground_truth_as_perfect(coco_root):
     """COCO's evaluation handles the crowd regions (ignored) and empty images."""
     gt = COCO(osp.join(coco_root, 'annotations', 'instances_val2017.json'))
-    dets = [dict(image_id=a['image_id'], category_id=a['category_id'], bbox=a['bbox'],
-                 score=1.0, segmentation=gt.annToRLE(a))
-            for a in gt.dataset['annotations'] if not a['iscrowd']]
+    dets = [
+        dict(
+            image_id=a['image_id'],
+            category_id=a['category_id'],
+            bbox=a['bbox'],
+            score=1.0,
+            segmentation=gt.annToRLE(a)) for a in gt.dataset['annotations'] if not a['iscrowd']
+    ]
     for iou_type in ('bbox', 'segm'):
         ev = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), iou_type)
         ev.evaluate()
@@ -164,8 +168,10 @@ def test_cocoeval_scores_the_ground_truth_as_perfect(coco_root):
 
 
 def _tree(root):
-    return {osp.relpath(p, root): open(p, 'rb').read()
-            for p in sorted(glob.glob(osp.join(root, '*', '*')))}
+    return {
+        osp.relpath(p, root): open(p, 'rb').read()
+        for p in sorted(glob.glob(osp.join(root, '*', '*')))
+    }
 
 
 def test_a_rerun_writes_the_same_bytes_and_prefixes_are_stable(tmp_path):
@@ -225,9 +231,12 @@ def test_mmdet_loaders_with_indices_read_exactly_the_written_files(coco_root):
     for i in range(len(train)):  # the full 3x pipeline: multi-scale crops, masks
         sample = train[i]
         assert sample['inputs'].shape[0] == 3
-    test_cfg = dict(copy.deepcopy(cfg.val_dataloader.dataset), data_root=root,
-                    ann_file='annotations/instances_train2017.json',
-                    data_prefix=dict(img='train2017/'), indices=WRITTEN)
+    test_cfg = dict(
+        copy.deepcopy(cfg.val_dataloader.dataset),
+        data_root=root,
+        ann_file='annotations/instances_train2017.json',
+        data_prefix=dict(img='train2017/'),
+        indices=WRITTEN)
     calib = DATASETS.build(test_cfg)
     assert [calib.get_data_info(i)['img_path'] for i in range(len(calib))] == \
         [train.get_data_info(i)['img_path'] for i in range(len(train))]
@@ -247,8 +256,8 @@ def official(tmp_path_factory, release_model):
     root = tmp_path_factory.mktemp('ckpt')
     return dict(
         full=write_official_checkpoint(str(root / 'official.pth'), model=release_model),
-        published=write_official_checkpoint(str(root / 'published.pth'), publish=True,
-                                            model=release_model))
+        published=write_official_checkpoint(
+            str(root / 'published.pth'), publish=True, model=release_model))
 
 
 def test_checkpoint_has_the_official_format_and_loads_weights_only(official, release_model):

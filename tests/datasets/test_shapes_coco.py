@@ -13,8 +13,7 @@ from mixaq_mmdet.datasets import SHAPES_CLASSES, ShapesCocoSpec, generate_split
 def _read_split(root, split):
     with open(osp.join(root, 'annotations', f'instances_{split}.json')) as f:
         coco = json.load(f)
-    pixels = [cv2.imread(osp.join(root, split, im['file_name']))
-              for im in coco['images']]
+    pixels = [cv2.imread(osp.join(root, split, im['file_name'])) for im in coco['images']]
     return coco, pixels
 
 
@@ -76,8 +75,8 @@ def test_benchmark_statistics(tmp_path):
         coverage.append(np.any(masks, axis=0).mean() if masks else 0.0)
     assert 0.02 < np.mean(coverage) < 0.3
     areas = np.array([a['area'] for a in coco.anns.values()])
-    assert (areas < 32**2).sum() > 0.1 * len(areas)   # COCO 'small'
-    assert (areas > 96**2 * 0.5).sum() > 0             # towards 'large'
+    assert (areas < 32**2).sum() > 0.1 * len(areas)  # COCO 'small'
+    assert (areas > 96**2 * 0.5).sum() > 0  # towards 'large'
     full = [a for a in coco.anns.values()]
     boxes = np.array([a['bbox'] for a in full], dtype=float)
     img_ids = np.array([a['image_id'] for a in full])

@@ -13,7 +13,6 @@ from torch import nn
 from mixaq_mmdet.engine import CPUAmpOptimWrapper
 from mixaq_mmdet.quantization import LSQQuantizer
 from mixaq_mmdet.registry import QUANTIZERS
-
 from .test_qat import _config
 
 AMP = dict(type='CPUAmpOptimWrapper', loss_scale='dynamic')
@@ -30,9 +29,12 @@ class _RecordAmp(Hook):
     def before_train(self, runner):
         model = runner.model
         type(self).records.update(
-            init={n: p.detach().clone() for n, p in model.named_parameters()
-                  if n.endswith(('.scale', '.zero_point'))},
-            losses=[], dtypes=set())
+            init={
+                n: p.detach().clone()
+                for n, p in model.named_parameters() if n.endswith(('.scale', '.zero_point'))
+            },
+            losses=[],
+            dtypes=set())
         self._dtypes = set()
         qkv = model.backbone.stages[0].blocks[0].attn.w_msa.qkv
         qkv.register_forward_hook(lambda m, i, o: self._dtypes.add(o.dtype))
@@ -59,8 +61,8 @@ def amp_runs(tiny_shapes, fp_checkpoint, tmp_path_factory):
     autocast with a dynamic loss scale: 2 iterations each."""
     runs = {}
     load_from = fp_checkpoint
-    for name, config in (('qat', 'qat_uniform_w4a4_shapes.py'),
-                         ('saqa', 'qat_saqa_w4a4a2_shapes.py')):
+    for name, config in (('qat', 'qat_uniform_w4a4_shapes.py'), ('saqa',
+                                                                 'qat_saqa_w4a4a2_shapes.py')):
         work_dir = tmp_path_factory.mktemp(f'amp_{name}')
         runner = Runner.from_cfg(_amp_config(tiny_shapes, work_dir, load_from, config))
         runner.train()
@@ -129,9 +131,11 @@ def test_a_quantizer_without_autocast_support_is_refused_by_name():
     q.calculate_qparams()
     q.enable_fake_quant()
     assert q(x).dtype == torch.float32  # fine without autocast
-    with torch.autocast('cpu', dtype=torch.bfloat16), pytest.raises(
-            RuntimeError, match=r"_Float32OnlyQuantizer 'backbone\.stages\.0\.blocks\.0\.attn\."
-            r"qkv_quantizer' cannot compute under autocast"):
+    with torch.autocast(
+            'cpu', dtype=torch.bfloat16), pytest.raises(
+                RuntimeError,
+                match=r"_Float32OnlyQuantizer 'backbone\.stages\.0\.blocks\.0\.attn\."
+                r"qkv_quantizer' cannot compute under autocast"):
         q(x)
 
 
@@ -180,24 +184,26 @@ def test_autocast_scope_covers_its_submodule_only():
     wrapper = CPUAmpOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     with wrapper.optim_context(model):
         out = model(torch.randn(2, 4))
-    assert out.dtype == torch.float32 and seen == dict(backbone=torch.bfloat16,
-                                                       head=torch.float32)
+    assert out.dtype == torch.float32 and seen == dict(backbone=torch.bfloat16, head=torch.float32)
     assert not torch.is_autocast_enabled('cpu')
     assert model(torch.randn(2, 4)).dtype == torch.float32  # hooks removed after
-    bad = CPUAmpOptimWrapper(autocast_scope='neck',
-                             optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
-    with pytest.raises(ValueError, match=r"autocast_scope='neck' is not a submodule of "
-                       r'Sequential \(its children: backbone, head\)'):
+    bad = CPUAmpOptimWrapper(
+        autocast_scope='neck', optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(
+            ValueError,
+            match=r"autocast_scope='neck' is not a submodule of "
+            r'Sequential \(its children: backbone, head\)'):
         with bad.optim_context(model):
             pass
 
 
 def test_state_dict_round_trips_the_loss_scale():
     model = _Toy(torch.randn(8, 8))
-    wrapper = CPUAmpOptimWrapper(loss_scale=dict(init_scale=256.0, growth_interval=3),
-                                 optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
-    other = CPUAmpOptimWrapper(loss_scale='dynamic',
-                               optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    wrapper = CPUAmpOptimWrapper(
+        loss_scale=dict(init_scale=256.0, growth_interval=3),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    other = CPUAmpOptimWrapper(
+        loss_scale='dynamic', optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
     other.load_state_dict(wrapper.state_dict())
     assert other.loss_scaler.get_scale() == 256.0
 
@@ -214,7 +220,6 @@ def test_bad_settings_name_the_value(kwargs, error, match):
 
 
 def test_no_loss_scale_by_default():
-    wrapper = CPUAmpOptimWrapper(optimizer=torch.optim.SGD(nn.Linear(2, 2).parameters(),
-                                                           lr=0.1))
+    wrapper = CPUAmpOptimWrapper(optimizer=torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
     assert not wrapper.loss_scaler.is_enabled()
     assert wrapper.cast_dtype == torch.bfloat16

@@ -7,11 +7,11 @@ from mmengine.runner import Runner
 
 from mixaq_mmdet.engine.checkpoints import (check_base_model, checkpoint_model_name,
                                             normalize_model_name, remote_init_checkpoints)
-
 from .test_qat import _config
 
-THREE_X = ['mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco',
-           'mask-rcnn_swin-t-p4-w7_fpn_fp16_ms-crop-3x_coco']
+THREE_X = [
+    'mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco', 'mask-rcnn_swin-t-p4-w7_fpn_fp16_ms-crop-3x_coco'
+]
 RELEASE_3X = 'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth'
 RELEASE_1X = 'mask_rcnn_swin-t-p4-w7_fpn_1x_coco_20210902_120937-9d6b7cfa.pth'
 
@@ -21,17 +21,19 @@ def test_names_compare_across_mmdet_spellings():
         normalize_model_name('mask-rcnn_swin-t-p4-w7_fpn_1x_coco')
 
 
-@pytest.mark.parametrize('checkpoint, path, name', [
-    # mmdet 2.x's tools/train.py: the config file
-    (dict(meta=dict(exp_name='mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py')), 'a.pth',
-     'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'),
-    # mmengine's runner: config name and timestamp
-    (dict(meta=dict(experiment_name='mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20261203_1')),
-     'epoch_36.pth', 'mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20261203_1'),
-    # a release file without a meta
-    (dict(state_dict={}), f'/ckpts/{RELEASE_3X}', 'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco'),
-    (dict(state_dict={}), 'epoch_12.pth', None),
-])
+@pytest.mark.parametrize(
+    'checkpoint, path, name',
+    [
+        # mmdet 2.x's tools/train.py: the config file
+        (dict(meta=dict(exp_name='mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py')), 'a.pth',
+         'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'),
+        # mmengine's runner: config name and timestamp
+        (dict(meta=dict(experiment_name='mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20261203_1')),
+         'epoch_36.pth', 'mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20261203_1'),
+        # a release file without a meta
+        (dict(state_dict={}), f'/ckpts/{RELEASE_3X}', 'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco'),
+        (dict(state_dict={}), 'epoch_12.pth', None),
+    ])
 def test_the_checkpoint_says_which_model_it_is(checkpoint, path, name):
     found = checkpoint_model_name(checkpoint, path)
     assert (found and found[0]) == name
@@ -46,9 +48,11 @@ def test_the_checkpoint_says_which_model_it_is(checkpoint, path, name):
      'epoch_12.pth'),
 ])
 def test_the_1x_model_under_a_3x_config_is_refused(checkpoint, path):
-    with pytest.raises(ValueError, match=r"is 'mask[-_]rcnn_swin-t-p4-w7_fpn_1x_coco.*but "
-                                         r"this config quantizes 'mask-rcnn_swin-t-p4-w7_fpn_"
-                                         r"ms-crop-3x_coco'.*base_model"):
+    with pytest.raises(
+            ValueError,
+            match=r"is 'mask[-_]rcnn_swin-t-p4-w7_fpn_1x_coco.*but "
+            r"this config quantizes 'mask-rcnn_swin-t-p4-w7_fpn_"
+            r"ms-crop-3x_coco'.*base_model"):
         check_base_model(checkpoint, path, THREE_X)
 
 
@@ -67,15 +71,17 @@ def test_qat_with_load_from_refuses_to_download_initial_weights(tiny_shapes, fp_
     runner = Runner.from_cfg(cfg)
     assert remote_init_checkpoints(runner.model) == [('backbone', url)]
     before = {k: v.clone() for k, v in runner.model.state_dict().items()}
-    with pytest.raises(ValueError, match=r'backbone.init_cfg would download https://download'
-                                         r'.invalid/.*load_from=.*model.backbone.init_cfg=None'):
+    with pytest.raises(
+            ValueError,
+            match=r'backbone.init_cfg would download https://download'
+            r'.invalid/.*load_from=.*model.backbone.init_cfg=None'):
         runner.train()
     after = runner.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nothing ran
 
 
 def test_qat_of_a_1x_checkpoint_under_a_3x_base_model_is_refused(tiny_shapes, fp_checkpoint,
-                                                                  tmp_path):
+                                                                 tmp_path):
     state = torch.load(fp_checkpoint, weights_only=False)
     state['meta'] = dict(exp_name='mask_rcnn_swin-t-p4-w7_fpn_1x_coco.py')
     path = str(tmp_path / 'fp_1x.pth')
@@ -87,15 +93,16 @@ def test_qat_of_a_1x_checkpoint_under_a_3x_base_model_is_refused(tiny_shapes, fp
 
 
 def test_ptq_of_a_1x_checkpoint_under_a_3x_base_model_is_refused(tiny_shapes, fp_checkpoint,
-                                                                  tmp_path):
+                                                                 tmp_path):
     from ..search.test_detector_search import _config as ptq_config
     state = torch.load(fp_checkpoint, weights_only=False)
     path = str(tmp_path / RELEASE_1X)
     torch.save(state, path)  # named as the 1x release, no meta
     cfg = ptq_config(tiny_shapes, tmp_path / 'run', path)
     cfg.base_model = THREE_X
-    with pytest.raises(ValueError, match=r"is 'mask_rcnn_swin-t-p4-w7_fpn_1x_coco' \(its file "
-                                         r"name\)"):
+    with pytest.raises(
+            ValueError, match=r"is 'mask_rcnn_swin-t-p4-w7_fpn_1x_coco' \(its file "
+            r"name\)"):
         Runner.from_cfg(cfg).test()
     cfg = ptq_config(tiny_shapes, tmp_path / 'run3x', str(tmp_path / RELEASE_1X))
     cfg.base_model = 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco'  # what the 1x config's header says

@@ -17,7 +17,6 @@ from mmengine.registry import init_default_scope
 
 from mixaq_mmdet.analysis import paired_difference
 from mixaq_mmdet.datasets import generate
-
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, ptq_options, run_tool
 from ..multiprocess import free_port
 
@@ -33,12 +32,13 @@ def _qparams(path):
     return {k: v for k, v in state.items() if k.endswith(('.scale', '.zero_point'))}
 
 
-def test_ptq_calibrates_saves_and_reevaluates_identically(tiny_shapes, fp_checkpoint,
-                                                          tmp_path):
+def test_ptq_calibrates_saves_and_reevaluates_identically(tiny_shapes, fp_checkpoint, tmp_path):
     config = osp.join(PTQ, 'ptq_mixaq_w4a8a4_shapes.py')
-    first = run_tool(['tools/test.py', config, fp_checkpoint, '--work-dir',
-                      str(tmp_path / 'a'), '--out', str(tmp_path / 'a.pkl'),
-                      '--cfg-options', *ptq_options(tiny_shapes)])
+    first = run_tool([
+        'tools/test.py', config, fp_checkpoint, '--work-dir',
+        str(tmp_path / 'a'), '--out',
+        str(tmp_path / 'a.pkl'), '--cfg-options', *ptq_options(tiny_shapes)
+    ])
     log = first.stdout + first.stderr
     assert 'PTQ: calibrated' in log and 'on 4 images (backbone scope, reparam=True)' in log
     # BitOpsHook: the speedup at the evaluated sizes, logged with the mAP
@@ -49,9 +49,12 @@ def test_ptq_calibrates_saves_and_reevaluates_identically(tiny_shapes, fp_checkp
     qparams = _qparams(calibrated)
     assert any('branches.low' in k for k in qparams)
     assert any('branches.high' in k for k in qparams)
-    again = run_tool(['tools/test.py', config, str(calibrated), '--work-dir',
-                      str(tmp_path / 'b'), '--out', str(tmp_path / 'b.pkl'),
-                      '--cfg-options', *ptq_options(tiny_shapes)])
+    again = run_tool([
+        'tools/test.py', config,
+        str(calibrated), '--work-dir',
+        str(tmp_path / 'b'), '--out',
+        str(tmp_path / 'b.pkl'), '--cfg-options', *ptq_options(tiny_shapes)
+    ])
     log_again = again.stdout + again.stderr
     assert 'is calibrated; evaluating it as it is' in log_again
     assert 'PTQ: calibrated' not in log_again
@@ -65,12 +68,17 @@ def test_ptq_calibrates_saves_and_reevaluates_identically(tiny_shapes, fp_checkp
 
 def test_quantized_predictions_differ_from_float(tiny_shapes, fp_checkpoint, tmp_path):
     """The PTQ run really quantizes: W4A4 predictions are not the FP ones."""
-    run_tool(['tools/test.py', FP_BENCH_CONFIG, fp_checkpoint, '--work-dir',
-              str(tmp_path / 'fp'), '--out', str(tmp_path / 'fp.pkl'),
-              '--cfg-options', *data_root_options(tiny_shapes)])
-    run_tool(['tools/test.py', osp.join(PTQ, 'ptq_uniform_w4a4_shapes.py'), fp_checkpoint,
-              '--work-dir', str(tmp_path / 'q'), '--out', str(tmp_path / 'q.pkl'),
-              '--cfg-options', *ptq_options(tiny_shapes)])
+    run_tool([
+        'tools/test.py', FP_BENCH_CONFIG, fp_checkpoint, '--work-dir',
+        str(tmp_path / 'fp'), '--out',
+        str(tmp_path / 'fp.pkl'), '--cfg-options', *data_root_options(tiny_shapes)
+    ])
+    run_tool([
+        'tools/test.py',
+        osp.join(PTQ, 'ptq_uniform_w4a4_shapes.py'), fp_checkpoint, '--work-dir',
+        str(tmp_path / 'q'), '--out',
+        str(tmp_path / 'q.pkl'), '--cfg-options', *ptq_options(tiny_shapes)
+    ])
     fp = pickle.load(open(tmp_path / 'fp.pkl', 'rb'))
     q = pickle.load(open(tmp_path / 'q.pkl', 'rb'))
     assert any(a['pred_instances']['scores'].shape != b['pred_instances']['scores'].shape
@@ -80,17 +88,32 @@ def test_quantized_predictions_differ_from_float(tiny_shapes, fp_checkpoint, tmp
 
 def test_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoint, tmp_path):
     config = osp.join(PTQ, 'ptq_mixaq_w4a8a4_shapes.py')
-    options = ptq_options(tiny_shapes, calib_images=8) + [
-        'test_cfg.calib_dataloader.batch_size=1', 'env_cfg.dist_cfg.backend=gloo']
+    options = ptq_options(
+        tiny_shapes, calib_images=8) + [
+            'test_cfg.calib_dataloader.batch_size=1', 'env_cfg.dist_cfg.backend=gloo'
+        ]
     # one thread, as each of the two ranks: the qparams are compared bit for bit,
     # and a thread count of its own could round the activations differently
-    run_tool(['tools/test.py', config, fp_checkpoint, '--work-dir', str(tmp_path / 'one'),
-              '--cfg-options', *options], threads=1)
-    env = dict(os.environ, PYTHONPATH=REPO, PYTHON=sys.executable, PORT=str(free_port()),
-               OMP_NUM_THREADS='1')
-    proc = subprocess.run(['bash', 'tools/dist_test.sh', config, fp_checkpoint, '2',
-                           '--work-dir', str(tmp_path / 'two'), '--cfg-options', *options],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    run_tool([
+        'tools/test.py', config, fp_checkpoint, '--work-dir',
+        str(tmp_path / 'one'), '--cfg-options', *options
+    ],
+             threads=1)
+    env = dict(
+        os.environ,
+        PYTHONPATH=REPO,
+        PYTHON=sys.executable,
+        PORT=str(free_port()),
+        OMP_NUM_THREADS='1')
+    proc = subprocess.run([
+        'bash', 'tools/dist_test.sh', config, fp_checkpoint, '2', '--work-dir',
+        str(tmp_path / 'two'), '--cfg-options', *options
+    ],
+                          cwd=REPO,
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'on 8 images (backbone scope, reparam=True)' in proc.stdout + proc.stderr
     one = _qparams(tmp_path / 'one' / 'calibrated.pth')
@@ -103,12 +126,17 @@ def test_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoint, tmp_path)
 def test_ptq_rejects_a_checkpoint_of_another_model(tiny_shapes, tmp_path):
     bad = tmp_path / 'resnet.pth'
     torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}), bad)
-    proc = run_tool(['tools/test.py', osp.join(PTQ, 'ptq_uniform_w4a8_shapes.py'), str(bad),
-                     '--work-dir', str(tmp_path), '--cfg-options',
-                     *ptq_options(tiny_shapes)], check=False)
+    proc = run_tool([
+        'tools/test.py',
+        osp.join(PTQ, 'ptq_uniform_w4a8_shapes.py'),
+        str(bad), '--work-dir',
+        str(tmp_path), '--cfg-options', *ptq_options(tiny_shapes)
+    ],
+                    check=False)
     assert proc.returncode != 0
-    assert re.search(r'checkpoint .*resnet\.pth does not fit MaskRCNN: \d+ of its \d+ '
-                     r'float weights are missing', proc.stderr)
+    assert re.search(
+        r'checkpoint .*resnet\.pth does not fit MaskRCNN: \d+ of its \d+ '
+        r'float weights are missing', proc.stderr)
 
 
 def _config(data_root, config='ptq_uniform_w4a8_shapes.py', model=None, **test_cfg):
@@ -126,7 +154,11 @@ def _config(data_root, config='ptq_uniform_w4a8_shapes.py', model=None, **test_c
     return cfg
 
 
-def _runner(data_root, work_dir, load_from, config='ptq_uniform_w4a8_shapes.py', model=None,
+def _runner(data_root,
+            work_dir,
+            load_from,
+            config='ptq_uniform_w4a8_shapes.py',
+            model=None,
             **test_cfg):
     from mmengine.runner import Runner
     cfg = _config(data_root, config, model, **test_cfg)
@@ -147,10 +179,15 @@ def test_empty_and_short_calibration_sets(tiny_shapes, fp_checkpoint, tmp_path):
     coco = json.load(open(ann))
     coco['images'], coco['annotations'] = [], []
     json.dump(coco, open(ann, 'w'))
-    with pytest.raises(ValueError, match=r'the calibration set is empty: CocoDataset '
-                       r'\(.*instances_train.json\) has 0 images'):
-        _runner(tiny_shapes, tmp_path / 'e', fp_checkpoint,
-                calib_dataloader=dict(dataset=dict(data_root=str(empty) + '/'))).test()
+    with pytest.raises(
+            ValueError,
+            match=r'the calibration set is empty: CocoDataset '
+            r'\(.*instances_train.json\) has 0 images'):
+        _runner(
+            tiny_shapes,
+            tmp_path / 'e',
+            fp_checkpoint,
+            calib_dataloader=dict(dataset=dict(data_root=str(empty) + '/'))).test()
     runner = _runner(tiny_shapes, tmp_path / 's', fp_checkpoint, calib_images=50)
     runner.test()
     log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
@@ -190,8 +227,9 @@ def test_quant_scope_must_be_known():
     init_default_scope('mmdet')
     cfg = Config.fromfile(osp.join(PTQ, 'ptq_uniform_w4a8_shapes.py'))
     cfg.model.quant_scope = 'neck'
-    with pytest.raises(ValueError, match=r"quant_scope must be one of \('backbone', "
-                       r"'detector'\), got 'neck'"):
+    with pytest.raises(
+            ValueError, match=r"quant_scope must be one of \('backbone', "
+            r"'detector'\), got 'neck'"):
         MODELS.build(cfg.model)
 
 
@@ -200,8 +238,8 @@ def test_detector_scope_is_built_with_the_model_and_follows_it_to_a_device(
     """Quantizers of the neck and heads exist when the config builds the model, so
     moving the model (the meta device stands in for a GPU) moves them too."""
     from mixaq_mmdet.quantization import QuantConv2d, QuantLinear
-    runner = _runner(tiny_shapes, tmp_path / 'meta', fp_checkpoint,
-                     model=dict(quant_scope='detector'))
+    runner = _runner(
+        tiny_shapes, tmp_path / 'meta', fp_checkpoint, model=dict(quant_scope='detector'))
     model = runner.model
     assert isinstance(model.neck.lateral_convs[0].conv, QuantConv2d)
     assert isinstance(model.roi_head.bbox_head.shared_fcs[0], QuantLinear)
@@ -214,8 +252,12 @@ def test_detector_scope_is_built_with_the_model_and_follows_it_to_a_device(
     devices = {t.device.type for t in list(model.parameters()) + list(model.buffers())}
     assert devices == {'meta'}
 
-    runner = _runner(tiny_shapes, tmp_path / 'cpu', fp_checkpoint,
-                     model=dict(quant_scope='detector'), calib_images=4)
+    runner = _runner(
+        tiny_shapes,
+        tmp_path / 'cpu',
+        fp_checkpoint,
+        model=dict(quant_scope='detector'),
+        calib_images=4)
     runner.test()
     assert runner.model.neck.lateral_convs[0].conv.input_quantizer.is_calibrated
     assert runner.model.roi_head.bbox_head.shared_fcs[0].input_quantizer.is_calibrated
@@ -229,8 +271,7 @@ def _calibrated_checkpoint(tiny_shapes, fp_checkpoint, work_dir, **model):
 
 @pytest.fixture(scope='module')
 def calibrated_w4a8(tiny_shapes, fp_checkpoint, tmp_path_factory):
-    return _calibrated_checkpoint(tiny_shapes, fp_checkpoint,
-                                  str(tmp_path_factory.mktemp('w4a8')))
+    return _calibrated_checkpoint(tiny_shapes, fp_checkpoint, str(tmp_path_factory.mktemp('w4a8')))
 
 
 def test_compiled_evaluation_gives_the_eager_metrics(tiny_shapes, calibrated_w4a8, tmp_path):
@@ -238,8 +279,8 @@ def test_compiled_evaluation_gives_the_eager_metrics(tiny_shapes, calibrated_w4a
     eager = _runner(tiny_shapes, tmp_path / 'eager', calibrated_w4a8).test()
     dynamo.reset()
     # aot_eager: the traced graph on eager kernels, so the numbers are the same bits
-    runner = _runner(tiny_shapes, tmp_path / 'compiled', calibrated_w4a8,
-                     compile=dict(backend='aot_eager'))
+    runner = _runner(
+        tiny_shapes, tmp_path / 'compiled', calibrated_w4a8, compile=dict(backend='aot_eager'))
     compiled = runner.test()
     dynamo.reset()
     assert runner.model.backbone._compiled_call_impl is not None
@@ -251,18 +292,25 @@ def test_compiled_evaluation_gives_the_eager_metrics(tiny_shapes, calibrated_w4a
 def test_calibrated_checkpoint_records_its_setting(calibrated_w4a8):
     meta = torch.load(calibrated_w4a8, weights_only=False)['meta']
     assert meta['mixaq'] == dict(
-        w_bits=4, a_bits=[8, 8], low_bit_ratios=[0.0] * 4, prune_ratios=[0.0] * 4,
-        window_score='l2', window_order='importance', window_seed=0,
-        quant_scope='backbone', reparam=True)
+        w_bits=4,
+        a_bits=[8, 8],
+        low_bit_ratios=[0.0] * 4,
+        prune_ratios=[0.0] * 4,
+        window_score='l2',
+        window_order='importance',
+        window_seed=0,
+        quant_scope='backbone',
+        reparam=True)
     assert meta['calib_images'] == 4
 
 
-def test_calibrated_checkpoint_under_other_bits_is_refused(tiny_shapes, calibrated_w4a8,
-                                                           tmp_path):
+def test_calibrated_checkpoint_under_other_bits_is_refused(tiny_shapes, calibrated_w4a8, tmp_path):
     runner = _runner(tiny_shapes, tmp_path, calibrated_w4a8, 'ptq_uniform_w4a4_shapes.py')
-    with pytest.raises(ValueError, match=r"UniformQuantizer 'backbone\.patch_embed\."
-                       r"projection\.input_quantizer': the checkpoint was calibrated for "
-                       r"kind='uniform', bits=8.*this model has kind='uniform', bits=4"):
+    with pytest.raises(
+            ValueError,
+            match=r"UniformQuantizer 'backbone\.patch_embed\."
+            r"projection\.input_quantizer': the checkpoint was calibrated for "
+            r"kind='uniform', bits=8.*this model has kind='uniform', bits=4"):
         runner.test()
 
 
@@ -281,16 +329,19 @@ def test_calibrated_checkpoint_under_another_setting_is_refused(tiny_shapes, cal
 
 def test_detector_scope_checkpoint_under_backbone_scope_is_refused(tiny_shapes, fp_checkpoint,
                                                                    tmp_path):
-    checkpoint = _calibrated_checkpoint(tiny_shapes, fp_checkpoint, str(tmp_path / 'det'),
-                                        quant_scope='detector')
+    checkpoint = _calibrated_checkpoint(
+        tiny_shapes, fp_checkpoint, str(tmp_path / 'det'), quant_scope='detector')
     runner = _runner(tiny_shapes, tmp_path / 'bb', checkpoint)
-    with pytest.raises(ValueError, match=r"calibrated with quant_scope='detector'\) does not "
-                       r"fit the model \(quant_scope='backbone'\): it has \d+ quantizers the "
-                       r"model does not have \(e.g. neck\."):
+    with pytest.raises(
+            ValueError,
+            match=r"calibrated with quant_scope='detector'\) does not "
+            r"fit the model \(quant_scope='backbone'\): it has \d+ quantizers the "
+            r"model does not have \(e.g. neck\."):
         runner.test()
 
 
 class _CountCalls:
+
     def __init__(self):
         self.calls = 0
 
@@ -301,22 +352,30 @@ class _CountCalls:
 def test_evaluating_a_calibrated_checkpoint_builds_no_calibration_data(
         tiny_shapes, calibrated_w4a8, tmp_path):
     """The calibration set is never built, so a missing one is no error."""
-    runner = _runner(tiny_shapes, tmp_path, calibrated_w4a8,
-                     calib_dataloader=dict(dataset=dict(ann_file='missing.json')))
+    runner = _runner(
+        tiny_shapes,
+        tmp_path,
+        calibrated_w4a8,
+        calib_dataloader=dict(dataset=dict(ann_file='missing.json')))
     metrics = runner.test()
     assert 'coco/bbox_mAP' in metrics
 
 
-def test_other_ratios_are_logged_and_an_uncalibrated_branch_raises(tiny_shapes,
-                                                                   calibrated_w4a8, tmp_path):
+def test_other_ratios_are_logged_and_an_uncalibrated_branch_raises(tiny_shapes, calibrated_w4a8,
+                                                                   tmp_path):
     """Ratios and the window order may change after calibration; windows routed
     to a branch that was never calibrated (here: the low branch of a uniform
     model) raise."""
-    runner = _runner(tiny_shapes, tmp_path, calibrated_w4a8,
-                     model=dict(backbone=dict(low_bit_ratios=0.5, window_order='reverse')))
-    with pytest.raises(RuntimeError, match=r"'backbone\.stages\.\d\.blocks\.\d\.branches\."
-                       r"low\..*': fake quantization is on but the quantizer is not "
-                       r"calibrated"):
+    runner = _runner(
+        tiny_shapes,
+        tmp_path,
+        calibrated_w4a8,
+        model=dict(backbone=dict(low_bit_ratios=0.5, window_order='reverse')))
+    with pytest.raises(
+            RuntimeError,
+            match=r"'backbone\.stages\.\d\.blocks\.\d\.branches\."
+            r"low\..*': fake quantization is on but the quantizer is not "
+            r"calibrated"):
         runner.test()
     log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
     assert ("low_bit_ratios=[0.5, 0.5, 0.5, 0.5] differs from the checkpoint's "
@@ -324,8 +383,7 @@ def test_other_ratios_are_logged_and_an_uncalibrated_branch_raises(tiny_shapes,
     assert "window_order='reverse' differs from the checkpoint's ('importance')" in log
 
 
-def test_backbone_scope_calibration_runs_only_the_backbone(tiny_shapes, fp_checkpoint,
-                                                           tmp_path):
+def test_backbone_scope_calibration_runs_only_the_backbone(tiny_shapes, fp_checkpoint, tmp_path):
     runner = _runner(tiny_shapes, tmp_path, fp_checkpoint, calib_images=4)
     loop = runner.test_loop
     runner.load_checkpoint(fp_checkpoint)
@@ -375,9 +433,11 @@ def trained_small(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('shapes_small'))
     generate(root, num_train=96, num_val=24, seed=1)
     work_dir = str(tmp_path_factory.mktemp('train_small'))
-    run_tool(['tools/train.py', FP_BENCH_CONFIG, '--work-dir', work_dir, '--cfg-options',
-              *data_root_options(root), 'train_cfg.max_epochs=8', 'train_cfg.val_interval=8',
-              'param_scheduler.1.end=8', 'default_hooks.checkpoint.interval=8'],
+    run_tool([
+        'tools/train.py', FP_BENCH_CONFIG, '--work-dir', work_dir, '--cfg-options',
+        *data_root_options(root), 'train_cfg.max_epochs=8', 'train_cfg.val_interval=8',
+        'param_scheduler.1.end=8', 'default_hooks.checkpoint.interval=8'
+    ],
              timeout=1200)
     return root, osp.join(work_dir, 'epoch_8.pth')
 
@@ -422,13 +482,17 @@ def test_w8a8_ptq_stays_close_to_fp(trained_small, tmp_path):
     37), and the SQNR for fidelity.
     """
     root, checkpoint = trained_small
-    fp = run_tool(['tools/test.py', FP_BENCH_CONFIG, checkpoint, '--work-dir',
-                   str(tmp_path / 'fp'), '--cfg-options', *data_root_options(root),
-                   f'test_evaluator.outfile_prefix={tmp_path}/fp'])
-    q = run_tool(['tools/test.py', osp.join(PTQ, 'ptq_uniform_w8a8_shapes.py'), checkpoint,
-                  '--work-dir', str(tmp_path / 'w8a8'), '--cfg-options',
-                  *ptq_options(root, calib_images=16),
-                  f'test_evaluator.outfile_prefix={tmp_path}/w8a8'])
+    fp = run_tool([
+        'tools/test.py', FP_BENCH_CONFIG, checkpoint, '--work-dir',
+        str(tmp_path / 'fp'), '--cfg-options', *data_root_options(root),
+        f'test_evaluator.outfile_prefix={tmp_path}/fp'
+    ])
+    q = run_tool([
+        'tools/test.py',
+        osp.join(PTQ, 'ptq_uniform_w8a8_shapes.py'), checkpoint, '--work-dir',
+        str(tmp_path / 'w8a8'), '--cfg-options', *ptq_options(root, calib_images=16),
+        f'test_evaluator.outfile_prefix={tmp_path}/w8a8'
+    ])
     fp_map = _metrics(fp.stdout + fp.stderr)['coco/bbox_mAP']
     q_map = _metrics(q.stdout + q.stderr)['coco/bbox_mAP']
     # 0.05 is far below what 8 epochs reach (about 0.37): the model detects shapes
@@ -448,7 +512,7 @@ def test_w8a8_ptq_stays_close_to_fp(trained_small, tmp_path):
     from mixaq_mmdet.engine import prepare_test_loop
     cfg = _config(root, 'ptq_uniform_w8a8_shapes.py')
     cfg.work_dir, cfg.load_from = str(tmp_path / 'fidelity'), str(tmp_path / 'w8a8' /
-                                                                   'calibrated.pth')
+                                                                  'calibrated.pth')
     loop = prepare_test_loop(Runner.from_cfg(cfg))
     quantized = loop.model.eval()
     init_default_scope('mmdet')

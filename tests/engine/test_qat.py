@@ -12,14 +12,16 @@ from mmengine.runner import Runner
 
 from mixaq_mmdet.engine import SAQAHook
 from mixaq_mmdet.quantization import LSQQuantizer, quantizers_of
-
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
 from ..multiprocess import free_port
 
 QAT = osp.join(REPO, 'configs/benchmark/qat')
 
 
-def _config(data_root: str, work_dir, load_from, config='qat_uniform_w4a4_shapes.py',
+def _config(data_root: str,
+            work_dir,
+            load_from,
+            config='qat_uniform_w4a4_shapes.py',
             epochs: int = 1) -> Config:
     """A QAT benchmark config on the tiny split: 2 iterations per epoch, no
     workers, 4 calibration images, no validation."""
@@ -61,8 +63,9 @@ class _RecordState(Hook):
     def before_train(self, runner):
         model = runner.model
         type(self).records['init'] = {
-            k: v.detach().clone() for k, v in model.state_dict().items()
-            if isinstance(v, torch.Tensor)}
+            k: v.detach().clone()
+            for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)
+        }
         type(self).records['iters'] = []
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
@@ -112,7 +115,7 @@ def test_quantizer_parameters_get_no_weight_decay(qat_run):
 
 
 def test_checkpoints_record_the_setting_and_test_tool_evaluates_them(qat_run, tiny_shapes,
-                                                                    tmp_path):
+                                                                     tmp_path):
     runner, _ = qat_run
     path = osp.join(runner.work_dir, 'epoch_1.pth')
     meta = torch.load(path, weights_only=False)['meta']
@@ -120,17 +123,22 @@ def test_checkpoints_record_the_setting_and_test_tool_evaluates_them(qat_run, ti
     assert 'random_state' in meta
     config = osp.join(QAT, 'qat_uniform_w4a4_shapes.py')
     root = tiny_shapes.rstrip('/') + '/'
-    proc = run_tool(['tools/test.py', config, path, '--work-dir', str(tmp_path),
-                     '--cfg-options', *data_root_options(tiny_shapes),
-                     f'test_cfg.calib_dataloader.dataset.data_root={root}'])
+    proc = run_tool([
+        'tools/test.py', config, path, '--work-dir',
+        str(tmp_path), '--cfg-options', *data_root_options(tiny_shapes),
+        f'test_cfg.calib_dataloader.dataset.data_root={root}'
+    ])
     log = proc.stdout + proc.stderr
     assert 'is calibrated; evaluating it as it is' in log
     assert re.search(r'coco/bbox_mAP: -?[0-9.]+', log)
     # the W4A3 config refuses the W4A4 checkpoint, naming the bits
-    other = run_tool(['tools/test.py', osp.join(QAT, 'qat_uniform_w4a3_shapes.py'), path,
-                      '--work-dir', str(tmp_path / 'w4a3'), '--cfg-options',
-                      *data_root_options(tiny_shapes),
-                      f'test_cfg.calib_dataloader.dataset.data_root={root}'], check=False)
+    other = run_tool([
+        'tools/test.py',
+        osp.join(QAT, 'qat_uniform_w4a3_shapes.py'), path, '--work-dir',
+        str(tmp_path / 'w4a3'), '--cfg-options', *data_root_options(tiny_shapes),
+        f'test_cfg.calib_dataloader.dataset.data_root={root}'
+    ],
+                     check=False)
     assert other.returncode != 0 and 'bits=4 (model: 3)' in other.stderr
 
 
@@ -177,8 +185,7 @@ class _InterruptAfterFirstEpoch(Hook):
         raise _Interrupted
 
 
-def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(qat_run, tiny_shapes,
-                                                             tmp_path):
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(qat_run, tiny_shapes, tmp_path):
     """SAQA (random ratios, random flips, RoI sampling) over 2 epochs, straight
     through and interrupted after epoch 1."""
     w4a4 = osp.join(qat_run[0].work_dir, 'epoch_1.pth')
@@ -203,8 +210,10 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(qat_run, tiny_shape
     assert a.keys() == b.keys()
     different = [k for k in a if isinstance(a[k], torch.Tensor) and not torch.equal(a[k], b[k])]
     assert not different, different[:5]
-    changed = [k for k, v in torch.load(w4a4, weights_only=False)['state_dict'].items()
-               if k.endswith('.scale') and 'branches.high' in k and not torch.equal(v, a[k])]
+    changed = [
+        k for k, v in torch.load(w4a4, weights_only=False)['state_dict'].items()
+        if k.endswith('.scale') and 'branches.high' in k and not torch.equal(v, a[k])
+    ]
     assert changed  # the runs trained something
 
 
@@ -213,16 +222,17 @@ def test_saqa_trains_under_ddp_with_two_gloo_processes(qat_run, tiny_shapes, tmp
     (find_unused_parameters=False) while the ratios change every iteration."""
     w4a4 = osp.join(qat_run[0].work_dir, 'epoch_1.pth')
     root = tiny_shapes.rstrip('/') + '/'
-    proc = run_tool(['-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                     '--master_port', str(free_port()), 'tools/train.py',
-                     osp.join(QAT, 'qat_saqa_w4a4a2_shapes.py'), '--launcher', 'pytorch',
-                     '--work-dir', str(tmp_path), '--cfg-options',
-                     *data_root_options(tiny_shapes), f'load_from={w4a4}',
-                     f'custom_hooks.0.calib_dataloader.dataset.data_root={root}',
-                     'custom_hooks.0.calib_dataloader.num_workers=0',
-                     'custom_hooks.0.calib_images=4', 'train_dataloader.batch_size=2',
-                     'train_cfg.max_epochs=2', 'train_cfg.val_interval=100',
-                     'param_scheduler.0.end=1', 'param_scheduler.1.end=2'], threads=1)
+    proc = run_tool([
+        '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+        str(free_port()), 'tools/train.py',
+        osp.join(QAT, 'qat_saqa_w4a4a2_shapes.py'), '--launcher', 'pytorch', '--work-dir',
+        str(tmp_path), '--cfg-options', *data_root_options(tiny_shapes), f'load_from={w4a4}',
+        f'custom_hooks.0.calib_dataloader.dataset.data_root={root}',
+        'custom_hooks.0.calib_dataloader.num_workers=0', 'custom_hooks.0.calib_images=4',
+        'train_dataloader.batch_size=2', 'train_cfg.max_epochs=2', 'train_cfg.val_interval=100',
+        'param_scheduler.0.end=1', 'param_scheduler.1.end=2'
+    ],
+                    threads=1)
     log = proc.stdout + proc.stderr
     assert 'QAT: calibrated 64 quantizers on 4 images' in log
     assert 'Epoch(train) [2][2/2]' in log
@@ -231,16 +241,20 @@ def test_saqa_trains_under_ddp_with_two_gloo_processes(qat_run, tiny_shapes, tmp
 
 
 def test_non_learnable_quantizers_and_float_models_are_refused(tiny_shapes, fp_checkpoint,
-                                                                tmp_path):
+                                                               tmp_path):
     cfg = _config(tiny_shapes, tmp_path / 'u', fp_checkpoint)
     cfg.model.backbone.act_quantizer = dict(type='UniformQuantizer', calib='percentile_mse')
-    with pytest.raises(ValueError, match=r"quantizers cannot learn their step size \(e.g. "
-                       r"UniformQuantizer 'backbone.*' is a UniformQuantizer\): QAT needs"):
+    with pytest.raises(
+            ValueError,
+            match=r"quantizers cannot learn their step size \(e.g. "
+            r"UniformQuantizer 'backbone.*' is a UniformQuantizer\): QAT needs"):
         Runner.from_cfg(cfg).train()
     cfg = _config(tiny_shapes, tmp_path / 'f', fp_checkpoint)
     cfg.model.backbone.quant = False
-    with pytest.raises(ValueError, match='fake quantization off .* QAT would train the '
-                       'float model; build the backbone with quant=True'):
+    with pytest.raises(
+            ValueError,
+            match='fake quantization off .* QAT would train the '
+            'float model; build the backbone with quant=True'):
         Runner.from_cfg(cfg).train()
 
 
@@ -248,8 +262,10 @@ def test_load_from_another_model_is_refused(tiny_shapes, tmp_path):
     bad = tmp_path / 'resnet.pth'
     torch.save(dict(state_dict={'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}), bad)
     cfg = _config(tiny_shapes, tmp_path / 'r', str(bad))
-    with pytest.raises(ValueError, match=r'resnet\.pth does not fit MaskRCNN: \d+ of its '
-                       r'\d+ float weights are missing'):
+    with pytest.raises(
+            ValueError,
+            match=r'resnet\.pth does not fit MaskRCNN: \d+ of its '
+            r'\d+ float weights are missing'):
         Runner.from_cfg(cfg).train()
 
 
@@ -257,8 +273,10 @@ def test_saqa_needs_two_branch_blocks_and_a_calibrated_low_branch(tiny_shapes, q
                                                                   fp_checkpoint, tmp_path):
     cfg = _config(tiny_shapes, tmp_path / 'w', fp_checkpoint)
     cfg.custom_hooks.append(dict(type='SAQAHook'))  # low branch never calibrated
-    with pytest.raises(ValueError, match=r'quantizers are not calibrated \(e.g. '
-                       r".*branches.low.*\): set QATInitHook.calib_low_bit_ratios"):
+    with pytest.raises(
+            ValueError,
+            match=r'quantizers are not calibrated \(e.g. '
+            r".*branches.low.*\): set QATInitHook.calib_low_bit_ratios"):
         Runner.from_cfg(cfg).train()
     cfg = Config.fromfile(FP_BENCH_CONFIG)
     root = tiny_shapes.rstrip('/') + '/'
@@ -267,8 +285,10 @@ def test_saqa_needs_two_branch_blocks_and_a_calibrated_low_branch(tiny_shapes, q
     cfg.work_dir = str(tmp_path / 'fp')
     cfg.custom_hooks = [dict(type='SAQAHook')]
     runner = Runner.from_cfg(cfg)
-    with pytest.raises(ValueError, match="SAQAHook needs a backbone with Two-Branch blocks "
-                       r"\(type='MixAQSwinTransformer'\), got SwinTransformer"):
+    with pytest.raises(
+            ValueError,
+            match="SAQAHook needs a backbone with Two-Branch blocks "
+            r"\(type='MixAQSwinTransformer'\), got SwinTransformer"):
         runner.call_hook('before_train')
 
 
@@ -294,14 +314,17 @@ def test_saqa_prune_ratios_leave_room_for_the_low_ratios():
 
 def test_optimizer_constructor_settings():
     from mixaq_mmdet.engine import QATOptimWrapperConstructor
-    with pytest.raises(ValueError, match=r'paramwise_cfg.quantizer_decay_mult must be a '
-                       r'non-negative number, got -1'):
-        QATOptimWrapperConstructor(dict(optimizer=dict(type='SGD', lr=0.1)),
-                                   dict(quantizer_decay_mult=-1))
+    with pytest.raises(
+            ValueError,
+            match=r'paramwise_cfg.quantizer_decay_mult must be a '
+            r'non-negative number, got -1'):
+        QATOptimWrapperConstructor(
+            dict(optimizer=dict(type='SGD', lr=0.1)), dict(quantizer_decay_mult=-1))
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), LSQQuantizer(4))
     wrapper = QATOptimWrapperConstructor(
         dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1, weight_decay=0.01)),
-        dict(quantizer_lr_mult=0.5))(model)
+        dict(quantizer_lr_mult=0.5))(
+            model)
     groups = {id(p): g for g in wrapper.optimizer.param_groups for p in g['params']}
     for p in model[1].parameters():
         assert groups[id(p)]['weight_decay'] == 0 and groups[id(p)]['lr'] == 0.05

@@ -29,8 +29,7 @@ def _keep(drop_path, windows: Tensor) -> Optional[Tensor]:
     p = float(getattr(drop_path, 'drop_prob', 0.0))
     if not drop_path.training or p == 0.0:
         return None
-    draw = torch.rand((windows.shape[0], 1, 1, 1), dtype=windows.dtype,
-                      device=windows.device)
+    draw = torch.rand((windows.shape[0], 1, 1, 1), dtype=windows.dtype, device=windows.device)
     return (1.0 - p + draw).floor_().div_(1.0 - p)
 
 
@@ -67,8 +66,8 @@ def _branch(block, windows: Tensor, valid: Tensor, mask: Optional[Tensor], branc
     return x.view(b, k, n, c)
 
 
-def reference_forward(block, x: Tensor, hw_shape: Tuple[int, int], order: Tensor,
-                      low_ratio: float, prune_ratio: float) -> Tensor:
+def reference_forward(block, x: Tensor, hw_shape: Tuple[int, int], order: Tensor, low_ratio: float,
+                      prune_ratio: float) -> Tensor:
     """What ``block(x, hw_shape, order, low_ratio, prune_ratio)`` must compute."""
     b, _, c = x.shape
     h, w = hw_shape

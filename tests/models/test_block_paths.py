@@ -20,19 +20,18 @@ from mmdet.models.backbones import SwinTransformer
 
 from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
 from mixaq_mmdet.models.layers import WindowLayout
-from mixaq_mmdet.quantization import (disable_quantization, enable_calibration,
-                                      finish_calibration)
+from mixaq_mmdet.quantization import disable_quantization, enable_calibration, finish_calibration
 from mixaq_mmdet.quantization.reparam import record_channel_statistics, reparameterize
 from .blas_rows import DTYPE, REL_L2, assert_same_outputs, relative_l2
 from .reference_two_branch import reference_forward
 
-NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7,
-            drop_path_rate=0.1)
+NANO = dict(
+    embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, drop_path_rate=0.1)
 # min/max calibration keeps the test fast; the percentile/MSE search reads the
 # same observed data, so it adds nothing to what is compared here
-MINMAX = dict(weight_quantizer=dict(type='UniformQuantizer', per_channel=True,
-                                    calib='minmax'),
-              act_quantizer=dict(type='UniformQuantizer', calib='minmax'))
+MINMAX = dict(
+    weight_quantizer=dict(type='UniformQuantizer', per_channel=True, calib='minmax'),
+    act_quantizer=dict(type='UniformQuantizer', calib='minmax'))
 
 
 def _model(quant, seed=0, **kwargs):
@@ -55,8 +54,9 @@ def _with_reference_blocks(model):
     for block in model.modules():
         if isinstance(block, TwoBranchSwinBlock):
             block.forward = (lambda b: lambda x, hw, windows, low, prune: reference_forward(
-                b, x, hw, windows.order if isinstance(windows, WindowLayout) else windows,
-                low, prune))(block)
+                b, x, hw, windows.order
+                if isinstance(windows, WindowLayout) else windows, low, prune))(
+                    block)
             block.runs_dense = lambda low, prune: False
     return model
 
@@ -78,8 +78,13 @@ def _equal(outs_a, outs_b):
 def test_ptq_matches_the_reference_block(order):
     # 3 groups in every pair, padding at every stage, shifted windows, two images
     # with their own window orders
-    _, model = _model(True, low_bit_ratios=[0.3, 0.5, 0.4, 0.5], prune_ratios=0.2,
-                      a_bits=(8, 4), window_order=order, **MINMAX)
+    _, model = _model(
+        True,
+        low_bit_ratios=[0.3, 0.5, 0.4, 0.5],
+        prune_ratios=0.2,
+        a_bits=(8, 4),
+        window_order=order,
+        **MINMAX)
     model.to(DTYPE)
     reference = _with_reference_blocks(model)
     calib = [_randn(2, 3, 230, 260), _randn(1, 3, 300, 190)]
@@ -232,8 +237,8 @@ def test_window_layout_round_trip_and_errors():
     assert torch.equal(layout.scatter(windows), x)
     # rank r of image b holds window order[b, r]: the last window of image 1
     # (bottom right, shifted) comes first
-    rolled = torch.roll(torch.nn.functional.pad(x[1].view(9, 20, 4), (0, 0, 0, 1, 0, 5)),
-                        (-3, -3), (0, 1))
+    rolled = torch.roll(
+        torch.nn.functional.pad(x[1].view(9, 20, 4), (0, 0, 0, 1, 0, 5)), (-3, -3), (0, 1))
     assert torch.equal(windows[0, 1].view(7, 7, 4), rolled[7:14, 14:21])
     with pytest.raises(ValueError, match=r'does not match the 6 windows of a 9x20 grid'):
         WindowLayout(order[:, :4], (9, 20), 7, 3)
@@ -247,8 +252,8 @@ def test_meta_device_forward():
     model.to('meta')
     with torch.no_grad():
         outs = model(torch.randn(2, 3, 97, 131, device='meta'))
-    assert [tuple(o.shape) for o in outs] == [(2, 16, 25, 33), (2, 32, 13, 17),
-                                              (2, 64, 7, 9), (2, 128, 4, 5)]
+    assert [tuple(o.shape) for o in outs] == [(2, 16, 25, 33), (2, 32, 13, 17), (2, 64, 7, 9),
+                                              (2, 128, 4, 5)]
     assert all(o.device.type == 'meta' for o in outs)
 
 
@@ -275,8 +280,10 @@ def test_tolerance_separates_rounding_from_a_wrong_window():
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             base = model(x)
-            handles = [m.register_forward_hook(last_bit) for m in model.modules()
-                       if isinstance(m, QuantLinear)]
+            handles = [
+                m.register_forward_hook(last_bit) for m in model.modules()
+                if isinstance(m, QuantLinear)
+            ]
             nudged = model(x)
             for handle in handles:
                 handle.remove()

@@ -15,16 +15,20 @@ import torch._dynamo as dynamo
 from torch._dynamo.utils import counters
 
 from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
-from mixaq_mmdet.quantization import (build_quantizer, enable_calibration,
-                                      finish_calibration)
+from mixaq_mmdet.quantization import build_quantizer, enable_calibration, finish_calibration
 from .blas_rows import DTYPE, assert_same_outputs
 
 # two stages: what compiles is the same per stage, and compiling takes minutes
-ARCH = dict(embed_dims=16, depths=(2, 2), num_heads=(1, 2), strides=(4, 2),
-            out_indices=(0, 1), window_size=7)
-MINMAX = dict(weight_quantizer=dict(type='UniformQuantizer', per_channel=True,
-                                    calib='minmax'),
-              act_quantizer=dict(type='UniformQuantizer', calib='minmax'))
+ARCH = dict(
+    embed_dims=16,
+    depths=(2, 2),
+    num_heads=(1, 2),
+    strides=(4, 2),
+    out_indices=(0, 1),
+    window_size=7)
+MINMAX = dict(
+    weight_quantizer=dict(type='UniformQuantizer', per_channel=True, calib='minmax'),
+    act_quantizer=dict(type='UniformQuantizer', calib='minmax'))
 
 
 def _fake_quant_model(seed=0, **kwargs):
@@ -57,8 +61,10 @@ def test_fake_quant_backbone_is_one_graph_without_breaks():
 
 
 def test_several_compiled_models_compile_once_each_and_match_eager():
-    models = [_fake_quant_model(low_bit_ratios=0.5, prune_ratios=0.25).to(DTYPE),
-              _fake_quant_model(seed=1, a_bits=(6, 3), low_bit_ratios=[0.25, 0.5]).to(DTYPE)]
+    models = [
+        _fake_quant_model(low_bit_ratios=0.5, prune_ratios=0.25).to(DTYPE),
+        _fake_quant_model(seed=1, a_bits=(6, 3), low_bit_ratios=[0.25, 0.5]).to(DTYPE)
+    ]
     compiled = [copy.deepcopy(m) for m in models]
     for m in compiled:
         m.compile(backend='aot_eager')
@@ -81,8 +87,7 @@ def test_several_compiled_models_compile_once_each_and_match_eager():
 def test_quantizers_compiled_by_inductor_are_bit_exact(cfg):
     torch.manual_seed(0)
     quantizer = build_quantizer(cfg)
-    x = torch.rand(8, 49, 49) if cfg['type'] == 'LogSqrt2Quantizer' else torch.randn(
-        8, 49, 24) * 3
+    x = torch.rand(8, 49, 49) if cfg['type'] == 'LogSqrt2Quantizer' else torch.randn(8, 49, 24) * 3
     enable_calibration(quantizer)
     quantizer(x)
     finish_calibration(quantizer)
@@ -93,8 +98,7 @@ def test_quantizers_compiled_by_inductor_are_bit_exact(cfg):
 
 def test_inductor_float_two_branch_path_equals_eager():
     torch.manual_seed(0)
-    model = MixAQSwinTransformer(**ARCH, quant=False, low_bit_ratios=0.5,
-                                 prune_ratios=0.25).eval()
+    model = MixAQSwinTransformer(**ARCH, quant=False, low_bit_ratios=0.5, prune_ratios=0.25).eval()
     for block in model.modules():  # branches that differ: the Two-Branch path
         if isinstance(block, TwoBranchSwinBlock):
             with torch.no_grad():

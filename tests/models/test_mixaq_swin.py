@@ -11,13 +11,11 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
 from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
-from mixaq_mmdet.quantization import (enable_calibration, finish_calibration,
-                                      quantizers_of)
-
+from mixaq_mmdet.quantization import enable_calibration, finish_calibration, quantizers_of
 from .blas_rows import DTYPE, assert_same_outputs
 
-NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
-            window_size=7, drop_path_rate=0.1)
+NANO = dict(
+    embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, drop_path_rate=0.1)
 
 
 def _pair(quant=False, seed=0, **kwargs):
@@ -76,8 +74,8 @@ def test_detector_checkpoint_in_mmdet_layout(tmp_path):
     state['neck.lateral_convs.0.conv.weight'] = torch.zeros(1)
     torch.save(dict(state_dict=state, meta=dict(epoch=12)), ckpt)
     # through the backbone's init_cfg, as mmdet's configs do
-    model = MixAQSwinTransformer(**NANO, quant=False,
-                                 init_cfg=ConfigDict(type='Pretrained', checkpoint=str(ckpt)))
+    model = MixAQSwinTransformer(
+        **NANO, quant=False, init_cfg=ConfigDict(type='Pretrained', checkpoint=str(ckpt)))
     model.init_weights()
     model.eval()
     x = torch.randn(1, 3, 150, 100)
@@ -114,8 +112,8 @@ def test_official_classification_weights_are_converted(tmp_path):
     ref = SwinTransformer(**NANO, convert_weights=True, init_cfg=init)
     ref.init_weights()
     ref.eval()
-    model = MixAQSwinTransformer(**NANO, quant=False, convert_weights=True,
-                                 init_cfg=copy.deepcopy(init))
+    model = MixAQSwinTransformer(
+        **NANO, quant=False, convert_weights=True, init_cfg=copy.deepcopy(init))
     model.init_weights()
     # the conversion really happened: weights came from the donor
     assert torch.equal(model.stages[0].blocks[0].attn.w_msa.qkv.weight,
@@ -151,7 +149,7 @@ def test_unreached_branch_stays_uncalibrated_and_raises_when_used():
     assert unreached and all('branches.low' in name for name in unreached)
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
-        model(x)                      # ratio 0: only calibrated quantizers run
+        model(x)  # ratio 0: only calibrated quantizers run
         model.set_ratios(0.5, 0.0)
         with pytest.raises(RuntimeError, match=r'branches\.low.*not calibrated'):
             model(x)
@@ -172,7 +170,7 @@ def test_low_bits_change_the_output_and_more_low_bits_cost_accuracy():
 
 def test_pruned_windows_leave_the_block_unchanged():
     _, model = _pair()
-    block = model.stages[0].blocks[1]   # shifted block
+    block = model.stages[0].blocks[1]  # shifted block
     assert block.shift_size == 3
     torch.manual_seed(0)
     h, w = 21, 14
@@ -206,8 +204,7 @@ def test_calibrated_checkpoint_round_trip(tmp_path):
     assert not _calibrate(model, torch.randn(2, 3, 256, 256))
     path = tmp_path / 'mixaq.pth'
     torch.save(model.state_dict(), path)
-    fresh = MixAQSwinTransformer(**NANO, quant=True, low_bit_ratios=0.5,
-                                 prune_ratios=0.25).eval()
+    fresh = MixAQSwinTransformer(**NANO, quant=True, low_bit_ratios=0.5, prune_ratios=0.25).eval()
     result = fresh.load_state_dict(torch.load(path, weights_only=True))
     assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(1, 3, 96, 120)
@@ -255,8 +252,9 @@ def test_mask_rcnn_with_mixaq_backbone_loss_and_predict():
     detector = MODELS.build(cfg.model)
     detector.init_weights()
     assert type(detector.backbone).__name__ == 'MixAQSwinTransformer'
-    data = dict(inputs=[torch.randint(0, 255, (3, 160, 192), dtype=torch.uint8)],
-                data_samples=[_sample(160, 192, 4)])
+    data = dict(
+        inputs=[torch.randint(0, 255, (3, 160, 192), dtype=torch.uint8)],
+        data_samples=[_sample(160, 192, 4)])
     enable_calibration(detector)
     with torch.no_grad():
         detector.test_step(data)
@@ -290,8 +288,9 @@ def test_mask_rcnn_with_mixaq_backbone_loss_and_predict():
      r"unknown positions \['gelu'\]; valid: \('qkv_in', 'q', 'k', 'softmax', 'v'"),
     (dict(branch_quantizers=dict(fc2_in=dict(type='UniformQuantizer', bits=3))), ValueError,
      r'branch_quantizers.fc2_in must not set bits'),
-    (dict(softmax_quantizer=dict(type='LogSqrt2Quantizer'),
-          branch_quantizers=dict(softmax=dict(type='LogSqrt2Quantizer'))), ValueError,
+    (dict(
+        softmax_quantizer=dict(type='LogSqrt2Quantizer'),
+        branch_quantizers=dict(softmax=dict(type='LogSqrt2Quantizer'))), ValueError,
      'softmax_quantizer or .*not both'),
     (dict(softmax_quantizer=dict(type='LogSqrt2Quantizer', bits=3)), ValueError,
      'softmax_quantizer must not set bits'),
@@ -301,8 +300,9 @@ def test_bad_arguments(kwargs, error, match):
         MixAQSwinTransformer(**NANO, **kwargs)
 
 
-TWIN = dict(softmax=dict(type='TwinUniformQuantizer', mode='softmax'),
-            fc2_in=dict(type='TwinUniformQuantizer', mode='gelu'))
+TWIN = dict(
+    softmax=dict(type='TwinUniformQuantizer', mode='softmax'),
+    fc2_in=dict(type='TwinUniformQuantizer', mode='gelu'))
 
 
 def test_branch_quantizers_replace_single_positions_and_keep_the_keys():
@@ -314,12 +314,11 @@ def test_branch_quantizers_replace_single_positions_and_keep_the_keys():
     _, model = _pair(a_bits=(8, 2), branch_quantizers=TWIN)
     keys, default_keys = set(model.state_dict()), set(default.state_dict())
     assert set(ref.state_dict()) <= keys <= default_keys
-    assert {k.split('.branches.')[1] for k in default_keys - keys} == {
-        'high.fc2_in.zero_point', 'low.fc2_in.zero_point'}
+    assert {k.split('.branches.')[1]
+            for k in default_keys - keys} == {'high.fc2_in.zero_point', 'low.fc2_in.zero_point'}
     changed = {'av.quantizer_a': 'softmax', 'fc2_in': 'gelu'}
-    for (name, q), (_, d) in zip(
-            ((n, m) for n, m in model.named_modules() if '.branches.' in n),
-            ((n, m) for n, m in default.named_modules() if '.branches.' in n)):
+    for (name, q), (_, d) in zip(((n, m) for n, m in model.named_modules() if '.branches.' in n),
+                                 ((n, m) for n, m in default.named_modules() if '.branches.' in n)):
         position = name.split('.branches.')[1].split('.', 1)
         if len(position) < 2 or not hasattr(q, 'bits'):
             continue

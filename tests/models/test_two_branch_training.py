@@ -8,7 +8,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
 from mixaq_mmdet.quantization import enable_calibration, finish_calibration
-
 from ..multiprocess import finish_gloo, init_gloo, spawn_ranks
 
 NANO = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7)
@@ -23,8 +22,7 @@ def test_drop_path_draws_once_per_image_for_all_branches():
     """mmdet draws one keep/drop per image and sub-block: the high- and low-bit
     windows of an image are kept or dropped together."""
     torch.manual_seed(0)
-    model = MixAQSwinTransformer(**NANO, drop_path_rate=0.5, quant=False,
-                                 low_bit_ratios=0.5)
+    model = MixAQSwinTransformer(**NANO, drop_path_rate=0.5, quant=False, low_bit_ratios=0.5)
     model.init_weights()
     block = model.stages[0].blocks[1]
     for drop_path in (block.attn.drop, block.ffn.dropout_layer):
@@ -82,10 +80,12 @@ def test_empty_groups_keep_every_parameter_in_the_graph():
     """Stage 3 of a 100x164 image has one window: at ratio 0.5 its low group is
     empty, yet its LayerNorm copies and quantizers get (zero) gradients."""
     torch.manual_seed(0)
-    model = MixAQSwinTransformer(**NANO, quant=True, low_bit_ratios=0.5,
-                                 act_quantizer=LSQ, weight_quantizer=dict(
-                                     type='LSQQuantizer', per_channel=True,
-                                     calib='percentile_mse'))
+    model = MixAQSwinTransformer(
+        **NANO,
+        quant=True,
+        low_bit_ratios=0.5,
+        act_quantizer=LSQ,
+        weight_quantizer=dict(type='LSQQuantizer', per_channel=True, calib='percentile_mse'))
     model.init_weights()
     x = torch.randn(1, 3, 100, 164)
     enable_calibration(model)
@@ -121,10 +121,9 @@ def test_init_weights_keeps_the_low_copies_of_a_mixaq_checkpoint(tmp_path):
         block.norm2.weight.data.fill_(2.0)
     path = tmp_path / 'mixaq.pth'
     # a MixA-Q detector checkpoint (mmdet's Swin takes its 'backbone.' keys)
-    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in source.state_dict().items()}),
-               path)
-    model = MixAQSwinTransformer(**NANO, quant=False,
-                                 init_cfg=ConfigDict(type='Pretrained', checkpoint=str(path)))
+    torch.save(dict(state_dict={f'backbone.{k}': v for k, v in source.state_dict().items()}), path)
+    model = MixAQSwinTransformer(
+        **NANO, quant=False, init_cfg=ConfigDict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     for block in _blocks(model):
         assert bool((block.norm1_low.weight == 3).all())
@@ -132,13 +131,11 @@ def test_init_weights_keeps_the_low_copies_of_a_mixaq_checkpoint(tmp_path):
         assert bool((block.norm2_low.weight == 1).all())  # the source's, not norm2's
 
 
-
 def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     init_gloo(rank, port)
     try:
         torch.manual_seed(0)
-        model = MixAQSwinTransformer(**NANO, quant=True, drop_path_rate=0.2,
-                                     act_quantizer=LSQ)
+        model = MixAQSwinTransformer(**NANO, quant=True, drop_path_rate=0.2, act_quantizer=LSQ)
         model.init_weights()
         gen = torch.Generator().manual_seed(rank)
         images = [torch.randn(1, 3, 100, 164, generator=gen) for _ in range(2)]
@@ -162,8 +159,10 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
             loss = sum(o.square().mean() for o in ddp(images[step % 2]))
             loss.backward()
             optimizer.step()
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()
-                 if isinstance(v, torch.Tensor)}
+        state = {
+            k: v.detach().clone()
+            for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)
+        }
         torch.save(state, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         finish_gloo()

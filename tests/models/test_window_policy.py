@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixaq_mmdet.models.layers.window_policy import (
-    WINDOW_ORDERS, WINDOW_SCORES, WindowOrders, WindowPolicy, check_ratios,
-    group_sizes, normalize_ratios, order_windows, split_groups, token_scores,
-    window_scores)
+from mixaq_mmdet.models.layers.window_policy import (WINDOW_ORDERS, WINDOW_SCORES, WindowOrders,
+                                                     WindowPolicy, check_ratios, group_sizes,
+                                                     normalize_ratios, order_windows, split_groups,
+                                                     token_scores, window_scores)
 
 WS = 7
 
@@ -97,8 +97,8 @@ def test_window_scores_match_mmdet_shift_window_msa(shift):
     # ShiftWindowMSA.forward: pad the features, roll, window_partition.
     feats = F.pad(x.view(2, H, W, C), (0, 0, 0, 21 - W, 0, 14 - H))
     feats = torch.roll(feats, shifts=(-shift, -shift), dims=(1, 2))
-    windows = swin.ShiftWindowMSA.window_partition(
-        SimpleNamespace(window_size=WS), feats).view(2, 6, WS * WS, C)
+    windows = swin.ShiftWindowMSA.window_partition(SimpleNamespace(window_size=WS),
+                                                   feats).view(2, 6, WS * WS, C)
     expected = windows.abs().mean(-1).norm(dim=-1)
     scores, _ = window_scores(token_scores(x, (H, W)), WS, shift)
     torch.testing.assert_close(scores, expected)
@@ -120,10 +120,8 @@ def test_partly_padded_windows_rank_last_on_non_multiple_map():
 @pytest.mark.parametrize('order', WINDOW_ORDERS)
 def test_padding_only_windows_come_last_in_every_order(order):
     scores = torch.tensor([[0.0, 5.0, 1.0, 0.0, 3.0], [2.0, 0.0, 4.0, 1.0, 0.0]])
-    has_tokens = torch.tensor([[False, True, True, True, False],
-                               [True, False, True, True, True]])
-    result = order_windows(scores, has_tokens, order,
-                           torch.Generator().manual_seed(0))
+    has_tokens = torch.tensor([[False, True, True, True, False], [True, False, True, True, True]])
+    result = order_windows(scores, has_tokens, order, torch.Generator().manual_seed(0))
     assert sorted(result[0, -2:].tolist()) == [0, 4]
     assert result[1, -1].item() == 1
     if order == 'importance':
@@ -133,8 +131,7 @@ def test_padding_only_windows_come_last_in_every_order(order):
 
 
 def _random_input(batch=2, H=14, W=21, C=8, seed=0):
-    return torch.randn(batch, H * W, C,
-                       generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, H * W, C, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize('score', WINDOW_SCORES)
@@ -157,8 +154,7 @@ def test_random_order_is_a_reproducible_permutation_per_image():
     WindowPolicy(WS, order='random', seed=7).rank(x, (14, 21), 3)
     again = policy.rank(x, (14, 21), 3)
     for perm in (first.regular, first.shifted):
-        assert torch.equal(perm.sort(dim=1).values,
-                           torch.arange(6).expand(4, -1))
+        assert torch.equal(perm.sort(dim=1).values, torch.arange(6).expand(4, -1))
         assert not (perm == perm[:1]).all(), 'same order for every image'
         assert not torch.equal(perm, important.regular)
     assert not torch.equal(first.regular, first.shifted)
@@ -224,11 +220,10 @@ def test_normalize_ratios_accepts_float_or_one_value_per_pair():
 
 
 @pytest.mark.parametrize('value, exc, pattern', [
-    ([0.1] * 5, ValueError,
-     r'low_bit_ratios has 5 values .*a float or a list of 6 values '
+    ([0.1] * 5, ValueError, r'low_bit_ratios has 5 values .*a float or a list of 6 values '
      r'\(one per pair of consecutive blocks\)'),
-    ([0.1, 0.2, 1.5, 0, 0, 0], ValueError,
-     r'low_bit_ratios\[2\] = 1.5 is outside \[0, 1\]; expected a float or a '
+    ([0.1, 0.2, 1.5, 0, 0, 0
+      ], ValueError, r'low_bit_ratios\[2\] = 1.5 is outside \[0, 1\]; expected a float or a '
      r'list of 6 values'),
     (-0.1, ValueError, r'low_bit_ratios = -0.1 is outside \[0, 1\]'),
     (float('nan'), ValueError, r'low_bit_ratios = nan is outside \[0, 1\]'),
@@ -236,8 +231,8 @@ def test_normalize_ratios_accepts_float_or_one_value_per_pair():
      r'expected a float or a list of 6 values'),
     (None, TypeError, r'low_bit_ratios = None'),
     (True, TypeError, r'low_bit_ratios = True \(bool\)'),
-    ([0.1, 'a', 0, 0, 0, 0], TypeError,
-     r"low_bit_ratios\[1\] must be a number in \[0, 1\], got 'a'"),
+    ([0.1, 'a', 0, 0, 0, 0
+      ], TypeError, r"low_bit_ratios\[1\] must be a number in \[0, 1\], got 'a'"),
 ])
 def test_normalize_ratios_errors(value, exc, pattern):
     with pytest.raises(exc, match=pattern):
@@ -245,11 +240,14 @@ def test_normalize_ratios_errors(value, exc, pattern):
 
 
 def test_check_ratios_errors():
-    with pytest.raises(ValueError, match=r'low_bit_ratios\[1\] \+ '
-                       r'prune_ratios\[1\] = 0.8 \+ 0.3 = 1.1 > 1 for pair 1'):
+    with pytest.raises(
+            ValueError,
+            match=r'low_bit_ratios\[1\] \+ '
+            r'prune_ratios\[1\] = 0.8 \+ 0.3 = 1.1 > 1 for pair 1'):
         check_ratios([0.1, 0.8], [0.1, 0.3])
-    with pytest.raises(ValueError, match='low_bit_ratios has 2 values but '
-                       'prune_ratios has 3'):
+    with pytest.raises(
+            ValueError, match='low_bit_ratios has 2 values but '
+            'prune_ratios has 3'):
         check_ratios([0.1, 0.1], [0.1, 0.1, 0.1])
 
 
@@ -265,21 +263,24 @@ def test_split_groups_errors(low, prune, exc, pattern):
 
 
 def test_name_and_shape_errors():
-    with pytest.raises(ValueError, match=r"unknown score 'l1'; expected one "
-                       r"of 'l2', 'contrast'"):
+    with pytest.raises(
+            ValueError, match=r"unknown score 'l1'; expected one "
+            r"of 'l2', 'contrast'"):
         WindowPolicy(WS, score='l1')
-    with pytest.raises(ValueError, match=r"unknown order 'best'; expected one "
-                       r"of 'importance', 'random', 'reverse'"):
+    with pytest.raises(
+            ValueError,
+            match=r"unknown order 'best'; expected one "
+            r"of 'importance', 'random', 'reverse'"):
         WindowPolicy(WS, order='best')
     with pytest.raises(ValueError, match='window_size must be a positive int'):
         WindowPolicy(0)
     with pytest.raises(ValueError, match=r"unknown order 'sorted'"):
-        order_windows(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool),
-                      'sorted')
+        order_windows(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), 'sorted')
     with pytest.raises(ValueError, match=r'shape \(B, H\*W, C\)'):
         token_scores(torch.zeros(1, 10, 2), (3, 4))
-    with pytest.raises(ValueError, match=r'shift_size must be in \[0, '
-                       r'window_size=7\), got 7'):
+    with pytest.raises(
+            ValueError, match=r'shift_size must be in \[0, '
+            r'window_size=7\), got 7'):
         WindowPolicy(WS).rank(torch.zeros(1, 49, 2), (7, 7), shift_size=7)
     with pytest.raises(ValueError, match='got -3'):
         WindowPolicy(WS).rank(torch.zeros(1, 49, 2), (7, 7), shift_size=-3)

@@ -9,24 +9,25 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mixaq_mmdet.quantization import (LogSqrt2Quantizer, LSQQuantizer, QuantLinear,
-                                      UniformQuantizer, disable_quantization,
-                                      enable_calibration, finish_calibration)
+                                      UniformQuantizer, disable_quantization, enable_calibration,
+                                      finish_calibration)
 from mixaq_mmdet.quantization.reparam import (ReparamTarget, record_channel_statistics,
                                               reparameterize)
-
 from ..multiprocess import finish_gloo, init_gloo, single_thread, spawn_ranks
 
+
 def build_model() -> nn.ModuleDict:
-    return nn.ModuleDict(dict(
-        minmax=UniformQuantizer(4),
-        minmax_channel=UniformQuantizer(4, symmetric=True, per_channel=True, ch_axis=-1),
-        hist=UniformQuantizer(8, calib='percentile_mse'),
-        hist_channel=UniformQuantizer(4, per_channel=True, ch_axis=-1, calib='percentile_mse'),
-        only_rank1=UniformQuantizer(6, calib='percentile_mse'),
-        weight=UniformQuantizer(4, per_channel=True, calib='percentile_mse', static=True),
-        lsq=LSQQuantizer(3, calib='percentile_mse'),
-        softmax=LogSqrt2Quantizer(4),
-    ))
+    return nn.ModuleDict(
+        dict(
+            minmax=UniformQuantizer(4),
+            minmax_channel=UniformQuantizer(4, symmetric=True, per_channel=True, ch_axis=-1),
+            hist=UniformQuantizer(8, calib='percentile_mse'),
+            hist_channel=UniformQuantizer(4, per_channel=True, ch_axis=-1, calib='percentile_mse'),
+            only_rank1=UniformQuantizer(6, calib='percentile_mse'),
+            weight=UniformQuantizer(4, per_channel=True, calib='percentile_mse', static=True),
+            lsq=LSQQuantizer(3, calib='percentile_mse'),
+            softmax=LogSqrt2Quantizer(4),
+        ))
 
 
 def rank_batches(rank: int) -> List[torch.Tensor]:
@@ -55,8 +56,10 @@ def calibrate(model: nn.ModuleDict, batches: List[torch.Tensor], rank: int) -> N
 
 
 def qparams(model: nn.Module) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()
-            if isinstance(v, torch.Tensor)}
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)
+    }
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -70,14 +73,16 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 class LayerWithNorm(nn.Module):
+
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(3)
         self.norm = nn.LayerNorm(8)
         self.norm.weight.data = torch.exp(torch.randn(8))
-        self.fc = QuantLinear(nn.Linear(8, 4), dict(type='UniformQuantizer', bits=4,
-                                                    per_channel=True, calib='percentile_mse'),
-                              dict(type='UniformQuantizer', bits=4, calib='percentile_mse'))
+        self.fc = QuantLinear(
+            nn.Linear(8, 4),
+            dict(type='UniformQuantizer', bits=4, per_channel=True, calib='percentile_mse'),
+            dict(type='UniformQuantizer', bits=4, calib='percentile_mse'))
 
     def calibrate(self, batches: List[torch.Tensor]) -> None:
         """Reparameterize, then calibrate, on ``batches`` (possibly none)."""
@@ -152,8 +157,10 @@ def test_per_channel_shape_is_fixed_when_the_layer_is_built():
     finish_calibration(layer)
     assert layer.weight_quantizer.scale is scale  # calibrated in place
     other = QuantLinear(nn.Linear(8, 5), lsq, None)
-    with pytest.raises(ValueError, match=r"LSQQuantizer 'weight_quantizer': the checkpoint "
-                       r"has \(6,\) scale values, the model's layer has 5 channels"):
+    with pytest.raises(
+            ValueError,
+            match=r"LSQQuantizer 'weight_quantizer': the checkpoint "
+            r"has \(6,\) scale values, the model's layer has 5 channels"):
         other.load_state_dict(layer.state_dict())
 
 

@@ -31,10 +31,10 @@ def calibrated_linear() -> QuantLinear:
 def test_defaults():
     layer = QuantLinear.from_float(nn.Linear(3, 2))
     w, a = layer.weight_quantizer, layer.input_quantizer
-    assert (w.bits, w.per_channel, w.symmetric, w.calib, w.static) == (
-        4, True, False, 'percentile_mse', True)
-    assert (a.bits, a.per_channel, a.symmetric, a.calib, a.static) == (
-        8, False, False, 'percentile_mse', False)
+    assert (w.bits, w.per_channel, w.symmetric, w.calib, w.static) == (4, True, False,
+                                                                       'percentile_mse', True)
+    assert (a.bits, a.per_channel, a.symmetric, a.calib, a.static) == (8, False, False,
+                                                                       'percentile_mse', False)
     assert dict(DEFAULT_WEIGHT_QUANTIZER)['bits'] == 4 and dict(DEFAULT_ACT_QUANTIZER)['bits'] == 8
     with pytest.raises(TypeError):
         DEFAULT_WEIGHT_QUANTIZER['bits'] = 2
@@ -57,10 +57,10 @@ def test_linear_keys_and_parameter_sharing():
     shared = QuantLinear(float_layer, dict(type='UniformQuantizer', bits=4), None)
     assert shared.weight is float_layer.weight and shared.bias is float_layer.bias
     assert shared.input_quantizer is None
-    assert list(shared.state_dict()) == ['weight', 'bias'] + [
-        f'weight_quantizer.{k}' for k in QUANT_KEYS]
-    copied = QuantLinear(float_layer, dict(type='UniformQuantizer', bits=4), None,
-                         share_params=False)
+    assert list(
+        shared.state_dict()) == ['weight', 'bias'] + [f'weight_quantizer.{k}' for k in QUANT_KEYS]
+    copied = QuantLinear(
+        float_layer, dict(type='UniformQuantizer', bits=4), None, share_params=False)
     assert copied.weight is not float_layer.weight
     assert torch.equal(copied.weight, float_layer.weight)
     with torch.no_grad():
@@ -76,8 +76,7 @@ def test_linear_keys_and_parameter_sharing():
 def test_two_layers_share_weight_and_weight_quantizer():
     # Two branches: one weight and weight quantizer, each its own input quantizer.
     float_layer = nn.Linear(4, 4)
-    high = QuantLinear(float_layer, DEFAULT_WEIGHT_QUANTIZER, dict(type='UniformQuantizer',
-                                                                   bits=8))
+    high = QuantLinear(float_layer, DEFAULT_WEIGHT_QUANTIZER, dict(type='UniformQuantizer', bits=8))
     low = QuantLinear(float_layer, high.weight_quantizer, dict(type='UniformQuantizer', bits=4))
     assert low.weight is high.weight and low.weight_quantizer is high.weight_quantizer
     assert low.input_quantizer is not high.input_quantizer
@@ -89,10 +88,8 @@ def test_linear_forward_and_float_path():
     x = torch.randn(4, 12)
     assert torch.equal(layer(x), float_layer(x))  # calibration mode: float, bit for bit
     finish_calibration(layer)
-    expected = F.linear(layer.input_quantizer(x), layer.weight_quantizer(layer.weight),
-                        layer.bias)
-    w_q = torch.fake_quantize_per_channel_affine(float_layer.weight,
-                                                 layer.weight_quantizer.scale,
+    expected = F.linear(layer.input_quantizer(x), layer.weight_quantizer(layer.weight), layer.bias)
+    w_q = torch.fake_quantize_per_channel_affine(float_layer.weight, layer.weight_quantizer.scale,
                                                  layer.weight_quantizer.zero_point, 0, 0, 15)
     x_q = torch.fake_quantize_per_tensor_affine(x, layer.input_quantizer.scale,
                                                 layer.input_quantizer.zero_point, 0, 255)
@@ -143,9 +140,8 @@ def test_float_checkpoint_reports_quantizer_keys_missing():
     float_layer = nn.Linear(12, 6)
     layer = QuantLinear.from_float(nn.Linear(12, 6))
     result = layer.load_state_dict(float_layer.state_dict(), strict=False)
-    assert sorted(result.missing_keys) == sorted(
-        [f'weight_quantizer.{k}' for k in QUANT_KEYS] +
-        [f'input_quantizer.{k}' for k in QUANT_KEYS])
+    assert sorted(result.missing_keys) == sorted([f'weight_quantizer.{k}' for k in QUANT_KEYS] +
+                                                 [f'input_quantizer.{k}' for k in QUANT_KEYS])
     assert result.unexpected_keys == []
     assert torch.equal(layer.weight, float_layer.weight)
     assert not layer.weight_quantizer.is_calibrated
@@ -168,18 +164,17 @@ def test_conv2d():
     assert torch.equal(conv(x), float_conv(x))
     finish_calibration(conv)
     assert conv.weight_quantizer.scale.shape == (6, )
-    w_q = torch.fake_quantize_per_channel_affine(float_conv.weight,
-                                                 conv.weight_quantizer.scale,
+    w_q = torch.fake_quantize_per_channel_affine(float_conv.weight, conv.weight_quantizer.scale,
                                                  conv.weight_quantizer.zero_point, 0, 0, 15)
     x_q = conv.input_quantizer(x)
-    reference = F.conv2d(F.pad(x_q, (1, 1, 1, 1), mode='reflect'), w_q, float_conv.bias,
-                         stride=2, groups=2)
+    reference = F.conv2d(
+        F.pad(x_q, (1, 1, 1, 1), mode='reflect'), w_q, float_conv.bias, stride=2, groups=2)
     assert torch.equal(conv(x), reference)
     assert not torch.equal(conv(x), float_conv(x))
     copied = QuantConv2d(float_conv, DEFAULT_WEIGHT_QUANTIZER, None, share_params=False)
     assert copied.weight is not float_conv.weight and copied.input_quantizer is None
-    fresh = QuantConv2d.from_float(nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2,
-                                             padding_mode='reflect'))
+    fresh = QuantConv2d.from_float(
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, padding_mode='reflect'))
     fresh.load_state_dict(round_trip(conv.state_dict()))
     finish_calibration(fresh)
     assert torch.equal(fresh(x), conv(x))

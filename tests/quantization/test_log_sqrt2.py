@@ -60,11 +60,14 @@ def test_switches_and_straight_through_gradient():
     model = nn.Sequential()
     model.add_module('softmax_q', LogSqrt2Quantizer(3))
     enable_calibration(model)
-    with pytest.raises(RuntimeError, match=r"1 quantizer\(s\) have no calibration statistics: "
-                       r"LogSqrt2Quantizer 'softmax_q'"):
+    with pytest.raises(
+            RuntimeError,
+            match=r"1 quantizer\(s\) have no calibration statistics: "
+            r"LogSqrt2Quantizer 'softmax_q'"):
         finish_calibration(model)
-    with pytest.raises(RuntimeError, match="LogSqrt2Quantizer 'softmax_q': no calibration "
-                       "statistics"):
+    with pytest.raises(
+            RuntimeError, match="LogSqrt2Quantizer 'softmax_q': no calibration "
+            "statistics"):
         model.softmax_q.calculate_qparams()
     enable_calibration(model)
     model(x)
@@ -80,11 +83,15 @@ def test_bad_input():
     model = nn.Sequential()
     model.add_module('attn_q', LogSqrt2Quantizer(4))
     enable_calibration(model)
-    with pytest.raises(ValueError, match=r"LogSqrt2Quantizer 'attn_q': inputs must lie in "
-                       r"\[0, 1\] \(post-softmax\), got a minimum of -0.5"):
+    with pytest.raises(
+            ValueError,
+            match=r"LogSqrt2Quantizer 'attn_q': inputs must lie in "
+            r"\[0, 1\] \(post-softmax\), got a minimum of -0.5"):
         model(torch.tensor([0.2, -0.5]))
-    with pytest.raises(ValueError, match=r"LogSqrt2Quantizer 'attn_q': calibration data has 1 "
-                       r"non-finite value\(s\) out of 2 \(first: nan\)"):
+    with pytest.raises(
+            ValueError,
+            match=r"LogSqrt2Quantizer 'attn_q': calibration data has 1 "
+            r"non-finite value\(s\) out of 2 \(first: nan\)"):
         model(torch.tensor([0.2, math.nan]))
     with pytest.raises(ValueError, match=r'bits must be an int in \[2, 8\], got 16'):
         LogSqrt2Quantizer(16)
@@ -145,7 +152,11 @@ def test_an_lsq_softmax_quantizer_can_replace_it_for_qat():
     LSQ with a learnable step for QAT."""
     from mixaq_mmdet.models import MixAQSwinTransformer
     model = MixAQSwinTransformer(
-        embed_dims=16, depths=(2, 2), num_heads=(1, 2), out_indices=(0, 1), a_bits=(4, 2),
+        embed_dims=16,
+        depths=(2, 2),
+        num_heads=(1, 2),
+        out_indices=(0, 1),
+        a_bits=(4, 2),
         softmax_quantizer=dict(type='LSQQuantizer', calib='percentile_mse'))
     softmax_q = model.stages[0].blocks[0].branches['low'].av.quantizer_a
     assert type(softmax_q).__name__ == 'LSQQuantizer' and softmax_q.bits == 2

@@ -21,11 +21,11 @@ def torch_reference(q: LSQQuantizer, x: torch.Tensor, factor: float, ch_axis=Non
     scale = q.scale.detach().clone().requires_grad_()
     zero_point = q.zero_point.detach().clone().requires_grad_(not q.symmetric)
     if ch_axis is None:
-        out = torch._fake_quantize_learnable_per_tensor_affine(
-            x, scale, zero_point, q.quant_min, q.quant_max, factor)
+        out = torch._fake_quantize_learnable_per_tensor_affine(x, scale, zero_point, q.quant_min,
+                                                               q.quant_max, factor)
     else:
-        out = torch._fake_quantize_learnable_per_channel_affine(
-            x, scale, zero_point, ch_axis, q.quant_min, q.quant_max, factor)
+        out = torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point, ch_axis,
+                                                                q.quant_min, q.quant_max, factor)
     return out, x, scale, zero_point
 
 
@@ -62,8 +62,7 @@ def test_per_tensor_matches_torch_learnable_op(bits, symmetric):
 @pytest.mark.parametrize('bits', [2, 4, 8])
 def test_per_channel_matches_torch_learnable_op(bits, symmetric):
     x = torch.randn(3, 7, 5) * torch.tensor([0.1, 1.0, 3.0, 0.5, 2.0])
-    q = initialized(LSQQuantizer(bits, symmetric=symmetric, per_channel=True, ch_axis=-1),
-                    x * 0.7)
+    q = initialized(LSQQuantizer(bits, symmetric=symmetric, per_channel=True, ch_axis=-1), x * 0.7)
     assert q.scale.shape == (5, )
     if not symmetric:
         with torch.no_grad():
@@ -110,8 +109,9 @@ def test_fixed_grad_factor_and_out_of_range_zero_point():
     with torch.no_grad():
         q.zero_point.fill_(17.2)  # outside [0, 15]: clamped in forward, gradient still flows
     check_against_torch(q, x, 0.5)
-    with pytest.raises(ValueError, match='LSQQuantizer: grad_factor must be positive or None, '
-                       'got 0'):
+    with pytest.raises(
+            ValueError, match='LSQQuantizer: grad_factor must be positive or None, '
+            'got 0'):
         LSQQuantizer(4, grad_factor=0)
 
 
@@ -135,13 +135,18 @@ def test_qat_toy_regression_learns_step_sizes():
     x = torch.randn(256, 16)
     target = x @ torch.randn(16, 4)
     float_layer = nn.Linear(16, 4)
-    model = QuantLinear(float_layer, dict(type='LSQQuantizer', bits=3, per_channel=True),
-                        dict(type='LSQQuantizer', bits=3), share_params=False)
+    model = QuantLinear(
+        float_layer,
+        dict(type='LSQQuantizer', bits=3, per_channel=True),
+        dict(type='LSQQuantizer', bits=3),
+        share_params=False)
     enable_calibration(model)
     model(x)
     finish_calibration(model)
-    scales = [model.weight_quantizer.scale.detach().clone(),
-              model.input_quantizer.scale.detach().clone()]
+    scales = [
+        model.weight_quantizer.scale.detach().clone(),
+        model.input_quantizer.scale.detach().clone()
+    ]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     losses = []
     for _ in range(30):

@@ -104,8 +104,8 @@ def test_histogram_statistics_are_accurate():
     ref = torch.quantile(x.double(), torch.tensor(qs, dtype=torch.float64), dim=0)
     assert torch.allclose(exact.quantiles(qs), ref)
     # Each order statistic is located within its bin, 2**-5 of its magnitude wide.
-    tol = torch.maximum(*(torch.quantile(x.double(), torch.tensor(qs, dtype=torch.float64),
-                                         dim=0, interpolation=i).abs()
+    tol = torch.maximum(*(torch.quantile(
+        x.double(), torch.tensor(qs, dtype=torch.float64), dim=0, interpolation=i).abs()
                           for i in ('lower', 'higher'))) / 32
     assert ((hist.quantiles(qs) - ref).abs() <= tol).all()
     for bits in (4, 8):
@@ -113,9 +113,10 @@ def test_histogram_statistics_are_accurate():
         scale, zp = q._range_to_qparams(ref[:3].float(), ref[3:].float())  # (3, 5) candidates
         steps = uniform_step_function(scale, zp, q.quant_min, q.quant_max)
         estimate = hist.step_mse(*steps)
-        actual = torch.stack([((torch.fake_quantize_per_channel_affine(
-            x, s, z, 1, q.quant_min, q.quant_max) - x).double()**2).mean(0)
-                              for s, z in zip(scale, zp)])
+        actual = torch.stack([
+            ((torch.fake_quantize_per_channel_affine(x, s, z, 1, q.quant_min, q.quant_max) -
+              x).double()**2).mean(0) for s, z in zip(scale, zp)
+        ])
         assert estimate.shape == (3, 5)
         # Few tail samples dominate the clipping error; each is known within 3 %.
         assert torch.allclose(estimate, actual, rtol=0.1)
@@ -138,8 +139,10 @@ def test_static_rejects_a_different_tensor():
     w = torch.randn(4, 4)
     q(w)
     q(w.clone())  # equal values are the same weight
-    with pytest.raises(ValueError, match="UniformQuantizer 'fc.weight_quantizer': static "
-                       'statistics keep one tensor'):
+    with pytest.raises(
+            ValueError,
+            match="UniformQuantizer 'fc.weight_quantizer': static "
+            'statistics keep one tensor'):
         q(torch.randn(4, 4))
     q.reset_statistics()
     q(torch.randn(4, 4))
@@ -147,8 +150,11 @@ def test_static_rejects_a_different_tensor():
     assert q.is_calibrated
 
 
-@pytest.mark.parametrize('kwargs', [dict(octaves=0), dict(octaves=65), dict(mantissa_bits=11),
-                                    dict(mantissa_bits=2.0)])
+@pytest.mark.parametrize(
+    'kwargs', [dict(octaves=0),
+               dict(octaves=65),
+               dict(mantissa_bits=11),
+               dict(mantissa_bits=2.0)])
 def test_bad_histogram_settings(kwargs):
     name, value = next(iter(kwargs.items()))
     with pytest.raises(ValueError, match=f'{name} must be an int in .*, got {value!r}'):
@@ -176,8 +182,9 @@ def test_step_integral_is_exact_for_any_step_function():
     levels = torch.randn(2, 3, 6, generator=gen, dtype=torch.float64)
     a = torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) * 6 - 3
     b = a + torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) * 2
-    exact = (_step_antiderivative(b.contiguous(), boundaries, levels) -
-             _step_antiderivative(a.contiguous(), boundaries, levels))
+    exact = (
+        _step_antiderivative(b.contiguous(), boundaries, levels) -
+        _step_antiderivative(a.contiguous(), boundaries, levels))
     n = 200_000
     frac = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     x = a.unsqueeze(-1) + (b - a).unsqueeze(-1) * frac  # (2, 3, 4, n) midpoints

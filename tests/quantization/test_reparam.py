@@ -5,9 +5,8 @@ from torch import nn
 
 from mixaq_mmdet.quantization import (QuantLinear, UniformQuantizer, enable_calibration,
                                       finish_calibration)
-from mixaq_mmdet.quantization.reparam import (ReparamTarget, equalizing_map,
-                                              fold_channel_map, record_channel_statistics,
-                                              reparameterize)
+from mixaq_mmdet.quantization.reparam import (ReparamTarget, equalizing_map, fold_channel_map,
+                                              record_channel_statistics, reparameterize)
 
 
 def _ln_linear(channels=16, seed=0):
@@ -118,9 +117,7 @@ def test_rare_outliers_do_not_set_a_channel_scale(seed):
     equal range the fold is then worse than no fold. Ranges from the
     percentile/MSE search beat no fold there, and beat the min/max fold where
     channel ranges differ."""
-    none, minmax, percentile = (_a4_error(f, 0.0, seed) for f in ('none', 'minmax',
-                                                                     'percentile'))
+    none, minmax, percentile = (_a4_error(f, 0.0, seed) for f in ('none', 'minmax', 'percentile'))
     assert minmax > 1.1 * none and percentile < 0.9 * none
-    none, minmax, percentile = (_a4_error(f, 1.0, seed) for f in ('none', 'minmax',
-                                                                     'percentile'))
+    none, minmax, percentile = (_a4_error(f, 1.0, seed) for f in ('none', 'minmax', 'percentile'))
     assert percentile < 0.85 * minmax and minmax < none

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from mixaq_mmdet.quantization import (LogSqrt2Quantizer, LSQQuantizer, QuantLinear,
-                                      UniformQuantizer, enable_calibration,
-                                      finish_calibration)
+                                      UniformQuantizer, enable_calibration, finish_calibration)
 from mixaq_mmdet.quantization.base import decode_settings
 
 
@@ -21,8 +20,9 @@ def calibrated(layer: nn.Module, x: torch.Tensor) -> nn.Module:
 
 def model(bits: int = 8, act: str = 'UniformQuantizer', **kwargs) -> nn.Module:
     torch.manual_seed(0)
-    layer = QuantLinear(nn.Linear(4, 3), dict(type='UniformQuantizer', bits=4, per_channel=True),
-                        dict(type=act, bits=bits, **kwargs))
+    layer = QuantLinear(
+        nn.Linear(4, 3), dict(type='UniformQuantizer', bits=4, per_channel=True),
+        dict(type=act, bits=bits, **kwargs))
     return nn.Sequential(layer)
 
 
@@ -49,10 +49,12 @@ def test_settings_are_saved_and_survive_weights_only_loading(tmp_path):
 def test_calibrated_state_of_another_setting_is_refused(other, diff):
     state = calibrated(model(), torch.randn(8, 4)).state_dict()
     target = model(**dict(dict(bits=8), **other))
-    with pytest.raises(ValueError, match=rf"UniformQuantizer '0.input_quantizer': the "
-                       rf"checkpoint was calibrated for kind='uniform', bits=8, .*this "
-                       rf"model has .*\(.*{re.escape(diff)}.*\); evaluate the checkpoint with the "
-                       rf"config it was calibrated with"):
+    with pytest.raises(
+            ValueError,
+            match=rf"UniformQuantizer '0.input_quantizer': the "
+            rf"checkpoint was calibrated for kind='uniform', bits=8, .*this "
+            rf"model has .*\(.*{re.escape(diff)}.*\); evaluate the checkpoint with the "
+            rf"config it was calibrated with"):
         target.load_state_dict(state)
 
 
@@ -87,8 +89,10 @@ def test_settings_saved_as_a_dict_by_an_earlier_release_still_load():
 def test_calibrated_state_without_settings_is_refused():
     state = calibrated(model(), torch.randn(8, 4)).state_dict()
     del state['0.input_quantizer._extra_state']
-    with pytest.raises(ValueError, match="'0.input_quantizer': the checkpoint holds "
-                       'calibrated qparams but not the settings'):
+    with pytest.raises(
+            ValueError,
+            match="'0.input_quantizer': the checkpoint holds "
+            'calibrated qparams but not the settings'):
         model().load_state_dict(state, strict=False)
 
 

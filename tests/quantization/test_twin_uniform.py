@@ -94,8 +94,8 @@ def test_calibration_picks_a_shift_with_the_lowest_error(mode, data, bits):
     x = data()
     q = calibrated(bits, mode, x)
     steps = q._steps(torch.tensor(SHIFTS))
-    errors = torch.stack([
-        (twin_quantize(x, s[0], s[1], q.levels, mode) - x).pow(2).mean() for s in steps])
+    errors = torch.stack([(twin_quantize(x, s[0], s[1], q.levels, mode) - x).pow(2).mean()
+                          for s in steps])
     chosen = (q(x) - x).pow(2).mean()
     assert chosen <= errors.min() * 1.05
     assert errors.max() > 2 * errors.min()  # the choice matters on this data
@@ -117,8 +117,10 @@ def test_bad_input_is_refused_by_name():
         TwinUniformQuantizer(4, 'relu')
     q = TwinUniformQuantizer(4, 'softmax')
     q.name = 'backbone.x.av.quantizer_a'
-    with pytest.raises(ValueError, match=r"TwinUniformQuantizer 'backbone.x.av.quantizer_a'.*"
-                       r"\[0, 1\].*mode='gelu'"):
+    with pytest.raises(
+            ValueError,
+            match=r"TwinUniformQuantizer 'backbone.x.av.quantizer_a'.*"
+            r"\[0, 1\].*mode='gelu'"):
         q(torch.tensor([-0.1, 0.5]))
     with pytest.raises(RuntimeError, match='no calibration statistics'):
         TwinUniformQuantizer(4, 'gelu').calculate_qparams()

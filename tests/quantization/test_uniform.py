@@ -4,10 +4,9 @@ from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver as AoMinMaxObserver
 from torch.ao.quantization.observer import PerChannelMinMaxObserver as AoPerChannelObserver
 
-from mixaq_mmdet.quantization import (calculate_qparams, reset_statistics,
-                                      QuantLinear, UniformQuantizer, disable_quantization,
-                                      enable_calibration, enable_fake_quant,
-                                      finish_calibration, fake_quantize)
+from mixaq_mmdet.quantization import (QuantLinear, UniformQuantizer, calculate_qparams,
+                                      disable_quantization, enable_calibration, enable_fake_quant,
+                                      fake_quantize, finish_calibration, reset_statistics)
 
 BITS = list(range(2, 9))
 
@@ -32,11 +31,11 @@ def ao_observer(q: UniformQuantizer, ch_axis=None):
     dtype = torch.qint8 if q.symmetric else torch.quint8
     if ch_axis is None:
         scheme = torch.per_tensor_symmetric if q.symmetric else torch.per_tensor_affine
-        return AoMinMaxObserver(dtype=dtype, qscheme=scheme, quant_min=q.quant_min,
-                                quant_max=q.quant_max)
+        return AoMinMaxObserver(
+            dtype=dtype, qscheme=scheme, quant_min=q.quant_min, quant_max=q.quant_max)
     scheme = torch.per_channel_symmetric if q.symmetric else torch.per_channel_affine
-    return AoPerChannelObserver(ch_axis=ch_axis, dtype=dtype, qscheme=scheme,
-                                quant_min=q.quant_min, quant_max=q.quant_max)
+    return AoPerChannelObserver(
+        ch_axis=ch_axis, dtype=dtype, qscheme=scheme, quant_min=q.quant_min, quant_max=q.quant_max)
 
 
 @pytest.mark.parametrize('symmetric', [False, True])
@@ -44,11 +43,12 @@ def ao_observer(q: UniformQuantizer, ch_axis=None):
 def test_per_tensor_matches_torch(bits, symmetric):
     a, b = torch.randn(16, 20) * 2 + 0.7, torch.randn(8, 20) * 3
     q = calibrate(UniformQuantizer(bits, symmetric=symmetric), a, b)
-    assert (q.quant_min, q.quant_max) == ((-2**(bits - 1), 2**(bits - 1) - 1) if symmetric
-                                          else (0, 2**bits - 1))
+    assert (q.quant_min, q.quant_max) == ((-2**(bits - 1), 2**(bits - 1) - 1) if symmetric else
+                                          (0, 2**bits - 1))
     # min/max over two batches equals min/max over their concatenation, and torch.ao's.
-    whole = calibrate(UniformQuantizer(bits, symmetric=symmetric), torch.cat([a.flatten(),
-                                                                              b.flatten()]))
+    whole = calibrate(
+        UniformQuantizer(bits, symmetric=symmetric), torch.cat([a.flatten(),
+                                                                b.flatten()]))
     ao = ao_observer(q)
     ao(a)
     ao(b)
@@ -58,8 +58,7 @@ def test_per_tensor_matches_torch(bits, symmetric):
 
     # Also outside the calibrated range and at the rounding boundaries.
     x = torch.cat([torch.randn(800) * 4, rounding_edges(q).flatten()])
-    ref = torch.fake_quantize_per_tensor_affine(x, q.scale, q.zero_point, q.quant_min,
-                                                q.quant_max)
+    ref = torch.fake_quantize_per_tensor_affine(x, q.scale, q.zero_point, q.quant_min, q.quant_max)
     out = q(x)
     assert torch.equal(out, ref)
     assert torch.equal(fake_quantize(x, q.scale, q.zero_point, q.quant_min, q.quant_max), ref)
@@ -73,11 +72,11 @@ def test_per_channel_matches_torch(bits, symmetric):
     # Tokens (B, N, C) with channels at different scales, quantized along the last axis.
     spread = torch.logspace(-2, 1, 6)
     a, b = torch.randn(2, 10, 6) * spread, torch.randn(3, 7, 6) * spread - 0.1
-    q = calibrate(UniformQuantizer(bits, symmetric=symmetric, per_channel=True, ch_axis=-1),
-                  a, b)
+    q = calibrate(UniformQuantizer(bits, symmetric=symmetric, per_channel=True, ch_axis=-1), a, b)
     assert q.scale.shape == (6, ) and q.zero_point.shape == (6, )
-    whole = calibrate(UniformQuantizer(bits, symmetric=symmetric, per_channel=True, ch_axis=-1),
-                      torch.cat([a.reshape(-1, 6), b.reshape(-1, 6)]))
+    whole = calibrate(
+        UniformQuantizer(bits, symmetric=symmetric, per_channel=True, ch_axis=-1),
+        torch.cat([a.reshape(-1, 6), b.reshape(-1, 6)]))
     assert torch.equal(q.scale, whole.scale) and torch.equal(q.zero_point, whole.zero_point)
     ao = ao_observer(q, ch_axis=1)
     ao(a.reshape(-1, 6))
@@ -89,13 +88,14 @@ def test_per_channel_matches_torch(bits, symmetric):
     ref = torch.fake_quantize_per_channel_affine(x, q.scale, q.zero_point, 2, q.quant_min,
                                                  q.quant_max)
     assert torch.equal(q(x), ref)
-    assert torch.equal(fake_quantize(x, q.scale, q.zero_point, q.quant_min, q.quant_max, 2),
-                       ref)
+    assert torch.equal(fake_quantize(x, q.scale, q.zero_point, q.quant_min, q.quant_max, 2), ref)
     # A weight (out, in) per output channel.
     w = torch.randn(5, 9)
     qw = calibrate(UniformQuantizer(bits, symmetric=symmetric, per_channel=True), w)
-    assert torch.equal(qw(w), torch.fake_quantize_per_channel_affine(
-        w, qw.scale, qw.zero_point, 0, qw.quant_min, qw.quant_max))
+    assert torch.equal(
+        qw(w),
+        torch.fake_quantize_per_channel_affine(w, qw.scale, qw.zero_point, 0, qw.quant_min,
+                                               qw.quant_max))
 
 
 @pytest.mark.parametrize('bits', BITS)
@@ -183,8 +183,8 @@ def test_loaded_qparams_survive_the_toggles():
 
 
 def test_model_helpers_float_path_is_bit_exact():
-    model = nn.Sequential(QuantLinear.from_float(nn.Linear(6, 5)), nn.ReLU(),
-                          QuantLinear.from_float(nn.Linear(5, 3)))
+    model = nn.Sequential(
+        QuantLinear.from_float(nn.Linear(6, 5)), nn.ReLU(), QuantLinear.from_float(nn.Linear(5, 3)))
     float_model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     float_model.load_state_dict(model.state_dict(), strict=False)
     x = torch.randn(7, 6)
@@ -201,8 +201,9 @@ def test_model_helpers_float_path_is_bit_exact():
 
 @pytest.mark.parametrize('bits', [1, 9, 0, -3])
 def test_bits_out_of_range(bits):
-    with pytest.raises(ValueError, match=rf'UniformQuantizer: bits must be an int in \[2, 8\], '
-                       rf'got {bits}'):
+    with pytest.raises(
+            ValueError, match=rf'UniformQuantizer: bits must be an int in \[2, 8\], '
+            rf'got {bits}'):
         UniformQuantizer(bits)
 
 
@@ -213,8 +214,9 @@ def test_bits_not_an_int(bits):
 
 
 def test_unknown_calib():
-    with pytest.raises(ValueError, match=r"calib must be one of \('minmax', "
-                       r"'percentile_mse'\), got 'kl'"):
+    with pytest.raises(
+            ValueError, match=r"calib must be one of \('minmax', "
+            r"'percentile_mse'\), got 'kl'"):
         UniformQuantizer(8, calib='kl')
 
 
@@ -228,23 +230,28 @@ def test_forward_before_calibration_names_the_quantizer():
     model = named_model()
     model.fc.input_quantizer.disable_observer()
     model.fc.input_quantizer.enable_fake_quant()
-    with pytest.raises(RuntimeError, match="UniformQuantizer: fake quantization is on but "
-                       "the quantizer is not calibrated"):
+    with pytest.raises(
+            RuntimeError,
+            match="UniformQuantizer: fake quantization is on but "
+            "the quantizer is not calibrated"):
         model(torch.randn(3, 4))
     enable_calibration(model)
     model.fc.input_quantizer.disable_observer()
     model.fc.input_quantizer.enable_fake_quant()
-    with pytest.raises(RuntimeError, match="UniformQuantizer 'fc.input_quantizer': fake "
-                       "quantization is on"):
+    with pytest.raises(
+            RuntimeError, match="UniformQuantizer 'fc.input_quantizer': fake "
+            "quantization is on"):
         model(torch.randn(3, 4))
 
 
 def test_empty_calibration_raises_naming_quantizers():
     model = named_model()
     enable_calibration(model)
-    with pytest.raises(RuntimeError, match=r"2 quantizer\(s\) have no calibration statistics: "
-                       r"UniformQuantizer 'fc.weight_quantizer', UniformQuantizer "
-                       r"'fc.input_quantizer'"):
+    with pytest.raises(
+            RuntimeError,
+            match=r"2 quantizer\(s\) have no calibration statistics: "
+            r"UniformQuantizer 'fc.weight_quantizer', UniformQuantizer "
+            r"'fc.input_quantizer'"):
         finish_calibration(model)
     model(torch.randn(0, 4))  # an empty batch is no data either
     with pytest.raises(RuntimeError, match='no calibration statistics'):
@@ -255,15 +262,17 @@ def test_empty_calibration_raises_naming_quantizers():
 
 
 def test_non_strict_calibration_leaves_unreached_quantizers_armed():
-    model = nn.ModuleDict(dict(fc=QuantLinear.from_float(nn.Linear(4, 2)),
-                               unused=UniformQuantizer(8)))
+    model = nn.ModuleDict(
+        dict(fc=QuantLinear.from_float(nn.Linear(4, 2)), unused=UniformQuantizer(8)))
     enable_calibration(model)
     model.fc(torch.randn(3, 4))
     assert finish_calibration(model, strict=False) == ["UniformQuantizer 'unused'"]
-    out = model.fc(torch.randn(3, 4))   # the reached quantizers quantize
+    out = model.fc(torch.randn(3, 4))  # the reached quantizers quantize
     assert model.fc.input_quantizer.is_calibrated and out.shape == (3, 2)
-    with pytest.raises(RuntimeError, match="UniformQuantizer 'unused': fake quantization "
-                       "is on but the quantizer is not calibrated"):
+    with pytest.raises(
+            RuntimeError,
+            match="UniformQuantizer 'unused': fake quantization "
+            "is on but the quantizer is not calibrated"):
         model.unused(torch.randn(2))
     fresh = named_model()
     enable_calibration(fresh)
@@ -285,8 +294,10 @@ def test_non_finite_calibration_data(bad):
     enable_calibration(model)
     x = torch.randn(3, 4)
     x[1, 2] = bad
-    with pytest.raises(ValueError, match=rf"UniformQuantizer 'fc.input_quantizer': calibration "
-                       rf"data has 1 non-finite value\(s\) out of 12 \(first: {bad}\)"):
+    with pytest.raises(
+            ValueError,
+            match=rf"UniformQuantizer 'fc.input_quantizer': calibration "
+            rf"data has 1 non-finite value\(s\) out of 12 \(first: {bad}\)"):
         model(x)
 
 
@@ -295,12 +306,14 @@ def test_channel_count_change_is_reported():
     model.add_module('q', UniformQuantizer(8, per_channel=True, ch_axis=-1))
     enable_calibration(model)
     model(torch.randn(2, 3, 4))
-    with pytest.raises(ValueError, match=r"UniformQuantizer 'q': observed 4 channels before, "
-                       r"got 5"):
+    with pytest.raises(
+            ValueError, match=r"UniformQuantizer 'q': observed 4 channels before, "
+            r"got 5"):
         model(torch.randn(2, 3, 5))
 
 
 def test_static_needs_percentile_mse():
-    with pytest.raises(ValueError, match=r"static=True applies to calib='percentile_mse'.*"
-                       r"calib='minmax'"):
+    with pytest.raises(
+            ValueError, match=r"static=True applies to calib='percentile_mse'.*"
+            r"calib='minmax'"):
         UniformQuantizer(4, static=True)

@@ -14,7 +14,6 @@ from mixaq_mmdet.quantization import quantizers_of
 from mixaq_mmdet.search import (Candidate, RatioEvaluator, RatioSearchSpace,
                                 check_branches_calibrated, run_search, speedup_band,
                                 uniform_ratio_at, write_searched_config)
-
 from ..conftest import REPO, ptq_options, run_tool
 from ..multiprocess import free_port
 
@@ -55,8 +54,8 @@ def calibrated(tiny_shapes, fp_checkpoint, tmp_path_factory):
 def test_evaluator_reproduces_the_test_loop(calibrated, tmp_path):
     runner, metrics, detections = calibrated
     model = runner.test_loop.model
-    val = RatioEvaluator(model, runner.test_loop.dataloader.dataset, batch_size=1,
-                         metrics=('bbox', 'segm'))
+    val = RatioEvaluator(
+        model, runner.test_loop.dataloader.dataset, batch_size=1, metrics=('bbox', 'segm'))
     assert val.num_images == 4 and val.img_shapes == [(320, 320)] * 4
     result = val.evaluate(_uniform(0.5), outfile_prefix=str(tmp_path / 'eval'))
     assert json.load(open(tmp_path / 'eval.bbox.json')) == detections
@@ -132,8 +131,10 @@ def test_uncalibrated_low_branch_is_refused(tiny_shapes, fp_checkpoint, tmp_path
     runner = Runner.from_cfg(cfg)
     runner.test()
     backbone = runner.test_loop.model.backbone
-    with pytest.raises(ValueError, match=r'pair 0 \(stage 0, block 0\): the low-bit branch is '
-                       r'not calibrated .*calibrate at a low-bit ratio that reaches every pair'):
+    with pytest.raises(
+            ValueError,
+            match=r'pair 0 \(stage 0, block 0\): the low-bit branch is '
+            r'not calibrated .*calibrate at a low-bit ratio that reaches every pair'):
         check_branches_calibrated(backbone)
     check_branches_calibrated(backbone, prune_only=True)
 
@@ -143,8 +144,14 @@ def test_search_on_the_detector_meets_its_target(calibrated, tmp_path):
     model = runner.test_loop.model
     evaluator = RatioEvaluator(model, runner.cfg.search_dataloader.dataset)
     space = RatioSearchSpace(model.backbone.num_pairs)
-    result, chosen = run_search(evaluator, space, 'proxy', [1.3], 0.02, pop_size=6,
-                                generations=2, cache_path=str(tmp_path / 'cache.json'))
+    result, chosen = run_search(
+        evaluator,
+        space,
+        'proxy', [1.3],
+        0.02,
+        pop_size=6,
+        generations=2,
+        cache_path=str(tmp_path / 'cache.json'))
     point = chosen[1.3]
     uniform = evaluator.uniform_cost()
     assert 1.28 <= uniform / point.cost <= 1.32
@@ -153,12 +160,14 @@ def test_search_on_the_detector_meets_its_target(calibrated, tmp_path):
     assert all(lo <= e.cost <= hi for e in result.evaluations if e.accuracy == e.accuracy)
     base = uniform_ratio_at(evaluator, uniform / point.cost)
     assert uniform / evaluator.cost(base) <= uniform / point.cost + 1e-9
-    assert uniform / evaluator.cost(Candidate(tuple(r + 0.01 for r in base.low_bit_ratios),
-                                              base.prune_ratios)) > uniform / point.cost
+    assert uniform / evaluator.cost(
+        Candidate(tuple(r + 0.01
+                        for r in base.low_bit_ratios), base.prune_ratios)) > uniform / point.cost
     with pytest.raises(ValueError, match=r'cannot be reached'):
         run_search(evaluator, space, 'proxy', [9.0], 0.02, pop_size=4, generations=1)
-    with pytest.raises(ValueError, match=r"objective must be one of \('map', 'proxy'\), "
-                       r"got 'loss'"):
+    with pytest.raises(
+            ValueError, match=r"objective must be one of \('map', 'proxy'\), "
+            r"got 'loss'"):
         run_search(evaluator, space, 'loss', [1.3], 0.02, pop_size=4, generations=1)
     with pytest.raises(ValueError, match='target speedup 0.9'):
         run_search(evaluator, space, 'proxy', [0.9], 0.02, pop_size=4, generations=1)
@@ -172,9 +181,11 @@ def test_search_tool_end_to_end(tiny_shapes, fp_checkpoint, tmp_path):
     """FP checkpoint -> calibrated at 0.5 -> searched on the search split ->
     a config that tools/test.py evaluates; a rerun resumes from the cache."""
     work_dir = str(tmp_path / 'search')
-    args = ['tools/search_ratios.py', MIXAQ, fp_checkpoint, '--work-dir', work_dir,
-            '--target-speedup', '1.3', '--objective', 'map', '--pop', '4', '--gens', '2',
-            '--cfg-options', *ptq_options(tiny_shapes)]
+    args = [
+        'tools/search_ratios.py', MIXAQ, fp_checkpoint, '--work-dir', work_dir, '--target-speedup',
+        '1.3', '--objective', 'map', '--pop', '4', '--gens', '2', '--cfg-options',
+        *ptq_options(tiny_shapes)
+    ]
     proc = run_tool(args)
     assert 'PTQ: calibrated' in proc.stdout + proc.stderr
     summary = json.load(open(osp.join(work_dir, 'pareto.json')))
@@ -185,8 +196,10 @@ def test_search_tool_end_to_end(tiny_shapes, fp_checkpoint, tmp_path):
     assert osp.getsize(osp.join(work_dir, 'pareto.png')) > 5_000
     cache = json.load(open(osp.join(work_dir, 'search_cache.json')))
     assert cache['evaluations']
-    proc = run_tool(['tools/test.py', target['config'], fp_checkpoint, '--work-dir',
-                     str(tmp_path / 'test'), '--cfg-options', *ptq_options(tiny_shapes)])
+    proc = run_tool([
+        'tools/test.py', target['config'], fp_checkpoint, '--work-dir',
+        str(tmp_path / 'test'), '--cfg-options', *ptq_options(tiny_shapes)
+    ])
     meta = torch.load(tmp_path / 'test' / 'calibrated.pth', weights_only=False)['meta']
     assert meta['mixaq']['low_bit_ratios'] == target['low_bit_ratios']
     rerun = run_tool(args)
@@ -195,19 +208,20 @@ def test_search_tool_end_to_end(tiny_shapes, fp_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize('args, options, match', [
-    ([], ['search_dataloader.dataset.ann_file=annotations/instances_val.json',
-          'search_dataloader.dataset.data_prefix.img=val/'],
-     r'the search split shares 4 images with val \(e\.g\. .*val/000000\.jpg\)'),
-    (['--target-speedup', '7'], [],
-     r'band \[.*\] cannot be reached: the costs of this space span'),
-    (['--target-speedup', '1.0'], [],
-     r'target speedup 1\.0 \(tolerance 0\.02\) must exceed 1'),
+    ([], [
+        'search_dataloader.dataset.ann_file=annotations/instances_val.json',
+        'search_dataloader.dataset.data_prefix.img=val/'
+    ], r'the search split shares 4 images with val \(e\.g\. .*val/000000\.jpg\)'),
+    (['--target-speedup', '7'], [], r'band \[.*\] cannot be reached: the costs of this space span'),
+    (['--target-speedup', '1.0'], [], r'target speedup 1\.0 \(tolerance 0\.02\) must exceed 1'),
 ])
 def test_search_tool_bad_input(tiny_shapes, fp_checkpoint, tmp_path, args, options, match):
-    proc = run_tool(['tools/search_ratios.py', MIXAQ, fp_checkpoint, '--work-dir',
-                     str(tmp_path), '--pop', '4', '--gens', '1', '--objective', 'proxy',
-                     '--no-val'] + args + ['--cfg-options', *ptq_options(tiny_shapes)] + options,
-                    check=False)
+    proc = run_tool(
+        [
+            'tools/search_ratios.py', MIXAQ, fp_checkpoint, '--work-dir',
+            str(tmp_path), '--pop', '4', '--gens', '1', '--objective', 'proxy', '--no-val'
+        ] + args + ['--cfg-options', *ptq_options(tiny_shapes)] + options,
+        check=False)
     assert proc.returncode != 0
     assert re.search(match, proc.stderr), proc.stderr[-2000:]
 
@@ -215,17 +229,21 @@ def test_search_tool_bad_input(tiny_shapes, fp_checkpoint, tmp_path, args, optio
 def test_search_tool_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoint, tmp_path):
     """Images sharded over 2 ranks, measures reduced: the same candidates and
     the same numbers as one process."""
-    common = [MIXAQ, fp_checkpoint, '--target-speedup', '1.3', '--objective', 'proxy',
-              '--pop', '4', '--gens', '1', '--no-val', '--cfg-options',
-              *ptq_options(tiny_shapes), 'search_dataloader.batch_size=1',
-              'env_cfg.dist_cfg.backend=gloo']
+    common = [
+        MIXAQ, fp_checkpoint, '--target-speedup', '1.3', '--objective', 'proxy', '--pop', '4',
+        '--gens', '1', '--no-val', '--cfg-options', *ptq_options(tiny_shapes),
+        'search_dataloader.batch_size=1', 'env_cfg.dist_cfg.backend=gloo'
+    ]
     # one thread, as each rank: per image the same kernels, so only the reduction
     # over ranks differs (hence rel=1e-5), not a thread count of its own
-    run_tool(['tools/search_ratios.py', '--work-dir', str(tmp_path / 'one')] + common,
-             threads=1)
-    run_tool(['-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-              str(free_port()), 'tools/search_ratios.py', '--work-dir', str(tmp_path / 'two'),
-              '--launcher', 'pytorch'] + common, threads=1)
+    run_tool(['tools/search_ratios.py', '--work-dir', str(tmp_path / 'one')] + common, threads=1)
+    run_tool(
+        [
+            '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
+            str(free_port()), 'tools/search_ratios.py', '--work-dir',
+            str(tmp_path / 'two'), '--launcher', 'pytorch'
+        ] + common,
+        threads=1)
     one = json.load(open(tmp_path / 'one' / 'search_cache.json'))['evaluations']
     two = json.load(open(tmp_path / 'two' / 'search_cache.json'))['evaluations']
     assert one.keys() == two.keys() and len(one) >= 4

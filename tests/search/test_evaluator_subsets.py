@@ -11,7 +11,6 @@ from mmengine.runner import Runner
 from mmengine.structures import InstanceData
 
 from mixaq_mmdet.search import DEFAULT_SEARCH_IMAGES, Candidate, RatioEvaluator
-
 from ..conftest import REPO, ptq_options, run_tool
 from .test_detector_search import _config
 
@@ -66,8 +65,10 @@ def test_map_on_a_subset_equals_map_with_an_annotation_file_of_only_those_images
     ann = json.load(open(osp.join(tiny_shapes, 'annotations/instances_train.json')))
     assert len(ann['images']) == 8  # the file lists more images than the subset
     ids = set(subset.img_ids)
-    own = dict(ann, images=[i for i in ann['images'] if i['id'] in ids],
-               annotations=[a for a in ann['annotations'] if a['image_id'] in ids])
+    own = dict(
+        ann,
+        images=[i for i in ann['images'] if i['id'] in ids],
+        annotations=[a for a in ann['annotations'] if a['image_id'] in ids])
     own_file = tmp_path / 'instances_subset.json'
     own_file.write_text(json.dumps(own))
     alone = RatioEvaluator(model, _train_dataset(tiny_shapes, str(own_file)))
@@ -80,14 +81,15 @@ def test_map_on_a_subset_equals_map_with_an_annotation_file_of_only_those_images
 def test_perfect_predictions_on_a_subset_score_one(model, tiny_shapes, monkeypatch):
     """The issue's toy check: right on every image evaluated is mAP 1, whatever
     else the annotation file lists."""
+
     def truth(batch):
         results = _noisy_truth(batch)
         for sample, result in zip(batch['data_samples'], results):
             gt = sample.gt_instances
             boxes = getattr(gt.bboxes, 'tensor', gt.bboxes).float()
             scale = boxes.new_tensor(sample.scale_factor).repeat(2)
-            result.pred_instances = InstanceData(bboxes=boxes / scale, labels=gt.labels,
-                                                 scores=torch.ones(len(boxes)))
+            result.pred_instances = InstanceData(
+                bboxes=boxes / scale, labels=gt.labels, scores=torch.ones(len(boxes)))
         return results
 
     monkeypatch.setattr(model, 'test_step', truth)
@@ -102,10 +104,15 @@ def test_subset_size_is_bounded_and_checked(model, tiny_shapes):
     assert DEFAULT_SEARCH_IMAGES == 256
     with pytest.raises(ValueError, match=r'num_images=9 is more than the 8 images'):
         RatioEvaluator(model, dataset, num_images=9)
-    with pytest.raises(ValueError, match=r'num_images=7 is more than the 6 images .*'
-                                         r'excluding the calibration images'):
-        RatioEvaluator(model, dataset, num_images=7,
-                       exclude=[dataset.get_data_info(i)['img_path'] for i in (0, 1)])
+    with pytest.raises(
+            ValueError,
+            match=r'num_images=7 is more than the 6 images .*'
+            r'excluding the calibration images'):
+        RatioEvaluator(
+            model,
+            dataset,
+            num_images=7,
+            exclude=[dataset.get_data_info(i)['img_path'] for i in (0, 1)])
     with pytest.raises(ValueError, match='max_images must be a positive int'):
         RatioEvaluator(model, dataset, max_images=0)
 
@@ -113,8 +120,8 @@ def test_subset_size_is_bounded_and_checked(model, tiny_shapes):
 def test_streamed_images_give_the_held_result(model, tiny_shapes):
     dataset = _train_dataset(tiny_shapes)
     held = RatioEvaluator(model, dataset, batch_size=3, metrics=('bbox', 'segm'))
-    streamed = RatioEvaluator(model, dataset, batch_size=3, metrics=('bbox', 'segm'),
-                              hold_images=False)
+    streamed = RatioEvaluator(
+        model, dataset, batch_size=3, metrics=('bbox', 'segm'), hold_images=False)
     assert streamed.batches() is not streamed.batches()  # loaded again, nothing kept
     assert streamed.img_shapes == held.img_shapes
     assert streamed.evaluate(_uniform(0.3)) == held.evaluate(_uniform(0.3))
@@ -136,12 +143,14 @@ def test_reference_features_stay_within_their_budget(model, tiny_shapes):
         RatioEvaluator(model, dataset, reference_budget_mb=-1)
 
 
-def test_search_tool_refuses_a_subset_larger_than_the_split(tiny_shapes, fp_checkpoint,
-                                                            tmp_path):
-    proc = run_tool(['tools/search_ratios.py',
-                     osp.join(REPO, 'configs/benchmark/ptq/ptq_mixaq_w4a8a4_shapes.py'),
-                     fp_checkpoint, '--work-dir', str(tmp_path), '--target-speedup', '1.3',
-                     '--search-images', '50', '--no-val', '--cfg-options',
-                     *ptq_options(tiny_shapes)], check=False)
+def test_search_tool_refuses_a_subset_larger_than_the_split(tiny_shapes, fp_checkpoint, tmp_path):
+    proc = run_tool([
+        'tools/search_ratios.py',
+        osp.join(REPO,
+                 'configs/benchmark/ptq/ptq_mixaq_w4a8a4_shapes.py'), fp_checkpoint, '--work-dir',
+        str(tmp_path), '--target-speedup', '1.3', '--search-images', '50', '--no-val',
+        '--cfg-options', *ptq_options(tiny_shapes)
+    ],
+                    check=False)
     assert proc.returncode != 0
     assert 'num_images=50 is more than the 4 images' in proc.stderr, proc.stderr[-2000:]

@@ -10,12 +10,10 @@ from typing import Callable, List, Tuple
 import numpy as np
 import pytest
 
-from mixaq_mmdet.search.nsga import (RATIO_GRID, Candidate, Evaluation,
-                                     RatioSearchSpace, SearchResult,
-                                     cost_range, search_ratios)
+from mixaq_mmdet.search.nsga import (RATIO_GRID, Candidate, Evaluation, RatioSearchSpace,
+                                     SearchResult, cost_range, search_ratios)
 
-PACKAGE_DIR = osp.join(
-    osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'mixaq_mmdet')
+PACKAGE_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'mixaq_mmdet')
 NSGA_DIR = osp.join(PACKAGE_DIR, 'search', 'nsga')
 
 # Per-pair weights: the later pairs matter more for cost, the earlier ones
@@ -29,15 +27,14 @@ PRUNE_ACCURACY_WEIGHT = 0.9
 def toy_cost(candidate: Candidate) -> float:
     """Decreasing in every ratio, never below 1."""
     return 10.0 - sum(
-        w * (low + PRUNE_COST_WEIGHT * prune) for w, low, prune in zip(
-            COST_WEIGHTS, candidate.low_bit_ratios, candidate.prune_ratios))
+        w * (low + PRUNE_COST_WEIGHT * prune)
+        for w, low, prune in zip(COST_WEIGHTS, candidate.low_bit_ratios, candidate.prune_ratios))
 
 
 def toy_accuracy(candidate: Candidate) -> float:
     """Decreasing, convex loss in every ratio."""
-    return 1.0 - sum(
-        w * (low**1.5 + PRUNE_ACCURACY_WEIGHT * prune**2) for w, low, prune in
-        zip(ACCURACY_WEIGHTS, candidate.low_bit_ratios, candidate.prune_ratios))
+    return 1.0 - sum(w * (low**1.5 + PRUNE_ACCURACY_WEIGHT * prune**2) for w, low, prune in zip(
+        ACCURACY_WEIGHTS, candidate.low_bit_ratios, candidate.prune_ratios))
 
 
 class Recorder:
@@ -65,15 +62,16 @@ def all_candidates(space: RatioSearchSpace) -> List[Candidate]:
 def true_front(candidates: List[Candidate]) -> List[Tuple[float, float]]:
     """Brute-force non-dominated (accuracy, cost) points."""
     points = [(toy_accuracy(c), toy_cost(c)) for c in candidates]
-    return sorted({(a, c) for a, c in points
-                   if not any(oa >= a and oc <= c and (oa > a or oc < c)
-                              for oa, oc in points)}, key=lambda p: p[1])
+    return sorted(
+        {(a, c)
+         for a, c in points if not any(oa >= a and oc <= c and (oa > a or oc < c)
+                                       for oa, oc in points)},
+        key=lambda p: p[1])
 
 
 def as_records(result: SearchResult) -> List[Tuple[str, object, float]]:
     """Evaluations with nan as None, so that lists compare with ==."""
-    return [(e.candidate.key(),
-             e.accuracy if math.isfinite(e.accuracy) else None, e.cost)
+    return [(e.candidate.key(), e.accuracy if math.isfinite(e.accuracy) else None, e.cost)
             for e in result.evaluations]
 
 
@@ -95,8 +93,7 @@ def test_space_encode_decode_round_trip():
     assert space.decode([5.0, 3.0, 0.0, 1.0, 0.0, 2.0]) == candidate
     assert candidate.key() == '0.5,0.3,0|0.2,0,0.4'
     # A ratio within the tolerance of a choice is that choice.
-    assert space.encode(Candidate((0.1 + 0.2, 0.0, 0.0),
-                                  (0, 0, 0))).tolist()[0] == 3
+    assert space.encode(Candidate((0.1 + 0.2, 0.0, 0.0), (0, 0, 0))).tolist()[0] == 3
 
 
 def test_space_without_prune_genes_decodes_prune_zero():
@@ -113,8 +110,7 @@ def test_space_feasible_and_uniform():
     assert space.feasible(space.encode(Candidate((0.7, 0.5), (0.3, 0.5))))
     assert not space.feasible(space.encode(Candidate((0.8, 0.5), (0.3, 0.5))))
     assert space.uniform(0.4, 0.3) == Candidate((0.4, 0.4), (0.3, 0.3))
-    assert RatioSearchSpace(3).uniform(0.6) == Candidate((0.6, ) * 3,
-                                                         (0.0, ) * 3)
+    assert RatioSearchSpace(3).uniform(0.6) == Candidate((0.6, ) * 3, (0.0, ) * 3)
     with pytest.raises(ValueError, match='exceeds 1'):
         space.uniform(0.8, 0.5)
     with pytest.raises(ValueError, match='0.35'):
@@ -135,8 +131,7 @@ def test_space_feasible_and_uniform():
     (dict(num_pairs=2, prune_choices=(0.0, 1.5)), 'prune_choices.*1.5'),
     (dict(num_pairs=2, low_choices=()), 'at least one ratio'),
     (dict(num_pairs=2, low_choices=(0.0, 0.5, 0.5)), 'strictly increasing'),
-    (dict(num_pairs=2, low_choices=(0.6, 0.8), prune_choices=(0.5, )),
-     'no feasible candidate'),
+    (dict(num_pairs=2, low_choices=(0.6, 0.8), prune_choices=(0.5, )), 'no feasible candidate'),
 ])
 def test_space_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -147,8 +142,9 @@ def test_space_rejects_bad_genes_and_ratios():
     space = RatioSearchSpace(2)
     with pytest.raises(ValueError, match='0.25 is not one of the choices'):
         space.encode(Candidate((0.25, 0.0), (0.0, 0.0)))
-    with pytest.raises(ValueError, match=r'gene 1 is 9, outside the valid '
-                       r'indices 0\.\.8'):
+    with pytest.raises(
+            ValueError, match=r'gene 1 is 9, outside the valid '
+            r'indices 0\.\.8'):
         space.decode([0, 9])
     with pytest.raises(ValueError, match='gene 0 must be an integer index'):
         space.decode([0.5, 1])
@@ -179,16 +175,16 @@ def test_front_and_best_in_band():
     def evaluation(low: float, accuracy: float, cost: float) -> Evaluation:
         return Evaluation(space.uniform(low), accuracy, cost)
 
-    result = SearchResult(space, [
-        evaluation(0.0, 0.9, 10.0),
-        evaluation(0.1, 0.8, 8.0),
-        evaluation(0.2, 0.7, 9.0),  # dominated by 0.1
-        evaluation(0.3, math.nan, 7.0),  # not evaluated
-        evaluation(0.4, 0.6, 6.0),
-    ])
-    assert [e.candidate.low_bit_ratios[0] for e in result.front()] == [
-        0.4, 0.1, 0.0
-    ]
+    result = SearchResult(
+        space,
+        [
+            evaluation(0.0, 0.9, 10.0),
+            evaluation(0.1, 0.8, 8.0),
+            evaluation(0.2, 0.7, 9.0),  # dominated by 0.1
+            evaluation(0.3, math.nan, 7.0),  # not evaluated
+            evaluation(0.4, 0.6, 6.0),
+        ])
+    assert [e.candidate.low_bit_ratios[0] for e in result.front()] == [0.4, 0.1, 0.0]
     assert result.best_in_band((7.0, 9.0)).candidate == space.uniform(0.1)
     assert result.best_in_band((5.0, 11.0)).candidate == space.uniform(0.0)
     with pytest.raises(ValueError, match=r'band \[6.5, 7.5\]'):
@@ -203,8 +199,7 @@ def test_search_recovers_the_true_front():
     front, and reports nothing that is dominated."""
     space = RatioSearchSpace(2)
     accuracy = Recorder(toy_accuracy)
-    result = search_ratios(space, accuracy, toy_cost, pop_size=16,
-                           generations=12, seed=0)
+    result = search_ratios(space, accuracy, toy_cost, pop_size=16, generations=12, seed=0)
     truth = true_front(all_candidates(space))
     found = [(e.accuracy, e.cost) for e in result.front()]
     assert len(truth) >= 10  # a front worth searching
@@ -222,8 +217,7 @@ def test_search_inside_a_band():
     space = RatioSearchSpace(3)
     band = (6.5, 7.0)
     accuracy = Recorder(toy_accuracy)
-    result = search_ratios(space, accuracy, toy_cost, band=band, pop_size=12,
-                           generations=6, seed=1)
+    result = search_ratios(space, accuracy, toy_cost, band=band, pop_size=12, generations=6, seed=1)
     assert accuracy.calls, 'nothing was evaluated'
     for candidate in accuracy.calls:
         assert band[0] <= toy_cost(candidate) <= band[1], candidate
@@ -235,8 +229,7 @@ def test_search_inside_a_band():
     assert best.accuracy == max(e.accuracy for e in scored)
     assert all(band[0] <= e.cost <= band[1] for e in result.front())
     # The repair puts the search in the band: it finds a good point of it.
-    in_band = [toy_accuracy(c) for c in all_candidates(space)
-               if band[0] <= toy_cost(c) <= band[1]]
+    in_band = [toy_accuracy(c) for c in all_candidates(space) if band[0] <= toy_cost(c) <= band[1]]
     assert best.accuracy >= sorted(in_band)[-5]
     assert result.band == band
 
@@ -245,8 +238,7 @@ def test_search_respects_low_plus_prune_at_most_one():
     space = RatioSearchSpace(2, prune_choices=(0.0, 0.2, 0.4, 0.6))
     accuracy = Recorder(toy_accuracy)
     costs = Recorder(toy_cost)
-    result = search_ratios(space, accuracy, costs, pop_size=16, generations=8,
-                           seed=3)
+    result = search_ratios(space, accuracy, costs, pop_size=16, generations=8, seed=3)
     assert accuracy.calls
     for candidate in accuracy.calls + costs.calls:
         for low, prune in zip(*candidate):
@@ -261,20 +253,18 @@ def test_search_with_prune_genes_in_a_band():
     space = RatioSearchSpace(3, prune_choices=(0.0, 0.2, 0.4))
     band = (5.0, 5.5)
     accuracy = Recorder(toy_accuracy)
-    result = search_ratios(space, accuracy, toy_cost, band=band, pop_size=8,
-                           generations=4, seed=0)
+    result = search_ratios(space, accuracy, toy_cost, band=band, pop_size=8, generations=4, seed=0)
     assert len(accuracy.calls) == len(result.evaluations) > 8
     for candidate in accuracy.calls:
         assert band[0] <= toy_cost(candidate) <= band[1]
-        assert all(l + p <= 1 + 1e-9 for l, p in zip(*candidate))
+        assert all(lo + pr <= 1 + 1e-9 for lo, pr in zip(*candidate))
 
 
 def test_initial_candidates_come_first():
     space = RatioSearchSpace(3)
     initial = [space.uniform(0.3), space.uniform(0.5)]
     accuracy = Recorder(toy_accuracy)
-    search_ratios(space, accuracy, toy_cost, pop_size=6, generations=1,
-                  initial=initial)
+    search_ratios(space, accuracy, toy_cost, pop_size=6, generations=1, initial=initial)
     assert accuracy.calls[:2] == initial
     assert len(accuracy.calls) == 6
 
@@ -284,8 +274,8 @@ def test_same_seed_same_search():
     band = (6.0, 7.5)
     runs = [
         as_records(
-            search_ratios(space, toy_accuracy, toy_cost, band=band,
-                          pop_size=8, generations=5, seed=seed))
+            search_ratios(
+                space, toy_accuracy, toy_cost, band=band, pop_size=8, generations=5, seed=seed))
         for seed in (7, 7, 8)
     ]
     assert runs[0] == runs[1]
@@ -296,9 +286,12 @@ def test_on_generation_reports_every_generation():
     space = RatioSearchSpace(2)
     reports = []
     result = search_ratios(
-        space, toy_accuracy, toy_cost, pop_size=8, generations=4,
-        on_generation=lambda g, n, partial: reports.append(
-            (g, n, len(partial.evaluations))))
+        space,
+        toy_accuracy,
+        toy_cost,
+        pop_size=8,
+        generations=4,
+        on_generation=lambda g, n, partial: reports.append((g, n, len(partial.evaluations))))
     assert [(g, n) for g, n, _ in reports] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     counts = [count for _, _, count in reports]
     assert counts == sorted(counts) and counts[0] == 8
@@ -319,8 +312,8 @@ def test_interrupted_search_resumes_from_the_cache(tmp_path):
         return toy_accuracy(candidate)
 
     full_accuracy = Recorder(accuracy_drawing_global_random)
-    full = search_ratios(space, full_accuracy, toy_cost,
-                         cache_path=str(tmp_path / 'full.json'), **settings)
+    full = search_ratios(
+        space, full_accuracy, toy_cost, cache_path=str(tmp_path / 'full.json'), **settings)
     total = len(full_accuracy.calls)
     assert total > 12
 
@@ -335,47 +328,48 @@ def test_interrupted_search_resumes_from_the_cache(tmp_path):
     partial_calls: List[Candidate] = []
     cache = tmp_path / 'cache.json'
     with pytest.raises(Interrupted):
-        search_ratios(space, failing, toy_cost, cache_path=str(cache),
-                      **settings)
+        search_ratios(space, failing, toy_cost, cache_path=str(cache), **settings)
     saved = json.loads(cache.read_text())
-    assert len([a for a, _ in saved['evaluations'].values()
-                if a is not None]) == stop_after
+    assert len([a for a, _ in saved['evaluations'].values() if a is not None]) == stop_after
 
     resumed_accuracy = Recorder(accuracy_drawing_global_random)
-    resumed = search_ratios(space, resumed_accuracy, toy_cost,
-                            cache_path=str(cache), **settings)
+    resumed = search_ratios(space, resumed_accuracy, toy_cost, cache_path=str(cache), **settings)
     assert len(resumed_accuracy.calls) == total - stop_after
-    assert not set(c.key() for c in resumed_accuracy.calls) & set(
-        c.key() for c in partial_calls)
+    assert not set(c.key() for c in resumed_accuracy.calls) & set(c.key() for c in partial_calls)
     assert as_records(resumed) == as_records(full)
-    assert json.loads(cache.read_text()) == json.loads(
-        (tmp_path / 'full.json').read_text())
+    assert json.loads(cache.read_text()) == json.loads((tmp_path / 'full.json').read_text())
 
     replay_accuracy = Recorder(toy_accuracy)
-    replay = search_ratios(space, replay_accuracy, toy_cost,
-                           cache_path=str(cache), **settings)
+    replay = search_ratios(space, replay_accuracy, toy_cost, cache_path=str(cache), **settings)
     assert replay_accuracy.calls == []
     assert as_records(replay) == as_records(full)
-    assert [(e.candidate, e.accuracy) for e in replay.front()] == [
-        (e.candidate, e.accuracy) for e in full.front()]
+    assert [(e.candidate, e.accuracy) for e in replay.front()] == [(e.candidate, e.accuracy)
+                                                                   for e in full.front()]
 
 
 def test_cache_file_content(tmp_path):
     cache = tmp_path / 'sub' / 'search.json'
     space = RatioSearchSpace(2)
-    result = search_ratios(space, toy_accuracy, toy_cost, band=(7.0, 8.0),
-                           pop_size=4, generations=2, seed=2,
-                           cache_path=str(cache),
-                           initial=[space.uniform(0.4)])
+    result = search_ratios(
+        space,
+        toy_accuracy,
+        toy_cost,
+        band=(7.0, 8.0),
+        pop_size=4,
+        generations=2,
+        seed=2,
+        cache_path=str(cache),
+        initial=[space.uniform(0.4)])
     content = json.loads(cache.read_text())
     assert content['space'] == space.to_dict()
     assert content['settings'] == {
-        'pop_size': 4, 'generations': 2, 'seed': 2, 'band': [7.0, 8.0],
+        'pop_size': 4,
+        'generations': 2,
+        'seed': 2,
+        'band': [7.0, 8.0],
         'initial': ['0.4,0.4|0,0']
     }
-    assert list(content['evaluations']) == [
-        e.candidate.key() for e in result.evaluations
-    ]
+    assert list(content['evaluations']) == [e.candidate.key() for e in result.evaluations]
     for e in result.evaluations:
         accuracy, cost = content['evaluations'][e.candidate.key()]
         assert cost == e.cost
@@ -389,13 +383,12 @@ def test_band_the_repair_rarely_reaches(tmp_path):
     enter the front; a rerun from the cache replays them all."""
     space = RatioSearchSpace(2)
     band = (7.4, 7.45)
-    in_band = [c for c in all_candidates(space)
-               if band[0] <= toy_cost(c) <= band[1]]
+    in_band = [c for c in all_candidates(space) if band[0] <= toy_cost(c) <= band[1]]
     assert [c.key() for c in in_band] == ['0,0.6|0,0']
     cache = str(tmp_path / 'search.json')
     accuracy = Recorder(toy_accuracy)
-    result = search_ratios(space, accuracy, toy_cost, band=band, pop_size=8,
-                           generations=3, cache_path=cache)
+    result = search_ratios(
+        space, accuracy, toy_cost, band=band, pop_size=8, generations=3, cache_path=cache)
     assert accuracy.calls == in_band
     assert any(math.isnan(e.accuracy) for e in result.evaluations)
     assert [e.candidate for e in result.front()] == in_band
@@ -404,8 +397,8 @@ def test_band_the_repair_rarely_reaches(tmp_path):
     assert sum(a is None for a, _ in saved.values()) == len(saved) - 1
 
     rerun_accuracy = Recorder(toy_accuracy)
-    rerun = search_ratios(space, rerun_accuracy, toy_cost, band=band,
-                          pop_size=8, generations=3, cache_path=cache)
+    rerun = search_ratios(
+        space, rerun_accuracy, toy_cost, band=band, pop_size=8, generations=3, cache_path=cache)
     assert rerun_accuracy.calls == []
     assert as_records(rerun) == as_records(result)
 
@@ -418,8 +411,13 @@ def test_band_the_repair_rarely_reaches(tmp_path):
 ])
 def test_cache_of_another_search_is_refused(tmp_path, change, message):
     cache = str(tmp_path / 'search.json')
-    settings = dict(space=RatioSearchSpace(2), band=(7.0, 8.0), pop_size=4,
-                    generations=2, seed=0, cache_path=cache)
+    settings = dict(
+        space=RatioSearchSpace(2),
+        band=(7.0, 8.0),
+        pop_size=4,
+        generations=2,
+        seed=0,
+        cache_path=cache)
     search_ratios(accuracy_fn=toy_accuracy, cost_fn=toy_cost, **settings)
     settings.update(change)
     calls = Recorder(toy_accuracy)
@@ -454,8 +452,8 @@ def test_unreachable_band_names_band_and_range():
      'initial candidate 0 .* outside the search space.*0.25'),
     (dict(initial=[Candidate((0.2, 0.0, 0.1), (0.0, 0.0, 0.0))]),
      'initial candidate 0 .* 3 low-bit ratios'),
-    (dict(initial=[RatioSearchSpace(2).uniform(0.1)] * 5, pop_size=4),
-     '5 initial candidates do not fit'),
+    (dict(initial=[RatioSearchSpace(2).uniform(0.1)] * 5,
+          pop_size=4), '5 initial candidates do not fit'),
 ])
 def test_search_rejects_bad_arguments(kwargs, message):
     calls = Recorder(toy_accuracy)
@@ -466,8 +464,7 @@ def test_search_rejects_bad_arguments(kwargs, message):
 
 def test_non_finite_accuracy_is_an_error():
     with pytest.raises(ValueError, match='accuracy_fn returned nan'):
-        search_ratios(RatioSearchSpace(2), lambda c: math.nan, toy_cost,
-                      pop_size=4, generations=1)
+        search_ratios(RatioSearchSpace(2), lambda c: math.nan, toy_cost, pop_size=4, generations=1)
 
 
 # ------------------------------------------------------------- standalone
@@ -503,8 +500,7 @@ print(json.dumps(dict(evaluations=len(result.evaluations),
                       best=best.candidate.key(), cost=best.cost,
                       blocked=blocked, ours=ours)))
 '''
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report['evaluations'] > 0

@@ -7,7 +7,6 @@ import shutil
 from mmengine.config import Config
 
 from mixaq_mmdet.tables import fingerprint
-
 from ..conftest import run_tool
 
 ROWS = ['fp', 'uniform_w4a8', 'qat_uniform_w4a4', 'policy_w4a8a2_reverse_0.25']
@@ -18,8 +17,8 @@ def test_a_moved_table_keeps_its_keys(tmp_path):
     checkpoint.write_bytes(b'weights')
 
     def key(root):
-        cfg = Config(dict(work_dir=f'{root}/row', test_evaluator=dict(
-            outfile_prefix=f'{root}/row/preds')))
+        cfg = Config(
+            dict(work_dir=f'{root}/row', test_evaluator=dict(outfile_prefix=f'{root}/row/preds')))
         return fingerprint(cfg, str(checkpoint), 'v', work_dir=root)
 
     assert key('/a/table') == key('/b/elsewhere')
@@ -33,8 +32,10 @@ def _rows(work_dir):
 
 
 def test_launched_rows_equal_rows_computed_in_process(tiny_shapes, tmp_path):
-    args = ['tools/run_demo.py', '--data-root', tiny_shapes, '--max-epochs', '1',
-            '--qat-epochs', '1', '--calib-images', '4', '--rows', *ROWS]
+    args = [
+        'tools/run_demo.py', '--data-root', tiny_shapes, '--max-epochs', '1', '--qat-epochs', '1',
+        '--calib-images', '4', '--rows', *ROWS
+    ]
     local = str(tmp_path / 'local')
     run_tool(args + ['--work-dir', local])
     launched = str(tmp_path / 'launched')

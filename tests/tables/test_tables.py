@@ -13,15 +13,19 @@ from mmengine.config import Config, DictAction
 from mixaq_mmdet.tables import (BENCHMARK, COCO, ResultStore, Row, Search, Table, TableConfig,
                                 Target, Training, fingerprint, relocation_options, tool_command)
 from mixaq_mmdet.tables.executors import calibration_images, read_test_metrics
-
 from ..conftest import REPO
 
 
 def _table(**changes) -> Table:
-    fields = dict(name='t', title='t', config_root=BENCHMARK.config_root, data_root='d',
-                  ann_files=dict(train='a', val='b'), img_shape=(32, 32),
-                  trainings=(Training('fp', 'fp.py'), Training('q', 'q.py', 'fp')),
-                  rows=(Row('fp', 'fp.py', 'fp', 'fp'), Row('q', 'q.py', 'q', 'fp')))
+    fields = dict(
+        name='t',
+        title='t',
+        config_root=BENCHMARK.config_root,
+        data_root='d',
+        ann_files=dict(train='a', val='b'),
+        img_shape=(32, 32),
+        trainings=(Training('fp', 'fp.py'), Training('q', 'q.py', 'fp')),
+        rows=(Row('fp', 'fp.py', 'fp', 'fp'), Row('q', 'q.py', 'q', 'fp')))
     fields.update(changes)
     return Table(**fields)
 
@@ -34,8 +38,9 @@ def _table(**changes) -> Table:
      "training q continues 'fp', which is not a training listed before it"),
     (dict(targets=(Target('claim', 'fp', 'nope', 'gt'), )), "names row 'nope'"),
     (dict(ann_files=dict(train='a')), 'ann_files needs the splits train, val'),
-    (dict(rows=(Row('a', 'x.py', 'fp', 'a', calibration='c'),
-                Row('b', 'x.py', 'q', 'a', calibration='c'))),
+    (dict(
+        rows=(Row('a', 'x.py', 'fp', 'a', calibration='c'),
+              Row('b', 'x.py', 'q', 'a', calibration='c'))),
      "rows a and b share calibration 'c' but not"),
 ])
 def test_a_table_that_does_not_hold_together_is_refused(changes, message):
@@ -49,30 +54,36 @@ def test_a_target_with_an_unknown_test_is_refused():
 
 
 def test_needed_trainings_include_the_parents_in_order():
-    assert COCO.needed_trainings(['qat_mixaq_prune_1.82x']) == (
-        'fp', 'qat_uniform_w4a4', 'qat_saqa_prune_w4a4a2')
+    assert COCO.needed_trainings(['qat_mixaq_prune_1.82x']) == ('fp', 'qat_uniform_w4a4',
+                                                                'qat_saqa_prune_w4a4a2')
     assert COCO.needed_trainings(['uniform_w4a8']) == ('fp', )
-    assert BENCHMARK.needed_trainings(['qat_search_1.35x']) == (
-        'fp', 'qat_uniform_w4a4', 'qat_saqa_w4a4a2')
+    assert BENCHMARK.needed_trainings(['qat_search_1.35x']) == ('fp', 'qat_uniform_w4a4',
+                                                                'qat_saqa_w4a4a2')
 
 
 def test_the_coco_table_has_the_papers_rows_and_uses_every_mixaq_config():
-    used = {t.config for t in COCO.trainings} | {r.config for r in COCO.rows} | {
-        s.config for s in COCO.searches}
-    configs = {osp.relpath(p, COCO.config_root)
-               for p in glob.glob(osp.join(COCO.config_root, '**', '*.py'), recursive=True)}
+    used = {t.config
+            for t in COCO.trainings} | {r.config
+                                        for r in COCO.rows} | {s.config
+                                                               for s in COCO.searches}
+    configs = {
+        osp.relpath(p, COCO.config_root)
+        for p in glob.glob(osp.join(COCO.config_root, '**', '*.py'), recursive=True)
+    }
     # the 1x model is not the paper's base: it is kept to evaluate its own checkpoint;
     # the -amp config is another recipe for the qat_uniform_w4a4 training, not a row
     # (tests/tools/test_smoke_coco.py checks that the smoke runs both)
-    assert configs - used == {'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
-                              'qat/qat_uniform_w4a4-amp_swin-t_coco.py'}
+    assert configs - used == {
+        'mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py', 'qat/qat_uniform_w4a4-amp_swin-t_coco.py'
+    }
     assert used <= configs
     names = set(COCO.row_names)
-    assert {'fp', 'uniform_w4a8', 'mixaq_w4a8a4_1.24x', 'mixaq_w4a8a4_1.35x',
-            'mixaq_w4a8a4_prune_1.52x', 'qat_uniform_w4a4', 'qat_uniform_w4a3',
-            'qat_saqa_all_high', 'qat_search_1.24x', 'qat_search_1.35x',
-            'qat_search_prune_1.53x', 'qat_search_prune_1.82x', 'qat_no_saqa_1.35x',
-            'qat_mixaq_random_1.35x', 'qat_mixaq_reverse_1.35x'} <= names
+    assert {
+        'fp', 'uniform_w4a8', 'mixaq_w4a8a4_1.24x', 'mixaq_w4a8a4_1.35x',
+        'mixaq_w4a8a4_prune_1.52x', 'qat_uniform_w4a4', 'qat_uniform_w4a3', 'qat_saqa_all_high',
+        'qat_search_1.24x', 'qat_search_1.35x', 'qat_search_prune_1.53x', 'qat_search_prune_1.82x',
+        'qat_no_saqa_1.35x', 'qat_mixaq_random_1.35x', 'qat_mixaq_reverse_1.35x'
+    } <= names
     fp = COCO.training('fp')
     assert fp.checkpoint.endswith('mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_'
                                   '131725-bacf6f7b.pth')
@@ -107,27 +118,31 @@ def _from_command_line(tc: TableConfig) -> Config:
     return cfg
 
 
-@pytest.mark.parametrize('row', [r for r in COCO.rows if r.options or r.name == 'fp'][:4]
-                         + [COCO.rows[4]], ids=lambda r: r.name)
+@pytest.mark.parametrize(
+    'row', [r for r in COCO.rows if r.options or r.name == 'fp'][:4] + [COCO.rows[4]],
+    ids=lambda r: r.name)
 def test_a_launched_tool_loads_the_config_the_runner_keys_on(row, tmp_path):
     """The options a launched tool gets rebuild the runner's merged config."""
     out = str(tmp_path / row.name)
-    tc = TableConfig(osp.join(COCO.config_root, row.config), out, str(tmp_path / 'coco'),
-                     row.options + (('test_evaluator.outfile_prefix', out + '/preds'), ))
+    tc = TableConfig(
+        osp.join(COCO.config_root, row.config), out, str(tmp_path / 'coco'),
+        row.options + (('test_evaluator.outfile_prefix', out + '/preds'), ))
     assert _from_command_line(tc).pretty_text == tc.cfg.pretty_text
     assert tc.cfg.test_dataloader.dataset.data_root == str(tmp_path / 'coco') + '/'
 
 
 def test_tool_commands_launch_on_several_gpus():
-    assert tool_command('train', ['c.py', '--work-dir', 'w'], 8) == [
-        'bash', 'tools/dist_train.sh', 'c.py', '8', '--work-dir', 'w']
+    assert tool_command('train', ['c.py', '--work-dir', 'w'],
+                        8) == ['bash', 'tools/dist_train.sh', 'c.py', '8', '--work-dir', 'w']
     assert tool_command('test', ['c.py', 'k.pth', '--work-dir', 'w'], 8) == [
-        'bash', 'tools/dist_test.sh', 'c.py', 'k.pth', '8', '--work-dir', 'w']
+        'bash', 'tools/dist_test.sh', 'c.py', 'k.pth', '8', '--work-dir', 'w'
+    ]
     assert tool_command('search', ['c.py', 'k.pth'], 4) == [
-        'python', '-m', 'torch.distributed.run', '--nproc_per_node=4',
-        'tools/search_ratios.py', 'c.py', 'k.pth', '--launcher', 'pytorch']
-    assert tool_command('test', ['c.py', 'k.pth'], 1) == ['python', 'tools/test.py', 'c.py',
-                                                          'k.pth']
+        'python', '-m', 'torch.distributed.run', '--nproc_per_node=4', 'tools/search_ratios.py',
+        'c.py', 'k.pth', '--launcher', 'pytorch'
+    ]
+    assert tool_command('test', ['c.py', 'k.pth'],
+                        1) == ['python', 'tools/test.py', 'c.py', 'k.pth']
     with pytest.raises(ValueError, match="unknown tool 'eval'"):
         tool_command('eval', [], 1)
 
@@ -167,8 +182,8 @@ def test_metrics_are_read_from_the_newest_test_log(tmp_path):
     for stamp, value in (('20261203_100000', 0.1), ('20261203_110000', 0.2)):
         os.makedirs(tmp_path / stamp)
         (tmp_path / stamp / f'{stamp}.json').write_text(json.dumps({'coco/bbox_mAP': value}))
-        (tmp_path / stamp / f'{stamp}.log').write_text(
-            f'PTQ: calibrated 12 quantizers on {int(value * 10)} images (x) in 1.0 s')
+        (tmp_path / stamp / f'{stamp}.log'
+         ).write_text(f'PTQ: calibrated 12 quantizers on {int(value * 10)} images (x) in 1.0 s')
     assert read_test_metrics(str(tmp_path)) == {'coco/bbox_mAP': 0.2}
     assert calibration_images(str(tmp_path)) == 2
     assert calibration_images(str(tmp_path / 'none')) == 0

@@ -6,8 +6,6 @@ import os.path as osp
 import runpy
 import shutil
 
-import pytest
-
 from ..conftest import REPO, run_tool
 
 SMOKE = runpy.run_path(osp.join(REPO, 'tools', 'smoke_coco.py'))
@@ -15,8 +13,8 @@ CONFIGS = osp.join(REPO, 'configs', 'mixaq')
 
 
 def _configs():
-    return sorted(osp.relpath(p, CONFIGS)
-                  for p in glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True))
+    return sorted(
+        osp.relpath(p, CONFIGS) for p in glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True))
 
 
 def test_the_smoke_rows_and_steps_cover_every_config():
@@ -32,8 +30,11 @@ def test_the_smoke_rows_and_steps_cover_every_config():
 
 def test_a_config_no_run_used_is_reported():
     Result = SMOKE['Result']
-    results = [Result(osp.splitext(rel)[0], osp.join('configs', 'mixaq', rel), '', True, 0, 0,
-                      'image', 1, None, None, '') for rel in _configs()[1:]]
+    results = [
+        Result(
+            osp.splitext(rel)[0], osp.join('configs', 'mixaq', rel), '', True, 0, 0, 'image', 1,
+            None, None, '') for rel in _configs()[1:]
+    ]
     assert SMOKE['configs_not_run'](results) == _configs()[:1]
 
 
@@ -47,8 +48,9 @@ def test_qatinithook_overrides_follow_its_position():
 
 
 def test_forked_step_reports_failure_and_peak_memory(tmp_path):
+
     def allocate():
-        block = bytearray(300 * 2 ** 20)
+        block = bytearray(300 * 2**20)
         block[::4096] = b'x' * len(block[::4096])  # touch every page
         print('allocated')
 

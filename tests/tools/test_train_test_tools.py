@@ -11,37 +11,43 @@ from mmengine.config import Config
 
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
 
-TINY = ['train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
-        'default_hooks.checkpoint.max_keep_ckpts=3', 'param_scheduler.0.end=2']
+TINY = [
+    'train_dataloader.batch_size=4', 'default_hooks.logger.interval=1',
+    'default_hooks.checkpoint.max_keep_ckpts=3', 'param_scheduler.0.end=2'
+]
 
 
 def _epochs(n):
-    return [f'train_cfg.max_epochs={n}', f'train_cfg.val_interval={n}',
-            f'param_scheduler.1.end={n}']
+    return [
+        f'train_cfg.max_epochs={n}', f'train_cfg.val_interval={n}', f'param_scheduler.1.end={n}'
+    ]
 
 
 @pytest.fixture(scope='module')
 def trained(tiny_shapes, tmp_path_factory):
     """One epoch (2 iterations) of the benchmark model on the tiny split."""
     work_dir = str(tmp_path_factory.mktemp('train'))
-    run_tool(['tools/train.py', FP_BENCH_CONFIG, '--work-dir', work_dir,
-              '--cfg-options', *data_root_options(tiny_shapes), *TINY, *_epochs(1)])
+    run_tool([
+        'tools/train.py', FP_BENCH_CONFIG, '--work-dir', work_dir, '--cfg-options',
+        *data_root_options(tiny_shapes), *TINY, *_epochs(1)
+    ])
     return tiny_shapes, work_dir
 
 
 def test_train_writes_checkpoint(trained):
     _, work_dir = trained
     assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
-    assert open(osp.join(work_dir, 'last_checkpoint')).read().strip().endswith(
-        'epoch_1.pth')
+    assert open(osp.join(work_dir, 'last_checkpoint')).read().strip().endswith('epoch_1.pth')
 
 
 def test_test_tool_prints_coco_metrics(trained, tmp_path):
     data_root, work_dir = trained
     out = str(tmp_path / 'preds.pkl')
-    proc = run_tool(['tools/test.py', FP_BENCH_CONFIG,
-                     osp.join(work_dir, 'epoch_1.pth'), '--work-dir', str(tmp_path),
-                     '--out', out, '--cfg-options', *data_root_options(data_root)])
+    proc = run_tool([
+        'tools/test.py', FP_BENCH_CONFIG,
+        osp.join(work_dir, 'epoch_1.pth'), '--work-dir',
+        str(tmp_path), '--out', out, '--cfg-options', *data_root_options(data_root)
+    ])
     log = proc.stdout + proc.stderr
     for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
         match = re.search(rf'{key}: (-?[0-9.]+)', log)
@@ -52,17 +58,17 @@ def test_test_tool_prints_coco_metrics(trained, tmp_path):
 
 def test_resume_continues_training(trained, tmp_path):
     data_root, work_dir = trained
-    proc = run_tool(['tools/train.py', FP_BENCH_CONFIG, '--work-dir', work_dir,
-                     '--resume', '--cfg-options', *data_root_options(data_root),
-                     *TINY, *_epochs(2)])
+    proc = run_tool([
+        'tools/train.py', FP_BENCH_CONFIG, '--work-dir', work_dir, '--resume', '--cfg-options',
+        *data_root_options(data_root), *TINY, *_epochs(2)
+    ])
     log = proc.stdout + proc.stderr
     assert 'resumed epoch: 1, iter: 2' in log
     assert 'Epoch(train) [2]' in log and 'Epoch(train) [1]' not in log
     assert osp.isfile(osp.join(work_dir, 'epoch_2.pth'))
 
 
-def test_test_tool_loads_a_url_and_runs_test_time_augmentation(trained, tmp_path,
-                                                               monkeypatch):
+def test_test_tool_loads_a_url_and_runs_test_time_augmentation(trained, tmp_path, monkeypatch):
     """As mmdet's tools/test.py: an http(s) checkpoint, and --tta (flips)."""
     import functools
     import http.server
@@ -75,10 +81,12 @@ def test_test_tool_loads_a_url_and_runs_test_time_augmentation(trained, tmp_path
     try:
         url = f'http://127.0.0.1:{server.server_address[1]}/epoch_1.pth'
         # mmdet's DetTTAModel merges boxes only: evaluate the detector without its mask head
-        proc = run_tool(['tools/test.py', FP_BENCH_CONFIG, url, '--tta', '--work-dir',
-                         str(tmp_path), '--cfg-options', *data_root_options(data_root),
-                         'model.roi_head.mask_roi_extractor=None',
-                         'model.roi_head.mask_head=None', 'test_evaluator.metric=[bbox]'])
+        proc = run_tool([
+            'tools/test.py', FP_BENCH_CONFIG, url, '--tta', '--work-dir',
+            str(tmp_path), '--cfg-options', *data_root_options(data_root),
+            'model.roi_head.mask_roi_extractor=None', 'model.roi_head.mask_head=None',
+            'test_evaluator.metric=[bbox]'
+        ])
     finally:
         server.shutdown()
     log = proc.stdout + proc.stderr
@@ -93,16 +101,18 @@ def test_importing_and_plotting_leave_the_matplotlib_backend_alone(tmp_path):
             f"plot_pareto([dict(name='a', speedup=1.0, bbox_mAP=1.0)], '{tmp_path}/p.png')\n"
             'print(matplotlib.get_backend())\n')
     env = dict(os.environ, MPLBACKEND='template', PYTHONPATH=REPO)
-    proc = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, '-c', code],
+                          env=env,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == 'template'
     assert osp.getsize(tmp_path / 'p.png') > 1000
 
 
 def test_test_tool_rejects_missing_checkpoint(tmp_path):
-    proc = run_tool(['tools/test.py', FP_BENCH_CONFIG, str(tmp_path / 'none.pth')],
-                    check=False)
+    proc = run_tool(['tools/test.py', FP_BENCH_CONFIG, str(tmp_path / 'none.pth')], check=False)
     assert proc.returncode != 0
     assert f'checkpoint {tmp_path}/none.pth does not exist' in proc.stderr
 
@@ -113,13 +123,14 @@ def _results(work_dir):
 
 def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     work_dir = str(tmp_path / 'demo')
-    args = ['tools/run_demo.py', '--work-dir', work_dir, '--data-root', tiny_shapes,
-            '--max-epochs', '1', '--qat-epochs', '1', '--calib-images', '4',
-            '--search-images', '4', '--search-pop', '4', '--search-gens', '1',
-            '--rows', 'fp', 'uniform_w4a8', 'mixaq_w4a8a4', 'qat_uniform_w4a4',
-            'qat_mixaq_w4a4a2_1.35x', 'qat_no_saqa_1.35x', 'qat_mixaq_random_1.35x',
-            'policy_w4a8a2_reverse_0.25', 'policy_w4a8a2_reverse_0.75', 'search_1.35x',
-            'uniform_ratio_1.35x']
+    args = [
+        'tools/run_demo.py', '--work-dir', work_dir, '--data-root', tiny_shapes, '--max-epochs',
+        '1', '--qat-epochs', '1', '--calib-images', '4', '--search-images', '4', '--search-pop',
+        '4', '--search-gens', '1', '--rows', 'fp', 'uniform_w4a8', 'mixaq_w4a8a4',
+        'qat_uniform_w4a4', 'qat_mixaq_w4a4a2_1.35x', 'qat_no_saqa_1.35x', 'qat_mixaq_random_1.35x',
+        'policy_w4a8a2_reverse_0.25', 'policy_w4a8a2_reverse_0.75', 'search_1.35x',
+        'uniform_ratio_1.35x'
+    ]
     proc = run_tool(args)
     results = _results(work_dir)
     rows = {r['name']: r for r in results['rows']}
@@ -163,9 +174,10 @@ def test_demo_sweep_writes_results_table_and_plot(tiny_shapes, tmp_path):
     assert len(claims) == 3  # the targets whose two rows were computed
     for target in claims.values():
         assert target['std_error'] >= 0 and len(target['folds']) == 4
-        expected = dict(noise=target['diff'] > 2 * target['std_error'],
-                        not_worse=target['diff'] >= -2 * target['std_error'],
-                        gt=target['diff'] > 0)[target['test']]
+        expected = dict(
+            noise=target['diff'] > 2 * target['std_error'],
+            not_worse=target['diff'] >= -2 * target['std_error'],
+            gt=target['diff'] > 0)[target['test']]
         assert target['met'] == expected
     assert re.search(r'\[(met|MISSED)\] 1\.35x: importance order above random', proc.stdout)
     # a rerun trains nothing and reuses every unchanged row

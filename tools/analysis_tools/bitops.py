@@ -31,14 +31,20 @@ GIGA = 1e9
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('config', help='config of a Swin detector or backbone')
-    parser.add_argument('--shape', type=int, nargs=2, required=True,
-                        metavar=('H', 'W'), help='network input size')
-    parser.add_argument('--scope', choices=QUANT_SCOPES, default=None,
-                        help="'backbone' (the paper's) or 'detector' (adds the "
-                        'neck and the dense heads; RoI heads left out); default: '
-                        "the model's quantization scope")
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value pairs')
+    parser.add_argument(
+        '--shape', type=int, nargs=2, required=True, metavar=('H', 'W'), help='network input size')
+    parser.add_argument(
+        '--scope',
+        choices=QUANT_SCOPES,
+        default=None,
+        help="'backbone' (the paper's) or 'detector' (adds the "
+        'neck and the dense heads; RoI heads left out); default: '
+        "the model's quantization scope")
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value pairs')
     args = parser.parse_args()
     if min(args.shape) < 1:
         parser.error(f'--shape must be two positive ints, got {args.shape}')

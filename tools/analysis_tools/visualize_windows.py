@@ -17,8 +17,7 @@ from mmengine.config import DictAction
 from mmengine.dataset import pseudo_collate
 
 import mixaq_mmdet  # noqa: F401  (stack fixes)
-from mixaq_mmdet.analysis import (GROUP_NAMES, block_geometry,
-                                  draw_window_groups, load_detector,
+from mixaq_mmdet.analysis import (GROUP_NAMES, block_geometry, draw_window_groups, load_detector,
                                   stage_strides, window_group_maps)
 from mixaq_mmdet.models.backbones import MixAQSwinTransformer
 from mixaq_mmdet.models.layers import WINDOW_SCORES, WindowPolicy
@@ -33,17 +32,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('image', help='image file')
     parser.add_argument('--out', required=True, help='output PNG')
-    parser.add_argument('--low-ratio', type=float, default=None,
-                        help='low-bit window ratio of every stage (plain Swin: '
-                        f'default {PLAIN_SWIN_LOW_RATIO})')
-    parser.add_argument('--prune-ratio', type=float, default=None,
-                        help='pruned window ratio of every stage (plain Swin: '
-                        'default 0)')
-    parser.add_argument('--score', choices=WINDOW_SCORES, default=None,
-                        help="window score (plain Swin: default 'l2')")
+    parser.add_argument(
+        '--low-ratio',
+        type=float,
+        default=None,
+        help='low-bit window ratio of every stage (plain Swin: '
+        f'default {PLAIN_SWIN_LOW_RATIO})')
+    parser.add_argument(
+        '--prune-ratio',
+        type=float,
+        default=None,
+        help='pruned window ratio of every stage (plain Swin: '
+        'default 0)')
+    parser.add_argument(
+        '--score',
+        choices=WINDOW_SCORES,
+        default=None,
+        help="window score (plain Swin: default 'l2')")
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value pairs')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override config settings, key=value pairs')
     return parser.parse_args()
 
 
@@ -51,11 +62,12 @@ def main() -> None:
     args = parse_args()
     if not osp.isfile(args.image):
         raise FileNotFoundError(f'image file {args.image} does not exist')
-    model, cfg = load_detector(args.config, args.checkpoint, args.cfg_options,
-                               args.device)
+    model, cfg = load_detector(args.config, args.checkpoint, args.cfg_options, args.device)
     backbone = model.backbone
-    pipeline_cfg = [t for t in cfg.test_dataloader.dataset.pipeline
-                    if t['type'].split('.')[-1] not in ANNOTATION_LOADERS]
+    pipeline_cfg = [
+        t for t in cfg.test_dataloader.dataset.pipeline
+        if t['type'].split('.')[-1] not in ANNOTATION_LOADERS
+    ]
     data = Compose(pipeline_cfg)(dict(img_path=args.image, img_id=0))
     inputs = model.data_preprocessor(pseudo_collate([data]), False)['inputs']
 
@@ -64,8 +76,7 @@ def main() -> None:
     if isinstance(backbone, MixAQSwinTransformer):
         policy = backbone.policy
         if args.score is not None:
-            policy = WindowPolicy(window_size, args.score, policy.order,
-                                  policy.seed)
+            policy = WindowPolicy(window_size, args.score, policy.order, policy.seed)
     else:
         policy = WindowPolicy(window_size, args.score or 'l2')
         low = PLAIN_SWIN_LOW_RATIO if low is None else low
@@ -80,9 +91,8 @@ def main() -> None:
     print(f'{type(backbone).__name__}, {policy}')
     for i, stage_maps in enumerate(maps):
         for part, window_map in stage_maps.items():
-            counts = ', '.join(
-                f'{(window_map == g).sum()} {name}'
-                for g, name in enumerate(GROUP_NAMES))
+            counts = ', '.join(f'{(window_map == g).sum()} {name}'
+                               for g, name in enumerate(GROUP_NAMES))
             print(f'stage {i} (stride {strides[i]}) {part}: {counts}')
     print(f'figure written to {args.out}')
 

@@ -18,19 +18,27 @@ from mixaq_mmdet.datasets import generate_coco_fixture
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default='data/coco')
-    parser.add_argument('--num-train-listed', type=int, default=2000,
-                        help='images listed in instances_train2017.json')
-    parser.add_argument('--num-train-files', type=int, default=8,
-                        help='of those, the first ones written to train2017/')
-    parser.add_argument('--num-val', type=int, default=4,
-                        help='val2017 images (all written)')
+    parser.add_argument(
+        '--num-train-listed',
+        type=int,
+        default=2000,
+        help='images listed in instances_train2017.json')
+    parser.add_argument(
+        '--num-train-files',
+        type=int,
+        default=8,
+        help='of those, the first ones written to train2017/')
+    parser.add_argument('--num-val', type=int, default=4, help='val2017 images (all written)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--checkpoint',
-                        help='also write a random-weight checkpoint in the official '
-                        "release's format here")
-    parser.add_argument('--publish', action='store_true',
-                        help='the checkpoint as publish_model.py leaves it: no '
-                        'optimizer, legacy torch serialization')
+    parser.add_argument(
+        '--checkpoint',
+        help='also write a random-weight checkpoint in the official '
+        "release's format here")
+    parser.add_argument(
+        '--publish',
+        action='store_true',
+        help='the checkpoint as publish_model.py leaves it: no '
+        'optimizer, legacy torch serialization')
     return parser.parse_args()
 
 

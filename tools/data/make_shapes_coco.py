@@ -15,20 +15,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--out', default='data/shapes_coco')
     parser.add_argument('--num-train', type=int, default=600)
     parser.add_argument('--num-val', type=int, default=200)
-    parser.add_argument('--num-search', type=int, default=100,
-                        help='images of the search split (tools/search_ratios.py)')
+    parser.add_argument(
+        '--num-search',
+        type=int,
+        default=100,
+        help='images of the search split (tools/search_ratios.py)')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--img-size', type=int, nargs=2, default=(320, 320),
-                        metavar=('H', 'W'))
+    parser.add_argument('--img-size', type=int, nargs=2, default=(320, 320), metavar=('H', 'W'))
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     start = time.time()
-    files = generate(args.out, args.num_train, args.num_val, args.seed,
-                     ShapesCocoSpec(img_size=tuple(args.img_size)),
-                     num_search=args.num_search)
+    files = generate(
+        args.out,
+        args.num_train,
+        args.num_val,
+        args.seed,
+        ShapesCocoSpec(img_size=tuple(args.img_size)),
+        num_search=args.num_search)
     for split, path in files.items():
         print(f'{split}: {path}')
     print(f'done in {time.time() - start:.1f} s')

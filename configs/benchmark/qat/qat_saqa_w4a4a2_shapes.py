@@ -15,14 +15,14 @@ _base_ = './qat_uniform_w4a4_shapes.py'
 
 load_from = 'work_dirs/qat_uniform_w4a4_shapes/epoch_1.pth'
 model = dict(
-    backbone=dict(a_bits=(4, 2), low_bit_ratios=0.0, prune_ratios=0.0,
-                  window_score='contrast'))
+    backbone=dict(a_bits=(4, 2), low_bit_ratios=0.0, prune_ratios=0.0, window_score='contrast'))
 custom_hooks = [
-    dict(type='QATInitHook',
-         calib_dataloader={{_base_.test_cfg.calib_dataloader}},
-         calib_images=64,
-         calib_low_bit_ratios=0.5,
-         save_init=True),  # qat_init.pth: the W4A4 model + calibrated A2 branch
+    dict(
+        type='QATInitHook',
+        calib_dataloader={{_base_.test_cfg.calib_dataloader}},
+        calib_images=64,
+        calib_low_bit_ratios=0.5,
+        save_init=True),  # qat_init.pth: the W4A4 model + calibrated A2 branch
     dict(type='SAQAHook', seed=0, max_ratio=0.8),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),

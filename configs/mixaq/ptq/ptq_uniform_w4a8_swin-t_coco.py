@@ -11,9 +11,10 @@ _base_ = '../mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 # meta or release file name says it is another model (e.g. the 1x one) is
 # refused (mixaq_mmdet.engine.checkpoints.check_base_model). The AMP-trained 3x
 # release is the same model.
-base_model = ['mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco',
-              'mask-rcnn_swin-t-p4-w7_fpn_fp16_ms-crop-3x_coco',
-              'mask-rcnn_swin-t-p4-w7_fpn_amp-ms-crop-3x_coco']
+base_model = [
+    'mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco', 'mask-rcnn_swin-t-p4-w7_fpn_fp16_ms-crop-3x_coco',
+    'mask-rcnn_swin-t-p4-w7_fpn_amp-ms-crop-3x_coco'
+]
 
 model = dict(
     type='QuantizedDetector',

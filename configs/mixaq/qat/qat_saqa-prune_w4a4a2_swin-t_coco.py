@@ -6,10 +6,11 @@
 _base_ = './qat_saqa_w4a4a2_swin-t_coco.py'
 
 custom_hooks = [
-    dict(type='QATInitHook',
-         calib_dataloader={{_base_.test_cfg.calib_dataloader}},
-         calib_images=32,
-         calib_low_bit_ratios=0.5),
+    dict(
+        type='QATInitHook',
+        calib_dataloader={{_base_.test_cfg.calib_dataloader}},
+        calib_images=32,
+        calib_low_bit_ratios=0.5),
     dict(type='SAQAHook', seed=0, max_ratio=0.8, prune_max_ratio=0.4),
     dict(type='RandomStateHook'),
     dict(type='BitOpsHook'),

@@ -5,7 +5,8 @@
 # zero points stay float32 parameters, unscaled and skipped with the others
 # when a step overflows. 8 GPUs, 2 images each:
 #   bash tools/dist_train.sh configs/mixaq/qat/qat_uniform_w4a4-amp_swin-t_coco.py 8 \
-#       --cfg-options load_from=mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth
+#       --cfg-options \
+#       load_from=mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth
 # On CPU (the tests and make smoke-coco), bf16 with
 # --cfg-options optim_wrapper.type=CPUAmpOptimWrapper: mmcv's CPU kernels take
 # float32 only, so there autocast covers the backbone (every quantizer).

@@ -5,7 +5,8 @@
 # the QATInitHook calibrates every quantizer on 32 train2017 images before the
 # first iteration. 8 GPUs, 2 images each:
 #   bash tools/dist_train.sh configs/mixaq/qat/qat_uniform_w4a4_swin-t_coco.py 8 \
-#       --cfg-options load_from=mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth
+#       --cfg-options \
+#       load_from=mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth
 # SAQA continues this model for 6 more epochs; its same-length baseline is
 # qat_uniform_w4a4-12e_swin-t_coco.py.
 #   bash tools/dist_test.sh configs/mixaq/qat/qat_uniform_w4a4_swin-t_coco.py \
@@ -15,16 +16,21 @@ _base_ = '../ptq/ptq_uniform_w4a4_swin-t_coco.py'
 
 model = dict(
     backbone=dict(
-        weight_quantizer=dict(type='LSQQuantizer', per_channel=True,
-                              calib='percentile_mse', static=True),
+        weight_quantizer=dict(
+            type='LSQQuantizer', per_channel=True, calib='percentile_mse', static=True),
         act_quantizer=dict(type='LSQQuantizer', calib='percentile_mse')))
 
 max_epochs = 6
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=500),
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs,
-         eta_min=1e-7, convert_to_iter_based=True)
+    dict(
+        type='CosineAnnealingLR',
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        eta_min=1e-7,
+        convert_to_iter_based=True)
 ]
 # mmdet's Swin parameter groups (no decay for norms and position tables), and
 # none for step sizes and zero points (QATOptimWrapperConstructor).
@@ -37,9 +43,8 @@ optim_wrapper = dict(
 # recorded setting; QAT folds no scale reparameterization.
 test_cfg = dict(reparam=False)
 custom_hooks = [
-    dict(type='QATInitHook',
-         calib_dataloader={{_base_.test_cfg.calib_dataloader}},
-         calib_images=32),
+    dict(
+        type='QATInitHook', calib_dataloader={{_base_.test_cfg.calib_dataloader}}, calib_images=32),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),
 ]

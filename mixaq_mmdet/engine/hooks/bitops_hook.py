@@ -40,7 +40,10 @@ class BitOpsHook(Hook):
     def before_test_epoch(self, runner) -> None:
         self._shapes = []
 
-    def after_test_iter(self, runner, batch_idx: int, data_batch=None,
+    def after_test_iter(self,
+                        runner,
+                        batch_idx: int,
+                        data_batch=None,
                         outputs: Optional[Sequence] = None) -> None:
         for sample in outputs or ():
             self._shapes.append(tuple(sample.metainfo['batch_input_shape']))
@@ -56,8 +59,7 @@ class BitOpsHook(Hook):
         values = {
             'mixaq/bitops_speedup': round(stats.mean, 4),
             'mixaq/bitops_speedup_pooled': round(stats.pooled, 4),
-            'mixaq/act_bits': round(
-                count_bitops(model, shapes[0], self.scope).act_bits, 3),
+            'mixaq/act_bits': round(count_bitops(model, shapes[0], self.scope).act_bits, 3),
         }
         metrics.update(values)
         # RuntimeInfoHook has already copied the metrics into the message hub,

@@ -14,9 +14,8 @@ from mixaq_mmdet.models.layers import TwoBranchSwinBlock
 from mixaq_mmdet.quantization import (LSQQuantizer, UniformQuantizer, quantizers_of,
                                       set_quantizer_names)
 from ..calibration import build_calib_dataloader, calibrate_model, check_calib_images
+from ..checkpoints import META_KEY, check_base_model, check_float_checkpoint, check_no_download
 from ..model_wrappers import unwrap
-from ..checkpoints import (META_KEY, check_base_model, check_float_checkpoint,
-                           check_no_download)
 
 Ratios = Union[float, Sequence[float]]
 #: File name of the model as initialized, before any training step.
@@ -79,8 +78,8 @@ class QATInitHook(Hook):
         self.reparam = False
 
     def before_run(self, runner) -> None:
-        check_no_download(unwrap(runner.model), runner.cfg.get('load_from'),
-                          bool(runner.cfg.get('resume')))
+        check_no_download(
+            unwrap(runner.model), runner.cfg.get('load_from'), bool(runner.cfg.get('resume')))
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         model = unwrap(runner.model)
@@ -96,21 +95,27 @@ class QATInitHook(Hook):
         model = unwrap(runner.model)
         check_trainable_quantizers(model)
         if runner.iter > 0:
-            print_log(f'QAT: resumed at iteration {runner.iter}; quantizers as saved',
-                      logger='current')
+            print_log(
+                f'QAT: resumed at iteration {runner.iter}; quantizers as saved', logger='current')
             return
         if not runner.cfg.get('load_from'):
-            print_log('QAT: no load_from checkpoint: quantizing the initial weights',
-                      logger='current', level=logging.WARNING)
+            print_log(
+                'QAT: no load_from checkpoint: quantizing the initial weights',
+                logger='current',
+                level=logging.WARNING)
         new = [q for q in quantizers_of(model) if not q.is_calibrated]
         if not new:
-            print_log('QAT: every quantizer is calibrated (loaded); training them '
-                      'from their values', logger='current')
+            print_log(
+                'QAT: every quantizer is calibrated (loaded); training them '
+                'from their values',
+                logger='current')
             return
         copied = copy_norms_to_new_low_branches(model)
         if copied:
-            print_log(f'QAT: low-branch LayerNorms of {copied} blocks copied from the '
-                      'high branch (new low branch)', logger='current')
+            print_log(
+                f'QAT: low-branch LayerNorms of {copied} blocks copied from the '
+                'high branch (new low branch)',
+                logger='current')
         backbone = model.backbone
         configured = None
         if self.calib_low_bit_ratios is not None:
@@ -118,16 +123,19 @@ class QATInitHook(Hook):
             backbone.set_ratios(self.calib_low_bit_ratios, configured[1])
         try:
             loader = build_calib_dataloader(runner, self.calib_dataloader, self.calib_seed)
-            calibrate_model(model, loader, self.calib_images,
-                            only_uncalibrated=len(new) < len(quantizers_of(model)),
-                            prefix='QAT')
+            calibrate_model(
+                model,
+                loader,
+                self.calib_images,
+                only_uncalibrated=len(new) < len(quantizers_of(model)),
+                prefix='QAT')
         finally:
             if configured is not None:
                 backbone.set_ratios(*configured)
         runner.model.train()
         if self.save_init:
-            runner.save_checkpoint(runner.work_dir, INIT_CHECKPOINT, save_optimizer=False,
-                                   save_param_scheduler=False)
+            runner.save_checkpoint(
+                runner.work_dir, INIT_CHECKPOINT, save_optimizer=False, save_param_scheduler=False)
             print_log(f'QAT: initialized model saved as {INIT_CHECKPOINT}', logger='current')
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
@@ -148,13 +156,14 @@ def check_trainable_quantizers(model: nn.Module) -> None:
         raise ValueError(f'{len(off)} quantizers have fake quantization off (e.g. '
                          f'{off[0].display_name}): QAT would train the float model; build '
                          'the backbone with quant=True')
-    frozen: List[UniformQuantizer] = [q for q in quantizers if isinstance(q, UniformQuantizer)
-                                      and not isinstance(q, LSQQuantizer)]
+    frozen: List[UniformQuantizer] = [
+        q for q in quantizers
+        if isinstance(q, UniformQuantizer) and not isinstance(q, LSQQuantizer)
+    ]
     if frozen:
-        raise ValueError(
-            f'{len(frozen)} quantizers cannot learn their step size (e.g. '
-            f'{frozen[0].display_name} is a {type(frozen[0]).__name__}): QAT needs '
-            "weight_quantizer / act_quantizer of type 'LSQQuantizer'")
+        raise ValueError(f'{len(frozen)} quantizers cannot learn their step size (e.g. '
+                         f'{frozen[0].display_name} is a {type(frozen[0]).__name__}): QAT needs '
+                         "weight_quantizer / act_quantizer of type 'LSQQuantizer'")
 
 
 @torch.no_grad()
@@ -174,4 +183,6 @@ def copy_norms_to_new_low_branches(model: nn.Module) -> int:
     return copied
 
 
-__all__ = ['QATInitHook', 'INIT_CHECKPOINT', 'check_trainable_quantizers', 'copy_norms_to_new_low_branches']
+__all__ = [
+    'QATInitHook', 'INIT_CHECKPOINT', 'check_trainable_quantizers', 'copy_norms_to_new_low_branches'
+]

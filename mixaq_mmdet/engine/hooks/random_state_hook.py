@@ -31,8 +31,8 @@ class RandomStateHook(Hook):
         self._loaded: Optional[Dict[str, Any]] = None
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        state = dict(python=random.getstate(), numpy=np.random.get_state(),
-                     torch=torch.get_rng_state())
+        state = dict(
+            python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
         if torch.cuda.is_available():
             state['cuda'] = torch.cuda.get_rng_state_all()
         checkpoint.setdefault('meta', {})[RANDOM_STATE_META_KEY] = state
@@ -45,16 +45,19 @@ class RandomStateHook(Hook):
         if runner.iter == 0:
             return
         if state is None:
-            print_log('RandomStateHook: the resumed checkpoint has no random state; the '
-                      'run continues with freshly seeded generators', logger='current')
+            print_log(
+                'RandomStateHook: the resumed checkpoint has no random state; the '
+                'run continues with freshly seeded generators',
+                logger='current')
             return
         random.setstate(state['python'])
         np.random.set_state(state['numpy'])
         torch.set_rng_state(state['torch'])
         if 'cuda' in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state['cuda'])
-        print_log(f'RandomStateHook: random generators restored at iteration {runner.iter}',
-                  logger='current')
+        print_log(
+            f'RandomStateHook: random generators restored at iteration {runner.iter}',
+            logger='current')
 
 
 __all__ = ['RandomStateHook']

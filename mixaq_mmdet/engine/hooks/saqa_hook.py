@@ -6,8 +6,8 @@ from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
 from mixaq_mmdet.quantization import quantizers_of
-from ..ratio_sampling import MAX_RATIO, sample_uniform_sum_ratios
 from ..model_wrappers import unwrap
+from ..ratio_sampling import MAX_RATIO, sample_uniform_sum_ratios
 
 
 @HOOKS.register_module()
@@ -31,7 +31,9 @@ class SAQAHook(Hook):
 
     priority = 'NORMAL'
 
-    def __init__(self, seed: int = 0, max_ratio: float = MAX_RATIO,
+    def __init__(self,
+                 seed: int = 0,
+                 max_ratio: float = MAX_RATIO,
                  prune_max_ratio: Optional[float] = None,
                  concentration: float = 1.0) -> None:
         # the sampler validates every setting and names a bad value
@@ -49,13 +51,12 @@ class SAQAHook(Hook):
 
     def ratios(self, num_pairs: int, iteration: int) -> Tuple[List[float], List[float]]:
         """The (low-bit, prune) ratios of ``iteration``."""
-        low = sample_uniform_sum_ratios(num_pairs, self.seed, iteration, self.max_ratio,
-                                        self.concentration, stream=0)
+        low = sample_uniform_sum_ratios(
+            num_pairs, self.seed, iteration, self.max_ratio, self.concentration, stream=0)
         if self.prune_max_ratio is None:
             return low, [0.0] * num_pairs
-        prune = sample_uniform_sum_ratios(num_pairs, self.seed, iteration,
-                                          self.prune_max_ratio, self.concentration,
-                                          stream=1)
+        prune = sample_uniform_sum_ratios(
+            num_pairs, self.seed, iteration, self.prune_max_ratio, self.concentration, stream=1)
         return [min(r, 1.0 - p) for r, p in zip(low, prune)], prune
 
     def before_train(self, runner) -> None:
@@ -63,8 +64,7 @@ class SAQAHook(Hook):
         if not hasattr(backbone, 'set_ratios'):
             raise ValueError(f'SAQAHook needs a backbone with Two-Branch blocks '
                              f"(type='MixAQSwinTransformer'), got {type(backbone).__name__}")
-        uncalibrated = [q.display_name for q in quantizers_of(backbone)
-                        if not q.is_calibrated]
+        uncalibrated = [q.display_name for q in quantizers_of(backbone) if not q.is_calibrated]
         if uncalibrated:
             raise ValueError(
                 f'SAQAHook draws low-bit ratios up to {self.max_ratio}, but '
@@ -72,17 +72,17 @@ class SAQAHook(Hook):
                 f'{uncalibrated[0]}): set QATInitHook.calib_low_bit_ratios (e.g. 0.5) so '
                 'that calibration reaches the low branch of every pair')
         self._configured = (list(backbone.low_bit_ratios), list(backbone.prune_ratios))
-        print_log(f'SAQA: random ratios per iteration (seed {self.seed}, low <= '
-                  f'{self.max_ratio}, prune <= {self.prune_max_ratio}); configured ratios '
-                  f'{self._configured} for validation, testing and checkpoints',
-                  logger='current')
+        print_log(
+            f'SAQA: random ratios per iteration (seed {self.seed}, low <= '
+            f'{self.max_ratio}, prune <= {self.prune_max_ratio}); configured ratios '
+            f'{self._configured} for validation, testing and checkpoints',
+            logger='current')
 
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         backbone = unwrap(runner.model).backbone
         backbone.set_ratios(*self.ratios(backbone.num_pairs, runner.iter))
 
-    def after_train_iter(self, runner, batch_idx: int, data_batch=None,
-                         outputs=None) -> None:
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         self._restore(runner)
 
     def before_val_epoch(self, runner) -> None:

@@ -7,9 +7,8 @@ from mmdet.models.backbones.swin import SwinTransformer
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER, MAX_BITS, MIN_BITS,
-                                      DEFAULT_WEIGHT_QUANTIZER, QuantConv2d,
-                                      QuantLinear, disable_quantization,
+from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER, MAX_BITS,
+                                      MIN_BITS, QuantConv2d, QuantLinear, disable_quantization,
                                       enable_fake_quant, quantizers_of)
 from mixaq_mmdet.quantization.reparam import ReparamTarget
 from mixaq_mmdet.utils.tensor_cache import TensorCache
@@ -24,8 +23,7 @@ Ratios = Union[float, Sequence[float]]
 DEFAULT_SOFTMAX_QUANTIZER = dict(type='LogSqrt2Quantizer', calib='percentile_mse')
 
 
-def _with_bits(cfg: Optional[Mapping], default: Mapping, bits: int,
-               name: str) -> dict:
+def _with_bits(cfg: Optional[Mapping], default: Mapping, bits: int, name: str) -> dict:
     """A quantizer config (``default`` if None) with the backbone's ``bits``."""
     if cfg is not None and 'bits' in cfg:
         raise ValueError(f'{name} must not set bits (got bits={cfg["bits"]}): '
@@ -35,10 +33,10 @@ def _with_bits(cfg: Optional[Mapping], default: Mapping, bits: int,
     return cfg
 
 
-def _position_quantizers(act_quantizer: Optional[Mapping],
-                         softmax_quantizer: Optional[Mapping],
-                         branch_quantizers: Optional[Mapping[str, dict]]
-                         ) -> Dict[str, Tuple[Optional[Mapping], str]]:
+def _position_quantizers(
+        act_quantizer: Optional[Mapping], softmax_quantizer: Optional[Mapping],
+        branch_quantizers: Optional[Mapping[str,
+                                            dict]]) -> Dict[str, Tuple[Optional[Mapping], str]]:
     """The quantizer config (None: the default activation quantizer) of every
     branch position, with the argument it came from: ``branch_quantizers``
     where given, else ``act_quantizer`` (``softmax_quantizer`` or log-sqrt(2)
@@ -52,10 +50,12 @@ def _position_quantizers(act_quantizer: Optional[Mapping],
         raise ValueError('set the post-softmax quantizer once: softmax_quantizer or '
                          "branch_quantizers['softmax'], not both")
     defaults = {p: (act_quantizer, 'act_quantizer') for p in QUANTIZER_POSITIONS}
-    defaults['softmax'] = (DEFAULT_SOFTMAX_QUANTIZER if softmax_quantizer is None
-                           else softmax_quantizer, 'softmax_quantizer')
-    return {p: (given[p], f'branch_quantizers.{p}') if p in given else defaults[p]
-            for p in QUANTIZER_POSITIONS}
+    defaults['softmax'] = (DEFAULT_SOFTMAX_QUANTIZER
+                           if softmax_quantizer is None else softmax_quantizer, 'softmax_quantizer')
+    return {
+        p: (given[p], f'branch_quantizers.{p}') if p in given else defaults[p]
+        for p in QUANTIZER_POSITIONS
+    }
 
 
 def _check_bits(value: object, name: str) -> int:
@@ -132,35 +132,37 @@ class MixAQSwinTransformer(SwinTransformer):
                              f'got {tuple(a_bits)}')
         self.a_bits = (high, low)
         self.window_size = self.stages[0].blocks[0].attn.window_size
-        self.policy = WindowPolicy(self.window_size, window_score, window_order,
-                                   window_seed)
+        self.policy = WindowPolicy(self.window_size, window_score, window_order, window_seed)
         depths = [len(stage.blocks) for stage in self.stages]
-        self.pair_index = [[sum((d + 1) // 2 for d in depths[:i]) + j // 2
-                            for j in range(d)] for i, d in enumerate(depths)]
+        self.pair_index = [[sum((d + 1) // 2 for d in depths[:i]) + j // 2 for j in range(d)]
+                           for i, d in enumerate(depths)]
         self.num_pairs = sum((d + 1) // 2 for d in depths)
         self.set_ratios(low_bit_ratios, prune_ratios)
 
         weight_cfg = _with_bits(weight_quantizer, DEFAULT_WEIGHT_QUANTIZER, w_bits,
                                 'weight_quantizer')
-        act_cfgs = {b: _with_bits(act_quantizer, DEFAULT_ACT_QUANTIZER, bits,
-                                  'act_quantizer')
-                    for b, bits in zip(('high', 'low'), self.a_bits)}
-        positions = _position_quantizers(act_quantizer, softmax_quantizer,
-                                         branch_quantizers)
+        act_cfgs = {
+            b: _with_bits(act_quantizer, DEFAULT_ACT_QUANTIZER, bits, 'act_quantizer')
+            for b, bits in zip(('high', 'low'), self.a_bits)
+        }
+        positions = _position_quantizers(act_quantizer, softmax_quantizer, branch_quantizers)
         branch_cfgs = {
-            b: {p: _with_bits(cfg, DEFAULT_ACT_QUANTIZER, bits, name)
-                for p, (cfg, name) in positions.items()}
-            for b, bits in zip(('high', 'low'), self.a_bits)}
+            b: {
+                p: _with_bits(cfg, DEFAULT_ACT_QUANTIZER, bits, name)
+                for p, (cfg, name) in positions.items()
+            }
+            for b, bits in zip(('high', 'low'), self.a_bits)
+        }
         self.weight_quantizer_cfg = weight_cfg
         self.act_quantizer_cfgs = act_cfgs
         for stage in self.stages:
             for j, block in enumerate(stage.blocks):
                 stage.blocks[j] = TwoBranchSwinBlock(block, weight_cfg, branch_cfgs)
             if stage.downsample is not None:
-                stage.downsample.reduction = QuantLinear(
-                    stage.downsample.reduction, weight_cfg, act_cfgs['high'])
-        self.patch_embed.projection = QuantConv2d(
-            self.patch_embed.projection, weight_cfg, act_cfgs['high'])
+                stage.downsample.reduction = QuantLinear(stage.downsample.reduction, weight_cfg,
+                                                         act_cfgs['high'])
+        self.patch_embed.projection = QuantConv2d(self.patch_embed.projection, weight_cfg,
+                                                  act_cfgs['high'])
         # token maps and shift masks per input shape: the last few shapes
         self._cache = TensorCache(max_entries=16 * len(self.stages))
         self.quant = quant
@@ -179,11 +181,14 @@ class MixAQSwinTransformer(SwinTransformer):
 
     def quant_setting(self) -> Dict[str, Any]:
         """Bits, ratios and window policy: what a calibrated checkpoint records."""
-        return dict(w_bits=self.w_bits, a_bits=list(self.a_bits),
-                    low_bit_ratios=list(self.low_bit_ratios),
-                    prune_ratios=list(self.prune_ratios),
-                    window_score=self.policy.score, window_order=self.policy.order,
-                    window_seed=self.policy.seed)
+        return dict(
+            w_bits=self.w_bits,
+            a_bits=list(self.a_bits),
+            low_bit_ratios=list(self.low_bit_ratios),
+            prune_ratios=list(self.prune_ratios),
+            window_score=self.policy.score,
+            window_order=self.policy.order,
+            window_seed=self.policy.seed)
 
     def train(self, mode: bool = True) -> 'MixAQSwinTransformer':
         """mmdet's train() (frozen stages), returning self as torch's does."""
@@ -200,8 +205,8 @@ class MixAQSwinTransformer(SwinTransformer):
             layouts = self._window_layouts(i, x, hw_shape)
             for j, block in enumerate(stage.blocks):
                 pair = self.pair_index[i][j]
-                x = block(x, hw_shape, layouts.get(block.shift_size),
-                          self.low_bit_ratios[pair], self.prune_ratios[pair])
+                x = block(x, hw_shape, layouts.get(block.shift_size), self.low_bit_ratios[pair],
+                          self.prune_ratios[pair])
             out, out_hw_shape = x, hw_shape
             if stage.downsample is not None:
                 x, hw_shape = stage.downsample(x, hw_shape)
@@ -235,14 +240,18 @@ class MixAQSwinTransformer(SwinTransformer):
         stage input ``x``."""
         blocks = self.stages[stage].blocks
         shifts = sorted({
-            block.shift_size for j, block in enumerate(blocks)
+            block.shift_size
+            for j, block in enumerate(blocks)
             if not block.runs_dense(self.low_bit_ratios[self.pair_index[stage][j]],
-                                    self.prune_ratios[self.pair_index[stage][j]])})
+                                    self.prune_ratios[self.pair_index[stage][j]])
+        })
         if not shifts:
             return {}
         orders = self.policy.rank(x, hw_shape, max(shifts))
-        return {s: WindowLayout(orders.select(s > 0), hw_shape, self.window_size, s,
-                                self._cache) for s in shifts}
+        return {
+            s: WindowLayout(orders.select(s > 0), hw_shape, self.window_size, s, self._cache)
+            for s in shifts
+        }
 
     def reparam_targets(self) -> List[ReparamTarget]:
         """The post-LayerNorm activations RepQ-ViT reparameterizes: the inputs
@@ -253,16 +262,19 @@ class MixAQSwinTransformer(SwinTransformer):
         for stage in self.stages:
             for block in stage.blocks:
                 branches = block.branches.values()
-                targets.append(ReparamTarget(
-                    [block.norm1, block.norm1_low], block.attn.w_msa.qkv,
-                    min(b.qkv_in.bits for b in branches), pad_owner=block))
-                targets.append(ReparamTarget(
-                    [block.norm2, block.norm2_low], block.ffn.layers[0][0],
-                    min(b.fc1_in.bits for b in branches)))
+                targets.append(
+                    ReparamTarget([block.norm1, block.norm1_low],
+                                  block.attn.w_msa.qkv,
+                                  min(b.qkv_in.bits for b in branches),
+                                  pad_owner=block))
+                targets.append(
+                    ReparamTarget([block.norm2, block.norm2_low], block.ffn.layers[0][0],
+                                  min(b.fc1_in.bits for b in branches)))
             merging = stage.downsample
             if merging is not None and merging.norm is not None:
-                targets.append(ReparamTarget([merging.norm], merging.reduction,
-                                             merging.reduction.input_quantizer.bits))
+                targets.append(
+                    ReparamTarget([merging.norm], merging.reduction,
+                                  merging.reduction.input_quantizer.bits))
         return targets
 
     def quantizer_summary(self) -> Dict[str, int]:

@@ -1,4 +1,3 @@
-from .quantized_detector import (QUANT_SCOPES, build_quantized_detector, quant_scope,
-                                 quant_setting)
+from .quantized_detector import QUANT_SCOPES, build_quantized_detector, quant_scope, quant_setting
 
 __all__ = ['QUANT_SCOPES', 'build_quantized_detector', 'quant_scope', 'quant_setting']

@@ -10,9 +10,8 @@ from typing import Any, Dict, Union
 from mmdet.registry import MODELS
 from torch import nn
 
-from mixaq_mmdet.quantization import (QuantConv2d, QuantLinear,
-                                      disable_quantization, enable_fake_quant,
-                                      quantize_layers)
+from mixaq_mmdet.quantization import (QuantConv2d, QuantLinear, disable_quantization,
+                                      enable_fake_quant, quantize_layers)
 from ..backbones import MixAQSwinTransformer
 
 #: 'backbone': the MixA-Q backbone only (the paper's BitOPs scope);
@@ -22,7 +21,8 @@ QUANT_SCOPES = ('backbone', 'detector')
 _NOT_QUANTIZED = ('backbone', 'data_preprocessor')
 
 
-def build_quantized_detector(detector: Union[str, type], quant_scope: str = 'backbone',
+def build_quantized_detector(detector: Union[str, type],
+                             quant_scope: str = 'backbone',
                              **kwargs) -> nn.Module:
     """Build ``detector`` (a registered mmdet detector type, e.g. 'MaskRCNN',
     with ``kwargs`` as its config) and quantize it to ``quant_scope``.

@@ -23,7 +23,7 @@ import torch.utils.checkpoint as cp
 from mmdet.models.backbones.swin import SwinBlock
 from torch import Tensor
 
-from mixaq_mmdet.quantization import QuantLinear, QuantMatMul, QuantizerBase, build_quantizer
+from mixaq_mmdet.quantization import QuantizerBase, QuantLinear, QuantMatMul, build_quantizer
 from mixaq_mmdet.utils.tensor_cache import TensorCache
 from .window_layout import WindowLayout
 from .window_policy import group_sizes
@@ -34,7 +34,6 @@ BRANCHES = ('high', 'low')
 #: in the last bit; a window group always has 49+ rows, so the FFN of a smaller
 #: group runs on its whole windows and the numbers stay those of the reference.
 MIN_FFN_ROWS = 16
-
 
 #: Where a branch quantizes an activation, in the order of the computation: the
 #: inputs of qkv, both operands of ``q @ k^T``, the post-softmax probabilities
@@ -101,8 +100,7 @@ class TwoBranchSwinBlock(nn.Module):
         self.norm2_low = copy.deepcopy(block.norm2)
         # What a zero (padding) token becomes after norm1: 0, or the image of 0
         # under a folded scale reparameterization (see quantization/reparam.py).
-        self.register_buffer('reparam_pad',
-                             torch.zeros(block.norm1.normalized_shape))
+        self.register_buffer('reparam_pad', torch.zeros(block.norm1.normalized_shape))
         self.attn = block.attn
         w_msa = self.attn.w_msa
         w_msa.qkv = QuantLinear(w_msa.qkv, weight_cfg, None)
@@ -111,15 +109,12 @@ class TwoBranchSwinBlock(nn.Module):
         fc1, fc2 = self.ffn.layers[0][0], self.ffn.layers[1]
         self.ffn.layers[0][0] = QuantLinear(fc1, weight_cfg, None)
         self.ffn.layers[1] = QuantLinear(fc2, weight_cfg, None)
-        self.branches = nn.ModuleDict({
-            b: BranchQuantizers(branch_cfgs[b])
-            for b in BRANCHES
-        })
+        self.branches = nn.ModuleDict({b: BranchQuantizers(branch_cfgs[b]) for b in BRANCHES})
         #: Always the Two-Branch path on whole windows (see
         #: MixAQSwinTransformer.whole_windows).
         self.whole_windows = False
-        self._branch_quantizers = tuple(
-            q for q in self.branches.modules() if isinstance(q, QuantizerBase))
+        self._branch_quantizers = tuple(q for q in self.branches.modules()
+                                        if isinstance(q, QuantizerBase))
         self._cache = TensorCache()
 
     def branch_norms(self, branch: str) -> Tuple[nn.Module, nn.Module]:
@@ -156,8 +151,7 @@ class TwoBranchSwinBlock(nn.Module):
         every parameter of both branches must get a gradient (DDP). Under
         ``torch.compile`` the LayerNorm copies are not compared (a data-dependent
         branch): a low-bit group then runs the Two-Branch path."""
-        if (prune_ratio > 0 or self.whole_windows
-                or (self.training and torch.is_grad_enabled())):
+        if (prune_ratio > 0 or self.whole_windows or (self.training and torch.is_grad_enabled())):
             return False
         if any(q.fake_quant_enabled or q.observer_enabled for q in self._branch_quantizers):
             return False
@@ -166,14 +160,12 @@ class TwoBranchSwinBlock(nn.Module):
         return not torch.compiler.is_compiling() and self._branches_equal()
 
     def _branches_equal(self) -> bool:
-        pairs = [(self.norm1.weight, self.norm1_low.weight),
-                 (self.norm1.bias, self.norm1_low.bias),
-                 (self.norm2.weight, self.norm2_low.weight),
-                 (self.norm2.bias, self.norm2_low.bias)]
+        pairs = [(self.norm1.weight, self.norm1_low.weight), (self.norm1.bias, self.norm1_low.bias),
+                 (self.norm2.weight, self.norm2_low.weight), (self.norm2.bias, self.norm2_low.bias)]
         sources = tuple(t for pair in pairs for t in pair) + (self.reparam_pad, )
         return self._cache.get(
-            'branches_equal', sources, lambda: all(torch.equal(a, b) for a, b in pairs)
-            and not bool(self.reparam_pad.any()))
+            'branches_equal', sources,
+            lambda: all(torch.equal(a, b) for a, b in pairs) and not bool(self.reparam_pad.any()))
 
     def _attention(self, x: Tensor, mask: Optional[Tensor], quant: BranchQuantizers,
                    bias: Tensor) -> Tensor:
@@ -198,9 +190,9 @@ class TwoBranchSwinBlock(nn.Module):
         h = drop(act(fc1(quant.fc1_in(x))))
         return self.ffn.gamma2(layers[2](layers[1](quant.fc2_in(h))))
 
-    def _attention_residual(self, x: Tensor, valid: Optional[Tensor],
-                            mask: Optional[Tensor], bias: Tensor, branch: str,
-                            keep: Optional[Tensor], inplace: bool) -> Tensor:
+    def _attention_residual(self, x: Tensor, valid: Optional[Tensor], mask: Optional[Tensor],
+                            bias: Tensor, branch: str, keep: Optional[Tensor],
+                            inplace: bool) -> Tensor:
         """``x + attention(norm1(x))`` of one group's (P, Q, N, C) windows
         (rank-major), ``valid`` and ``mask`` laid out alike.
 
@@ -221,8 +213,8 @@ class TwoBranchSwinBlock(nn.Module):
         y = self._ffn(self.branch_norms(branch)[1](x), self.branches[branch])
         return _residual(x, y, keep, inplace)
 
-    def forward(self, x: Tensor, hw_shape: Tuple[int, int],
-                windows: Union[WindowLayout, Tensor, None], low_ratio: float,
+    def forward(self, x: Tensor, hw_shape: Tuple[int, int], windows: Union[WindowLayout, Tensor,
+                                                                           None], low_ratio: float,
                 prune_ratio: float) -> Tensor:
         """Run the block on (B, H*W, C) tokens.
 
@@ -243,19 +235,19 @@ class TwoBranchSwinBlock(nn.Module):
             windows = WindowLayout(windows, hw_shape, self.window_size, self.shift_size,
                                    self._cache)
         if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, hw_shape, windows, low_ratio,
-                                 prune_ratio, use_reentrant=False)
+            return cp.checkpoint(
+                self._forward, x, hw_shape, windows, low_ratio, prune_ratio, use_reentrant=False)
         return self._forward(x, hw_shape, windows, low_ratio, prune_ratio)
 
-    def _forward(self, x: Tensor, hw_shape: Tuple[int, int], layout: WindowLayout,
-                 low_ratio: float, prune_ratio: float) -> Tensor:
+    def _forward(self, x: Tensor, hw_shape: Tuple[int, int], layout: WindowLayout, low_ratio: float,
+                 prune_ratio: float) -> Tensor:
         b, length, c = x.shape
         if length != hw_shape[0] * hw_shape[1]:
             raise ValueError(f'{length} tokens do not match hw_shape {hw_shape}')
         windows = layout.gather(x)
         n_high, n_low, _ = group_sizes(layout.num_windows, low_ratio, prune_ratio)
-        keep = (drop_path_keep(self.attn.drop, windows),
-                drop_path_keep(self.ffn.dropout_layer, windows))
+        keep = (drop_path_keep(self.attn.drop,
+                               windows), drop_path_keep(self.ffn.dropout_layer, windows))
         # In training every branch runs, an empty one on zero windows, so all its
         # parameters get (zero) gradients: DDP's find_unused_parameters=False
         # holds whatever the ratios of the iteration.
@@ -278,8 +270,8 @@ class TwoBranchSwinBlock(nn.Module):
                 outs.append(self._ffn_residual(y, branch, keep[1], False))
             return layout.scatter(torch.cat(outs + [windows[start:]]))
         for branch, group in groups:
-            self._attention_residual(windows[group], _take(valid, group), _take(mask, group),
-                                     bias, branch, keep[0], True)
+            self._attention_residual(windows[group], _take(valid, group), _take(mask, group), bias,
+                                     branch, keep[0], True)
         if not self._ffn_on_real_tokens(layout, groups, x):
             for branch, group in groups:
                 self._ffn_residual(windows[group], branch, keep[1], True)
@@ -287,8 +279,7 @@ class TwoBranchSwinBlock(nn.Module):
         slots, scatter, starts = layout.real_rows()
         rows = windows.view(-1, c).index_select(0, slots)
         for branch, group in groups:
-            self._ffn_residual(rows[starts[group.start]:starts[group.stop]], branch, keep[1],
-                               True)
+            self._ffn_residual(rows[starts[group.start]:starts[group.stop]], branch, keep[1], True)
         return rows.index_select(0, scatter).view(b, length, c)
 
     def _ffn_on_real_tokens(self, layout: WindowLayout, groups: List[Tuple[str, slice]],
@@ -299,9 +290,9 @@ class TwoBranchSwinBlock(nn.Module):
         observed the padding tokens too; they stay with what they saw). Every
         group must keep at least :data:`MIN_FFN_ROWS` tokens: CPU BLAS computes
         a few rows with other kernels, whose last bits differ."""
-        if not (layout.padded and x.device.type == 'cpu' and not self.whole_windows
-                and not torch.compiler.is_compiling()
-                and not any(q.observer_enabled for q in self._branch_quantizers)):
+        if not (layout.padded and x.device.type == 'cpu' and not self.whole_windows and
+                not torch.compiler.is_compiling() and not any(q.observer_enabled
+                                                              for q in self._branch_quantizers)):
             return False
         starts = layout.real_rows()[2]
         return all(starts[g.stop] - starts[g.start] >= MIN_FFN_ROWS for _, g in groups)
@@ -328,6 +319,5 @@ def drop_path_keep(drop_path: nn.Module, windows: Tensor) -> Optional[Tensor]:
     if not drop_path.training or p == 0.0:
         return None
     keep_prob = 1.0 - p
-    draw = torch.rand((windows.shape[1], 1, 1, 1), dtype=windows.dtype,
-                      device=windows.device)
+    draw = torch.rand((windows.shape[1], 1, 1, 1), dtype=windows.dtype, device=windows.device)
     return (keep_prob + draw).floor_().div_(keep_prob).view(1, -1, 1, 1)

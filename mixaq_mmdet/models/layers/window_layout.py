@@ -43,8 +43,8 @@ def shift_mask(hw_pad: Tuple[int, int], window_size: int, shift_size: int,
     slices = (slice(0, -ws), slice(-ws, -s), slice(-s, None))
     for cnt, (h, w) in enumerate((h, w) for h in slices for w in slices):
         img_mask[:, h, w, :] = cnt
-    mask_windows = img_mask.view(1, hp // ws, ws, wp // ws, ws, 1).permute(
-        0, 1, 3, 2, 4, 5).reshape(-1, ws * ws)
+    mask_windows = img_mask.view(1, hp // ws, ws, wp // ws, ws, 1).permute(0, 1, 3, 2, 4,
+                                                                           5).reshape(-1, ws * ws)
     diff = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)
     return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
@@ -66,8 +66,7 @@ def token_map(hw_shape: Tuple[int, int], window_size: int, shift_size: int,
     cols = (torch.arange(wp, device=device) + s) % wp
     source = torch.where((rows < h)[:, None] & (cols < w)[None, :],
                          rows[:, None] * w + cols[None, :], -1)
-    source = source.view(hp // ws, ws, wp // ws, ws).permute(0, 2, 1, 3).reshape(
-        -1, ws * ws)
+    source = source.view(hp // ws, ws, wp // ws, ws).permute(0, 2, 1, 3).reshape(-1, ws * ws)
     r = (torch.arange(h, device=device) - s) % hp
     c = (torch.arange(w, device=device) - s) % wp
     window = ((r // ws)[:, None] * (wp // ws) + (c // ws)[None, :]).reshape(-1)
@@ -100,15 +99,21 @@ class WindowLayout:
             ``shift_size`` is 0.
     """
 
-    def __init__(self, order: Tensor, hw_shape: Tuple[int, int], window_size: int,
-                 shift_size: int, cache: Optional[TensorCache] = None) -> None:
+    def __init__(self,
+                 order: Tensor,
+                 hw_shape: Tuple[int, int],
+                 window_size: int,
+                 shift_size: int,
+                 cache: Optional[TensorCache] = None) -> None:
         cache = TensorCache() if cache is None else cache
         b, num_windows = order.shape
         h, w = hw_shape
         device = order.device
         key = (h, w, window_size, shift_size, device)
-        source, window, slot = cache.get(('token_map', ) + key, (), lambda: token_map(
-            hw_shape, window_size, shift_size, device), extra=key)
+        source, window, slot = cache.get(
+            ('token_map', ) + key, (),
+            lambda: token_map(hw_shape, window_size, shift_size, device),
+            extra=key)
         if source.shape[0] != num_windows:
             raise ValueError(f'window order of shape {tuple(order.shape)} does not match '
                              f'the {source.shape[0]} windows of a {h}x{w} grid with '
@@ -130,15 +135,18 @@ class WindowLayout:
             self.valid = None
         self.gather_index = index.reshape(-1)
         rank = torch.empty_like(order).scatter_(
-            1, order, torch.arange(num_windows, device=device).expand(b, -1))
+            1, order,
+            torch.arange(num_windows, device=device).expand(b, -1))
         position = (rank[:, window] * b + images[:, None]) * n + slot[None, :]
         self.scatter_index = position.reshape(-1)
         self._real_rows: Optional[Tuple[Tensor, Tensor, List[int]]] = None
         self.mask: Optional[Tensor] = None
         if shift_size > 0:
-            mask = cache.get(('shift_mask', ) + key, (), lambda: shift_mask(
-                padded_shape(hw_shape, window_size), window_size, shift_size, device),
-                             extra=key)
+            mask = cache.get(
+                ('shift_mask', ) + key, (),
+                lambda: shift_mask(
+                    padded_shape(hw_shape, window_size), window_size, shift_size, device),
+                extra=key)
             self.mask = mask[order_t]
 
     def real_rows(self) -> Tuple[Tensor, Tensor, List[int]]:
@@ -168,14 +176,14 @@ class WindowLayout:
         rows = x.reshape(b * length, c)
         if self.padded:
             rows = torch.cat([rows, rows.new_zeros(1, c)])
-        return rows.index_select(0, self.gather_index).view(
-            self.num_windows, b, self.window_tokens, c)
+        return rows.index_select(0, self.gather_index).view(self.num_windows, b, self.window_tokens,
+                                                            c)
 
     def scatter(self, windows: Tensor) -> Tensor:
         """(nW, B, N, C) windows -> (B, H*W, C) tokens, padding dropped."""
         c = windows.shape[-1]
-        return windows.reshape(-1, c).index_select(0, self.scatter_index).view(
-            self.batch_size, -1, c)
+        return windows.reshape(-1, c).index_select(0,
+                                                   self.scatter_index).view(self.batch_size, -1, c)
 
 
 __all__ = ['WindowLayout', 'shift_mask', 'token_map', 'padded_shape']

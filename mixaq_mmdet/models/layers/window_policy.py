@@ -57,10 +57,7 @@ def normalize_ratios(value: Union[float, Sequence[float]], num_pairs: int,
         if len(value) != num_pairs:
             raise ValueError(f'{name} has {len(value)} values {list(value)!r}'
                              f'{expected}')
-        return [
-            _check_unit_interval(v, f'{name}[{i}]', expected)
-            for i, v in enumerate(value)
-        ]
+        return [_check_unit_interval(v, f'{name}[{i}]', expected) for i, v in enumerate(value)]
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f'{name} = {value!r} ({type(value).__name__}) is not '
                         f'valid{expected}')
@@ -79,14 +76,12 @@ def check_ratios(low: Sequence[float], prune: Sequence[float]) -> None:
                          'per pair of consecutive blocks in both')
     for i, (low_i, prune_i) in enumerate(zip(low, prune)):
         if low_i + prune_i > 1.0 + RATIO_TOLERANCE:
-            raise ValueError(
-                f'low_bit_ratios[{i}] + prune_ratios[{i}] = {low_i} + '
-                f'{prune_i} = {low_i + prune_i:g} > 1 for pair {i}; the '
-                'low-bit and pruned shares of a pair must sum to at most 1')
+            raise ValueError(f'low_bit_ratios[{i}] + prune_ratios[{i}] = {low_i} + '
+                             f'{prune_i} = {low_i + prune_i:g} > 1 for pair {i}; the '
+                             'low-bit and pruned shares of a pair must sum to at most 1')
 
 
-def token_scores(x: Tensor, hw_shape: Tuple[int, int],
-                 score: str = 'l2') -> Tensor:
+def token_scores(x: Tensor, hw_shape: Tuple[int, int], score: str = 'l2') -> Tensor:
     """Score every token of a stage input.
 
     Args:
@@ -121,7 +116,8 @@ def _partition(maps: Tensor, window_size: int) -> Tensor:
     return windows.reshape(B, -1, ws * ws)
 
 
-def window_scores(score_map: Tensor, window_size: int,
+def window_scores(score_map: Tensor,
+                  window_size: int,
                   shift_size: int = 0) -> Tuple[Tensor, Tensor]:
     """Partition a token score map into windows as mmdet's ``ShiftWindowMSA``.
 
@@ -180,9 +176,7 @@ def order_windows(scores: Tensor,
         keys = torch.rand(scores.shape, generator=generator)
         perm = keys.argsort(dim=1).to(scores.device)
     else:
-        perm = torch.sort(
-            scores, dim=1, descending=order == 'importance',
-            stable=True).indices
+        perm = torch.sort(scores, dim=1, descending=order == 'importance', stable=True).indices
     padding_only = (~has_tokens).gather(1, perm).to(torch.uint8)
     padding_last = torch.sort(padding_only, dim=1, stable=True).indices
     return perm.gather(1, padding_last)
@@ -232,10 +226,8 @@ class WindowPolicy:
                  score: str = 'l2',
                  order: str = 'importance',
                  seed: int = 0) -> None:
-        if isinstance(window_size, bool) or not isinstance(
-                window_size, int) or window_size < 1:
-            raise ValueError(
-                f'window_size must be a positive int, got {window_size!r}')
+        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
+            raise ValueError(f'window_size must be a positive int, got {window_size!r}')
         _check_choice(score, WINDOW_SCORES, 'score')
         _check_choice(order, WINDOW_ORDERS, 'order')
         self.window_size = window_size
@@ -249,8 +241,7 @@ class WindowPolicy:
                 f'seed={self.seed})')
 
     @torch.no_grad()
-    def rank(self, x: Tensor, hw_shape: Tuple[int, int],
-             shift_size: int = 0) -> WindowOrders:
+    def rank(self, x: Tensor, hw_shape: Tuple[int, int], shift_size: int = 0) -> WindowOrders:
         """Order the windows of the regular and, if ``shift_size > 0``, the
         shifted partition of ``x`` (B, H*W, C), the stage input before norm1.
 
@@ -268,13 +259,11 @@ class WindowPolicy:
 
     def _order(self, score_map: Tensor, shift_size: int,
                generator: Optional[torch.Generator]) -> Tensor:
-        scores, has_tokens = window_scores(score_map, self.window_size,
-                                           shift_size)
+        scores, has_tokens = window_scores(score_map, self.window_size, shift_size)
         return order_windows(scores, has_tokens, self.order, generator)
 
 
-def group_sizes(num_windows: int, low_ratio: float,
-                prune_ratio: float) -> Tuple[int, int, int]:
+def group_sizes(num_windows: int, low_ratio: float, prune_ratio: float) -> Tuple[int, int, int]:
     """Return ``(n_high, n_low, n_prune)`` for ``num_windows`` windows.
 
     Rounding rule: ``n_prune = floor(prune_ratio * nW)`` and
@@ -307,5 +296,4 @@ def split_groups(order: Tensor, low_ratio: float,
         (B, n_prune).
     """
     n_high, n_low, _ = group_sizes(order.shape[1], low_ratio, prune_ratio)
-    return (order[:, :n_high], order[:, n_high:n_high + n_low],
-            order[:, n_high + n_low:])
+    return (order[:, :n_high], order[:, n_high:n_high + n_low], order[:, n_high + n_low:])

@@ -30,6 +30,6 @@ from .result import Evaluation, SearchResult
 from .space import Candidate, RatioSearchSpace
 
 __all__ = [
-    'RATIO_GRID', 'Candidate', 'RatioSearchSpace', 'Evaluation',
-    'SearchResult', 'cost_range', 'search_ratios'
+    'RATIO_GRID', 'Candidate', 'RatioSearchSpace', 'Evaluation', 'SearchResult', 'cost_range',
+    'search_ratios'
 ]

@@ -30,9 +30,8 @@ class _Evaluations:
     """The memoized evaluations of one search, in order of first evaluation;
     accuracy only for feasible candidates inside the band."""
 
-    def __init__(self, space: RatioSearchSpace,
-                 accuracy_fn: Callable[[Candidate], float], cost: MemoizedCost,
-                 band: Optional[Band]) -> None:
+    def __init__(self, space: RatioSearchSpace, accuracy_fn: Callable[[Candidate], float],
+                 cost: MemoizedCost, band: Optional[Band]) -> None:
         self.space = space
         self.accuracy_fn = accuracy_fn
         self.cost = cost
@@ -44,8 +43,7 @@ class _Evaluations:
         cost = self.cost(genes)
         needs_accuracy = self.space.feasible(genes) and in_band(cost, self.band)
         known = self.evaluated.get(genes)
-        if known is not None and (math.isfinite(known.accuracy)
-                                  or not needs_accuracy):
+        if known is not None and (math.isfinite(known.accuracy) or not needs_accuracy):
             return known
         candidate = self.space.decode(genes)
         accuracy = math.nan
@@ -77,8 +75,8 @@ class _Evaluations:
         for key, (accuracy, cost) in cached.items():
             genes = tuple(int(g) for g in self.space.encode(candidate_from_key(key)))
             evaluation = Evaluation(
-                self.space.decode(genes),
-                math.nan if accuracy is None else float(accuracy), float(cost))
+                self.space.decode(genes), math.nan if accuracy is None else float(accuracy),
+                float(cost))
             self.cost.costs[genes] = evaluation.cost
             self.evaluated[genes] = evaluation
             self.evaluations.append(evaluation)
@@ -94,8 +92,13 @@ class _RatioProblem(Problem):
     def __init__(self, evaluations: _Evaluations) -> None:
         self.evaluations = evaluations
         space = evaluations.space
-        super().__init__(n_var=space.num_genes, n_obj=2, n_ieq_constr=1, xl=0,
-                         xu=space.gene_upper_bounds(), vtype=int)
+        super().__init__(
+            n_var=space.num_genes,
+            n_obj=2,
+            n_ieq_constr=1,
+            xl=0,
+            xu=space.gene_upper_bounds(),
+            vtype=int)
 
     def _evaluate(self, X, out, *args, **kwargs) -> None:
         objectives, constraints = [], []
@@ -104,8 +107,7 @@ class _RatioProblem(Problem):
             evaluation = self.evaluations.evaluate(genes)
             accuracy = evaluation.accuracy
             # Unevaluated candidates are infeasible; their objective is unused.
-            objectives.append(
-                [-accuracy if math.isfinite(accuracy) else 0.0, evaluation.cost])
+            objectives.append([-accuracy if math.isfinite(accuracy) else 0.0, evaluation.cost])
             constraints.append([self.evaluations.violation(genes, evaluation.cost)])
         out['F'] = np.array(objectives, dtype=float).reshape(-1, 2)
         out['G'] = np.array(constraints, dtype=float).reshape(-1, 1)
@@ -123,8 +125,7 @@ class _InitialThenRandom(Sampling):
         remaining = n_samples - len(self.initial_genes)
         rows = [self.initial_genes]
         if remaining > 0:
-            random = IntegerRandomSampling()(problem, remaining,
-                                             random_state=random_state)
+            random = IntegerRandomSampling()(problem, remaining, random_state=random_state)
             rows.append(random.get('X'))
         return np.vstack(rows).astype(np.int64)
 
@@ -132,8 +133,7 @@ class _InitialThenRandom(Sampling):
 class _AfterGeneration(Callback):
     """Writes the cache and reports progress after every generation."""
 
-    def __init__(self, evaluations: _Evaluations, generations: int,
-                 save: Callable[[], None],
+    def __init__(self, evaluations: _Evaluations, generations: int, save: Callable[[], None],
                  on_generation: Optional[GenerationCallback]) -> None:
         super().__init__()
         self.evaluations = evaluations
@@ -144,13 +144,11 @@ class _AfterGeneration(Callback):
     def notify(self, algorithm) -> None:
         self.save()
         if self.on_generation is not None:
-            self.on_generation(algorithm.n_gen, self.generations,
-                               self.evaluations.result())
+            self.on_generation(algorithm.n_gen, self.generations, self.evaluations.result())
 
 
 def _validate_count(name: str, value: Any, minimum: int) -> int:
-    if (isinstance(value, bool) or not isinstance(value, Integral)
-            or value < minimum):
+    if (isinstance(value, bool) or not isinstance(value, Integral) or value < minimum):
         raise ValueError(f'{name} must be an integer >= {minimum}, got '
                          f'{value!r}')
     return int(value)
@@ -179,17 +177,17 @@ def _initial_genes(space: RatioSearchSpace, initial: Sequence[Candidate],
 
 
 def search_ratios(
-        space: RatioSearchSpace,
-        accuracy_fn: Callable[[Candidate], float],
-        cost_fn: Callable[[Candidate], float],
-        *,
-        band: Optional[Tuple[float, float]] = None,
-        pop_size: int = 16,
-        generations: int = 8,
-        seed: int = 0,
-        cache_path: Optional[str] = None,
-        initial: Sequence[Candidate] = (),
-        on_generation: Optional[GenerationCallback] = None,
+    space: RatioSearchSpace,
+    accuracy_fn: Callable[[Candidate], float],
+    cost_fn: Callable[[Candidate], float],
+    *,
+    band: Optional[Tuple[float, float]] = None,
+    pop_size: int = 16,
+    generations: int = 8,
+    seed: int = 0,
+    cache_path: Optional[str] = None,
+    initial: Sequence[Candidate] = (),
+    on_generation: Optional[GenerationCallback] = None,
 ) -> SearchResult:
     """Search per-pair ratios with NSGA-II: maximise ``accuracy_fn``, minimise
     ``cost_fn`` (optionally only inside ``band = (lo, hi)`` of cost).
@@ -218,9 +216,8 @@ def search_ratios(
         band = validate_band(band)
         lowest, highest = cost_range(space, cost_fn)
         if band[1] < lowest or band[0] > highest:
-            raise ValueError(
-                f'band [{band[0]:.6g}, {band[1]:.6g}] cannot be reached: the '
-                f'costs of this space span [{lowest:.6g}, {highest:.6g}]')
+            raise ValueError(f'band [{band[0]:.6g}, {band[1]:.6g}] cannot be reached: the '
+                             f'costs of this space span [{lowest:.6g}, {highest:.6g}]')
     initial_rows = _initial_genes(space, initial, pop_size)
 
     cost = MemoizedCost(space, cost_fn)
@@ -255,9 +252,13 @@ def search_ratios(
     callback = _AfterGeneration(evaluations, generations, save, on_generation)
     try:
         # copy_algorithm=False: a deep copy would copy the callables' owners.
-        minimize(_RatioProblem(evaluations), algorithm, ('n_gen', generations),
-                 seed=seed, verbose=False, callback=callback,
-                 copy_algorithm=False)
+        minimize(
+            _RatioProblem(evaluations),
+            algorithm, ('n_gen', generations),
+            seed=seed,
+            verbose=False,
+            callback=callback,
+            copy_algorithm=False)
     except BaseException:
         # Keep what the interrupted generation evaluated, for the rerun; a
         # failure to write must not hide the interruption's own error.

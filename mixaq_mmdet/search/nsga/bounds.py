@@ -10,11 +10,9 @@ from mixaq_mmdet.ratios import RATIO_TOLERANCE
 from .space import Candidate, Genes, RatioSearchSpace
 
 
-def checked_cost(cost_fn: Callable[[Candidate], float],
-                  candidate: Candidate) -> float:
+def checked_cost(cost_fn: Callable[[Candidate], float], candidate: Candidate) -> float:
     cost = cost_fn(candidate)
-    if (isinstance(cost, bool) or not isinstance(cost, Real)
-            or not math.isfinite(float(cost))):
+    if (isinstance(cost, bool) or not isinstance(cost, Real) or not math.isfinite(float(cost))):
         raise ValueError(f'cost_fn returned {cost!r} for candidate '
                          f'{candidate.key()}; it must return a finite number')
     return float(cost)
@@ -24,21 +22,18 @@ class MemoizedCost:
     """``cost_fn`` of gene tuples, each distinct candidate's cost computed once
     and checked to be a finite number."""
 
-    def __init__(self, space: RatioSearchSpace,
-                 cost_fn: Callable[[Candidate], float]) -> None:
+    def __init__(self, space: RatioSearchSpace, cost_fn: Callable[[Candidate], float]) -> None:
         self.space = space
         self.cost_fn = cost_fn
         self.costs: Dict[Genes, float] = {}
 
     def __call__(self, genes: Genes) -> float:
         if genes not in self.costs:
-            self.costs[genes] = checked_cost(self.cost_fn,
-                                             self.space.decode(genes))
+            self.costs[genes] = checked_cost(self.cost_fn, self.space.decode(genes))
         return self.costs[genes]
 
 
-def _maximal_pair_corners(space: RatioSearchSpace
-                          ) -> List[Tuple[int, Optional[int]]]:
+def _maximal_pair_corners(space: RatioSearchSpace) -> List[Tuple[int, Optional[int]]]:
     """The (low index, prune index) settings of one pair that no feasible
     setting exceeds in both ratios; prune index None without prune genes."""
     if not space.has_prune_genes:
@@ -46,26 +41,24 @@ def _maximal_pair_corners(space: RatioSearchSpace
     feasible = []
     for low_index, low in enumerate(space.low_choices):
         prune_indices = [
-            i for i, prune in enumerate(space.prune_choices)
-            if low + prune <= 1.0 + RATIO_TOLERANCE
+            i for i, prune in enumerate(space.prune_choices) if low + prune <= 1.0 + RATIO_TOLERANCE
         ]
         if prune_indices:
             feasible.append((low_index, max(prune_indices)))
-    return [(l, p) for l, p in feasible
-            if not any(ol >= l and op >= p and (ol, op) != (l, p)
+    return [(low, prune) for low, prune in feasible
+            if not any(ol >= low and op >= prune and (ol, op) != (low, prune)
                        for ol, op in feasible)]
 
 
 def _genes_of_corners(space: RatioSearchSpace,
-                      corners: Sequence[Tuple[int, Optional[int]]]
-                      ) -> np.ndarray:
+                      corners: Sequence[Tuple[int, Optional[int]]]) -> np.ndarray:
     low = [corner[0] for corner in corners]
     prune = [corner[1] for corner in corners] if space.has_prune_genes else []
     return np.array(low + prune, dtype=np.int64)
 
 
-def cost_range(space: RatioSearchSpace,
-               cost_fn: Callable[[Candidate], float]) -> Tuple[float, float]:
+def cost_range(space: RatioSearchSpace, cost_fn: Callable[[Candidate],
+                                                          float]) -> Tuple[float, float]:
     """``(lowest, highest)`` cost a candidate of ``space`` can have.
 
     Assumes the cost never increases when a ratio increases: the highest cost
@@ -75,13 +68,11 @@ def cost_range(space: RatioSearchSpace,
     corners are tried for all pairs at once, then pair by pair until nothing
     gets cheaper (exact when the cost is a sum over pairs).
     """
-    highest = checked_cost(
-        cost_fn, space.decode(np.zeros(space.num_genes, dtype=np.int64)))
+    highest = checked_cost(cost_fn, space.decode(np.zeros(space.num_genes, dtype=np.int64)))
     corners = _maximal_pair_corners(space)
 
     def cost_of(pair_corners: Sequence[Tuple[int, Optional[int]]]) -> float:
-        return checked_cost(cost_fn,
-                             space.decode(_genes_of_corners(space, pair_corners)))
+        return checked_cost(cost_fn, space.decode(_genes_of_corners(space, pair_corners)))
 
     best_corners = [corners[0]] * space.num_pairs
     lowest = cost_of(best_corners)

@@ -29,8 +29,7 @@ def _write_json_atomically(path: str, content: Dict[str, Any]) -> None:
         raise
 
 
-def read_cache(path: str, space_dict: Dict[str, Any],
-                settings: Dict[str, Any]) -> Dict[str, Any]:
+def read_cache(path: str, space_dict: Dict[str, Any], settings: Dict[str, Any]) -> Dict[str, Any]:
     """The evaluations of the cache at ``path``, after checking it was written
     by the same search."""
     try:
@@ -69,8 +68,7 @@ def write_cache(path: str, space_dict: Dict[str, Any], settings: Dict[str, Any],
             'space': space_dict,
             'settings': settings,
             'evaluations': {
-                e.candidate.key():
-                [e.accuracy if math.isfinite(e.accuracy) else None, e.cost]
+                e.candidate.key(): [e.accuracy if math.isfinite(e.accuracy) else None, e.cost]
                 for e in evaluations
             },
         })

@@ -26,8 +26,7 @@ def band_distance(cost: float, band: Optional[Band]) -> float:
 def pair_excess(space: RatioSearchSpace, genes: Genes) -> float:
     """Sum over pairs of how far ``low + prune`` exceeds 1."""
     low, prune = space.decode(genes)
-    return sum(max(0.0, l + p - 1.0 - RATIO_TOLERANCE)
-               for l, p in zip(low, prune))
+    return sum(max(0.0, lo + pr - 1.0 - RATIO_TOLERANCE) for lo, pr in zip(low, prune))
 
 
 class BandRepair(Repair):
@@ -35,8 +34,8 @@ class BandRepair(Repair):
     ``low + prune`` exceeds 1, then moves the cost into the band by single-gene
     steps (random among those that help, from its own seeded generator)."""
 
-    def __init__(self, space: RatioSearchSpace, cost: MemoizedCost,
-                 band: Optional[Band], seed: int) -> None:
+    def __init__(self, space: RatioSearchSpace, cost: MemoizedCost, band: Optional[Band],
+                 seed: int) -> None:
         super().__init__()
         self.space = space
         self.cost = cost
@@ -45,8 +44,7 @@ class BandRepair(Repair):
 
     def _do(self, problem, X, **kwargs):
         upper = self.space.gene_upper_bounds()
-        repaired = np.clip(np.rint(np.asarray(X, dtype=float)), 0,
-                           upper).astype(np.int64)
+        repaired = np.clip(np.rint(np.asarray(X, dtype=float)), 0, upper).astype(np.int64)
         for row in repaired:
             self.make_feasible(row)
             if self.band is not None:
@@ -61,9 +59,8 @@ class BandRepair(Repair):
             return
         for pair in range(space.num_pairs):
             low_pos, prune_pos = pair, space.num_pairs + pair
-            while (space.low_choices[genes[low_pos]] +
-                   space.prune_choices[genes[prune_pos]] >
-                   1.0 + RATIO_TOLERANCE):
+            while (space.low_choices[genes[low_pos]] + space.prune_choices[genes[prune_pos]]
+                   > 1.0 + RATIO_TOLERANCE):
                 if genes[prune_pos] > 0:
                     genes[prune_pos] -= 1
                 else:

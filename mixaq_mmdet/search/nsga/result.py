@@ -52,23 +52,17 @@ class SearchResult:
         if not scored:
             return []
         objectives = np.array([[-e.accuracy, e.cost] for e in scored])
-        indices = NonDominatedSorting().do(objectives,
-                                           only_non_dominated_front=True)
+        indices = NonDominatedSorting().do(objectives, only_non_dominated_front=True)
         front = [scored[i] for i in indices]
-        return sorted(front,
-                      key=lambda e: (e.cost, -e.accuracy, e.candidate.key()))
+        return sorted(front, key=lambda e: (e.cost, -e.accuracy, e.candidate.key()))
 
     def best_in_band(self, band: Tuple[float, float]) -> Evaluation:
         """The most accurate evaluation with ``lo <= cost <= hi`` (the cheaper
         one on a tie)."""
         lo, hi = validate_band(band)
-        inside = [
-            e for e in self.evaluations
-            if math.isfinite(e.accuracy) and lo <= e.cost <= hi
-        ]
+        inside = [e for e in self.evaluations if math.isfinite(e.accuracy) and lo <= e.cost <= hi]
         if not inside:
-            scored = [e.cost for e in self.evaluations
-                      if math.isfinite(e.accuracy)]
+            scored = [e.cost for e in self.evaluations if math.isfinite(e.accuracy)]
             seen = (f'evaluated costs span [{min(scored):.6g}, {max(scored):.6g}]'
                     if scored else 'no candidate has an accuracy')
             raise ValueError(f'no evaluated candidate has its cost in the band '

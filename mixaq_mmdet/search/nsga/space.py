@@ -24,8 +24,8 @@ class Candidate(NamedTuple):
     def key(self) -> str:
         """Stable text of the candidate, e.g. ``"0.5,0.3|0,0"``; the cache's
         key, read back by :func:`candidate_from_key`."""
-        return (','.join(_format_ratio(r) for r in self.low_bit_ratios) +
-                '|' + ','.join(_format_ratio(r) for r in self.prune_ratios))
+        return (','.join(_format_ratio(r) for r in self.low_bit_ratios) + '|' +
+                ','.join(_format_ratio(r) for r in self.prune_ratios))
 
 
 def candidate_from_key(key: str) -> Candidate:
@@ -45,8 +45,7 @@ def candidate_from_key(key: str) -> Candidate:
                          'numbers around a "|"') from None
 
 
-def _validate_choices(name: str, choices: Any, allow_empty: bool
-                      ) -> Tuple[float, ...]:
+def _validate_choices(name: str, choices: Any, allow_empty: bool) -> Tuple[float, ...]:
     """``choices`` as a tuple of floats, checked to be in [0, 1] and strictly
     increasing (so a gene index orders its ratios)."""
     try:
@@ -71,8 +70,7 @@ def _validate_choices(name: str, choices: Any, allow_empty: bool
 
 def _index_of(ratio: Any, choices: Tuple[float, ...], what: str) -> int:
     """Index of the choice within :data:`RATIO_TOLERANCE` of ``ratio``."""
-    if (not isinstance(ratio, bool) and isinstance(ratio, Real)
-            and math.isfinite(float(ratio))):
+    if (not isinstance(ratio, bool) and isinstance(ratio, Real) and math.isfinite(float(ratio))):
         for index, choice in enumerate(choices):
             if abs(float(ratio) - choice) <= RATIO_TOLERANCE:
                 return index
@@ -92,8 +90,7 @@ class RatioSearchSpace:
     prune_choices: Tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        if (isinstance(self.num_pairs, bool)
-                or not isinstance(self.num_pairs, Integral)
+        if (isinstance(self.num_pairs, bool) or not isinstance(self.num_pairs, Integral)
                 or self.num_pairs < 1):
             raise ValueError('num_pairs must be a positive integer, got '
                              f'{self.num_pairs!r}')
@@ -101,9 +98,8 @@ class RatioSearchSpace:
         low = _validate_choices('low_choices', self.low_choices, False)
         prune = _validate_choices('prune_choices', self.prune_choices, True)
         if prune and low[0] + prune[0] > 1.0 + RATIO_TOLERANCE:
-            raise ValueError(
-                f'no feasible candidate: the smallest low-bit ratio {low[0]} '
-                f'plus the smallest prune ratio {prune[0]} exceeds 1')
+            raise ValueError(f'no feasible candidate: the smallest low-bit ratio {low[0]} '
+                             f'plus the smallest prune ratio {prune[0]} exceeds 1')
         object.__setattr__(self, 'low_choices', low)
         object.__setattr__(self, 'prune_choices', prune)
 
@@ -139,8 +135,7 @@ class RatioSearchSpace:
         indices = []
         for position, value in enumerate(values):
             if not (np.issubdtype(type(value), np.number)
-                    and not isinstance(value, (bool, np.bool_))
-                    and math.isfinite(float(value))
+                    and not isinstance(value, (bool, np.bool_)) and math.isfinite(float(value))
                     and float(value) == math.floor(float(value))):
                 raise ValueError(f'gene {position} must be an integer index, '
                                  f'got {value.item()!r}')
@@ -181,21 +176,19 @@ class RatioSearchSpace:
         ]
         if self.has_prune_genes:
             genes += [
-                _index_of(ratio, self.prune_choices,
-                          f'prune ratio of pair {pair}')
+                _index_of(ratio, self.prune_choices, f'prune ratio of pair {pair}')
                 for pair, ratio in enumerate(prune)
             ]
         else:
             for pair, ratio in enumerate(prune):
-                _index_of(ratio, (0.0, ),
-                          f'prune ratio of pair {pair} (the space has no '
+                _index_of(ratio, (0.0, ), f'prune ratio of pair {pair} (the space has no '
                           'prune genes)')
         return np.array(genes, dtype=np.int64)
 
     def feasible(self, genes: Any) -> bool:
         """Whether ``low + prune <= 1`` in every pair."""
         low, prune = self.decode(genes)
-        return all(l + p <= 1.0 + RATIO_TOLERANCE for l, p in zip(low, prune))
+        return all(lo + pr <= 1.0 + RATIO_TOLERANCE for lo, pr in zip(low, prune))
 
     def uniform(self, low: float, prune: float = 0.0) -> Candidate:
         """The feasible candidate with the same ratios in every pair."""
@@ -203,9 +196,7 @@ class RatioSearchSpace:
             raise ValueError(f'uniform low-bit ratio {low!r} plus prune ratio '
                              f'{prune!r} exceeds 1')
         return self.decode(
-            self.encode(
-                Candidate((low, ) * self.num_pairs,
-                          (prune, ) * self.num_pairs)))
+            self.encode(Candidate((low, ) * self.num_pairs, (prune, ) * self.num_pairs)))
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready description (for the cache file)."""
@@ -218,8 +209,7 @@ class RatioSearchSpace:
     @classmethod
     def from_dict(cls, description: Dict[str, Any]) -> 'RatioSearchSpace':
         """The space that :meth:`to_dict` described."""
-        return cls(description['num_pairs'],
-                   tuple(description['low_choices']),
+        return cls(description['num_pairs'], tuple(description['low_choices']),
                    tuple(description['prune_choices']))
 
 
