@@ -333,7 +333,7 @@ def test_branch_quantizers_replace_single_positions_and_keep_the_keys():
 
 def test_ptq_with_twin_uniform_quantizers_runs_and_refuses_the_other_base():
     _, model = _pair(low_bit_ratios=0.5, a_bits=(8, 4), quant=True, branch_quantizers=TWIN)
-    x = torch.randn(2, 3, 64, 96)
+    x = torch.randn(1, 3, 224, 448)  # two windows in the last stage: both branches see data
     assert _calibrate(model, x) == []
     with torch.no_grad():
         outs = model(x)
