@@ -34,7 +34,8 @@ from mixaq_mmdet.engine import PTQLoop, prepare_test_loop
 from mixaq_mmdet.search import (DEFAULT_SEARCH_IMAGES, OBJECTIVES, RatioEvaluator, RatioSearchSpace,
                                 check_branches_calibrated, check_targets, front_records, run_search,
                                 save_json, speedup_band, uniform_ratio_at, write_searched_config)
-from mixaq_mmdet.utils import build_runner, load_runner_config, parse_runner_args
+from mixaq_mmdet.utils import (build_runner, close_process_group, load_runner_config,
+                               parse_runner_args)
 
 
 def parse_args() -> argparse.Namespace:
@@ -283,3 +284,4 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
+    close_process_group()

@@ -4,7 +4,8 @@ import argparse
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
-from mixaq_mmdet.utils import build_runner, load_runner_config, parse_runner_args
+from mixaq_mmdet.utils import (build_runner, close_process_group, load_runner_config,
+                               parse_runner_args)
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,3 +50,4 @@ def main() -> None:
 
 if __name__ == '__main__':
     main()
+    close_process_group()

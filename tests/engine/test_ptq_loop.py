@@ -114,7 +114,7 @@ def test_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoint, tmp_path)
                           capture_output=True,
                           text=True,
                           timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert 'on 8 images (backbone scope, reparam=True)' in proc.stdout + proc.stderr
     one = _qparams(tmp_path / 'one' / 'calibrated.pth')
     two = _qparams(tmp_path / 'two' / 'calibrated.pth')

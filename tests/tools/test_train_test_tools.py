@@ -106,7 +106,7 @@ def test_importing_and_plotting_leave_the_matplotlib_backend_alone(tmp_path):
                           capture_output=True,
                           text=True,
                           timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == 'template'
     assert osp.getsize(tmp_path / 'p.png') > 1000
 
