@@ -10,7 +10,7 @@ from mmengine.config import Config
 
 from mixaq_mmdet.compat import check_mmcv_ops, run_mmcv_ops
 from .conftest import FP_BENCH_CONFIG
-from .test_setup_env import SCRIPT, _bin_with
+from .test_setup_env import CPU_STAMP, SCRIPT, _bin_with
 
 
 def test_a_cpu_only_mmcv_refuses_a_cuda_run():
@@ -56,7 +56,7 @@ def test_a_gpu_machine_without_nvcc_is_told_before_any_build(tmp_path):
 
 def test_a_cpu_environment_on_a_gpu_machine_is_an_error(tmp_path):
     (tmp_path / 'venv').mkdir()
-    (tmp_path / 'venv' / '.mixaq_env_v2').touch()
+    (tmp_path / 'venv' / CPU_STAMP).touch()
     proc = _setup(tmp_path, '/nonexistent', MIXAQ_CUDA='1')
     assert proc.returncode == 1 and 'was built for CPU' in proc.stderr
     assert _setup(tmp_path, '/nonexistent', MIXAQ_CUDA='0').returncode == 0

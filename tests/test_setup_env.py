@@ -1,12 +1,15 @@
 """tools/setup_env.sh: clear messages before the mmcv build, reuse of a built env."""
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 
 from .conftest import REPO
 
 SCRIPT = osp.join(REPO, 'tools', 'setup_env.sh')
+#: The marker of a built CPU environment, as the script names it.
+CPU_STAMP = re.search(r'^CPU_STAMP="\$VENV/([^"]+)"', open(SCRIPT).read(), re.M).group(1)
 
 
 def _run(tmp_path, python, path_dirs):
@@ -56,6 +59,6 @@ def test_missing_python_headers_are_named(tmp_path):
 def test_a_built_environment_is_reused_at_once(tmp_path):
     venv = tmp_path / 'venv'
     venv.mkdir()
-    (venv / '.mixaq_env_v3').touch()
+    (venv / CPU_STAMP).touch()
     proc = _run(tmp_path, 'no-such-python', ['/nonexistent'])
     assert proc.returncode == 0 and proc.stdout == '' and proc.stderr == ''
