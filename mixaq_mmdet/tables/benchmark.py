@@ -171,6 +171,10 @@ BENCHMARK = Table(
         Target('MixA-Q 1.35x above uniform W4A3 QAT (same cost)', 'qat_mixaq_w4a4a2_1.35x',
                'qat_uniform_w4a3', 'gt'),
         *ablation_targets('1.35x'),
+        Target('PTQ base, uniform W4A4: twin uniform (PTQ4ViT) not worse than RepQ-ViT\'s',
+               'ptq4vit_uniform_w4a4', 'uniform_w4a4', 'not_worse'),
+        Target('PTQ base, MixA-Q A8/A2 1.35x: twin uniform (PTQ4ViT) not worse than '
+               'RepQ-ViT\'s', 'ptq4vit_mixaq_w4a8a2', 'mixaq_w4a8a2', 'not_worse'),
     ),
     plots={
         'PTQ': (PTQ_BASE, 'pareto.png'),
