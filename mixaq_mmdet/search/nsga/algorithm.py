@@ -77,7 +77,7 @@ class _Evaluations:
             evaluation = Evaluation(
                 self.space.decode(genes), math.nan if accuracy is None else float(accuracy),
                 float(cost))
-            self.cost.costs[genes] = evaluation.cost
+            self.cost.remember(genes, evaluation.cost)
             self.evaluated[genes] = evaluation
             self.evaluations.append(evaluation)
 

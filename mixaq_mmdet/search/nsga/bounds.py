@@ -32,6 +32,10 @@ class MemoizedCost:
             self.costs[genes] = checked_cost(self.cost_fn, self.space.decode(genes))
         return self.costs[genes]
 
+    def remember(self, genes: Genes, cost: float) -> None:
+        """Take a cost computed before (read back from a search cache)."""
+        self.costs[genes] = cost
+
 
 def _maximal_pair_corners(space: RatioSearchSpace) -> List[Tuple[int, Optional[int]]]:
     """The (low index, prune index) settings of one pair that no feasible
