@@ -20,6 +20,9 @@ from torch import Tensor
 # Histogram exponent of a channel that has seen only zeros: below the exponent of
 # any nonzero float32, so the first nonzero data always widens the range.
 _ZERO_EXPONENT = -160
+# Lowest histogram bottom exponent whose bins the float32 bit fields give
+# (zeros and subnormals lie below it).
+_MIN_BIT_FIELD_BOTTOM = -125
 # Most dimensions of a static tensor (a weight) that ranks exchange.
 _MAX_DIMS = 8
 
@@ -90,10 +93,10 @@ class RangeStatistics(Observer, Protocol):
         """
 
 
-def _step_antiderivative(t: Tensor, boundaries: Tensor, levels: Tensor) -> Tensor:
+def _step_antiderivative(t: Tensor, boundaries: Tensor, levels: Tensor) -> Tuple[Tensor, Tensor]:
     """``G(t) = integral of (q(x) - x) ** 2`` from ``boundaries[..., 0]`` to ``t``
     for the step function ``q`` of :meth:`RangeStatistics.step_mse`, at every
-    ``t`` (``(K, C, B)``), float64."""
+    ``t`` (``(K, C, B)``), and ``q(t)``; float64."""
     seg = torch.searchsorted(boundaries, t)
     starts = torch.cat([boundaries[..., :1], boundaries], -1)
     ends = torch.cat([boundaries, boundaries[..., -1:]], -1)
@@ -102,7 +105,7 @@ def _step_antiderivative(t: Tensor, boundaries: Tensor, levels: Tensor) -> Tenso
     at_start = torch.cat([torch.zeros_like(pieces[..., :1]), pieces[..., :-1].cumsum(-1)], -1)
     level = levels.gather(-1, seg)
     start = starts.gather(-1, seg)
-    return at_start.gather(-1, seg) + ((t - level)**3 - (start - level)**3) / 3
+    return at_start.gather(-1, seg) + ((t - level)**3 - (start - level)**3) / 3, level
 
 
 class MinMaxObserver:
@@ -337,28 +340,30 @@ class HistogramObserver(MinMaxObserver):
         (see :meth:`RangeStatistics.step_mse`), ``(K, C)``, float64: integrated
         exactly over every bin, its values spread evenly across it."""
         boundaries, levels = boundaries.double(), levels.double()
-        left, right = (
-            e.unsqueeze(0).expand(len(boundaries), -1, -1).contiguous() for e in self._bin_edges())
-        width = right - left
-        spread = ((_step_antiderivative(right, boundaries, levels) -
-                   _step_antiderivative(left, boundaries, levels)) /
-                  torch.where(width > 0, width, 1.0))
-        point = (levels.gather(-1, torch.searchsorted(boundaries, left)) - left)**2
+        # The bins tile each channel's range, a bin's right edge being the next
+        # one's left edge: the integral is evaluated once at every edge.
+        left, right = self._bin_edges()
+        edges = torch.cat([left, right[:, -1:]], 1).unsqueeze(0).expand(len(boundaries), -1, -1)
+        integral, level = _step_antiderivative(edges.contiguous(), boundaries, levels)
+        left, width = edges[..., :-1], right - left
+        spread = integral.diff(dim=-1) / torch.where(width > 0, width, 1.0)
+        point = (level[..., :-1] - left)**2
         counts = self.hist.double()
         return (torch.where(width > 0, spread, point) * counts).sum(-1) / counts.sum(1)
 
     def _count(self, x: Tensor) -> Tensor:
         """Histogram of one batch on the current exponents, shape ``(C, num_bins)``."""
-        num_channels, steps, half = self.exponent.numel(), 2**self.mantissa_bits, self._half
+        num_channels, half = self.exponent.numel(), self._half
         shape = self.channel_shape(x)
-        mantissa, exponent = torch.frexp(x.float())  # |mantissa| in [0.5, 1), or 0
-        # Magnitude bin, 0 near zero, then 1 .. octaves * steps in increasing order:
-        # (octave counted from the bottom) * steps + leading mantissa bits + 1.
-        bottom = (self.exponent - self.octaves + 1).int().view(shape)
-        magnitude = exponent.sub_(bottom).mul_(steps).add_(1)
-        magnitude += mantissa.abs_().mul_(2).sub_(1).mul_(steps).floor_().int()
-        del mantissa
-        magnitude.clamp_(min=0).masked_fill_(x == 0, 0)
+        bottom = self.exponent - self.octaves + 1
+        # The float32 bit fields give every bin directly where no channel's range
+        # reaches down to subnormals (any real activation); frexp otherwise.
+        if bool((bottom < _MIN_BIT_FIELD_BOTTOM)[self.exponent > _ZERO_EXPONENT].any()):
+            magnitude = self._magnitude_frexp(x, bottom.int().view(shape))
+        else:
+            magnitude = self._magnitude_bit_fields(
+                x,
+                bottom.clamp(min=_MIN_BIT_FIELD_BOTTOM).int().view(shape))
         negative = (half - 1) - magnitude
         idx = torch.where(x < 0, negative, magnitude.add_(half))
         del negative, magnitude
@@ -368,6 +373,27 @@ class HistogramObserver(MinMaxObserver):
         return torch.bincount(
             idx.flatten(),
             minlength=num_channels * self.num_bins).view(num_channels, self.num_bins)
+
+    def _magnitude_frexp(self, x: Tensor, bottom: Tensor) -> Tensor:
+        """Magnitude bin of every value: 0 near zero, then 1 .. octaves * steps in
+        increasing order, (octave counted from ``bottom``) * steps + leading
+        mantissa bits + 1."""
+        steps = 2**self.mantissa_bits
+        mantissa, exponent = torch.frexp(x)  # |mantissa| in [0.5, 1), or 0
+        magnitude = exponent.sub_(bottom).mul_(steps).add_(1)
+        magnitude += mantissa.abs_().mul_(2).sub_(1).mul_(steps).floor_().int()
+        del mantissa
+        return magnitude.clamp_(min=0).masked_fill_(x == 0, 0)
+
+    def _magnitude_bit_fields(self, x: Tensor, bottom: Tensor) -> Tensor:
+        """:meth:`_magnitude_frexp` from the bits of ``x``, for ``bottom >=``
+        :data:`_MIN_BIT_FIELD_BOTTOM`: biased exponent and leading mantissa bits
+        are one integer, ``frexp``'s exponent plus 126 times ``steps`` plus the
+        mantissa bin; zeros and subnormals fall below ``bottom``."""
+        shift = 23 - self.mantissa_bits
+        magnitude = x.view(torch.int32).bitwise_and(0x7FFFFFFF).bitwise_right_shift_(shift)
+        magnitude -= bottom.add(126).mul_(2**self.mantissa_bits).sub_(1)
+        return magnitude.clamp_(min=0)
 
     def _shifted(self, hist: Tensor, octaves: Tensor) -> Tensor:
         """Counts moved down by ``octaves`` (per channel) after the top exponent grew;

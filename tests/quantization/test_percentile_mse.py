@@ -183,8 +183,8 @@ def test_step_integral_is_exact_for_any_step_function():
     a = torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) * 6 - 3
     b = a + torch.rand(2, 3, 4, generator=gen, dtype=torch.float64) * 2
     exact = (
-        _step_antiderivative(b.contiguous(), boundaries, levels) -
-        _step_antiderivative(a.contiguous(), boundaries, levels))
+        _step_antiderivative(b.contiguous(), boundaries, levels)[0] -
+        _step_antiderivative(a.contiguous(), boundaries, levels)[0])
     n = 200_000
     frac = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     x = a.unsqueeze(-1) + (b - a).unsqueeze(-1) * frac  # (2, 3, 4, n) midpoints
@@ -210,3 +210,33 @@ def test_log_sqrt2_search_error_matches_the_exact_error():
                           for t in top]).unsqueeze(1)
     assert torch.allclose(exact.step_mse(top * boundaries, top * levels.flip(0)), actual)
     assert torch.allclose(estimate, actual, rtol=0.05)
+
+
+def test_histogram_bit_fields_bin_as_frexp():
+    """The bins read from float32 bit fields are frexp's, value for value:
+    zeros of both signs, subnormals, every octave of each channel's range; a
+    channel whose range reaches down to subnormals is binned by frexp."""
+    torch.manual_seed(0)
+    x = torch.randn(3000, 16) * torch.logspace(-20, 3, 16)
+    x[::7] = 0.0
+    x[1::11] = -0.0
+    x[5, 2], x[6, 3] = 1e-40, -3e-39
+    for observer in (HistogramObserver(), HistogramObserver(per_channel=True, ch_axis=-1),
+                     HistogramObserver(per_channel=True, ch_axis=-1, octaves=8, mantissa_bits=0)):
+        observer.observe(x)
+        shape = observer.channel_shape(x)
+        bottom = (observer.exponent - observer.octaves + 1).int().view(shape)
+        assert torch.equal(
+            observer._magnitude_bit_fields(x, bottom), observer._magnitude_frexp(x, bottom))
+    tiny = HistogramObserver(per_channel=True, ch_axis=-1)
+    data = torch.randn(100, 4)
+    data[:, 1] *= 1e-35  # bottom below the bit fields' reach: the frexp path
+    tiny.observe(data)
+    frexp_counts = torch.stack([
+        torch.bincount(
+            torch.where(data[:, c] < 0, tiny._half - 1 - m, m + tiny._half),
+            minlength=tiny.num_bins)
+        for c, m in enumerate(
+            tiny._magnitude_frexp(data, (tiny.exponent - tiny.octaves + 1).int().view(1, -1)).t())
+    ])
+    assert torch.equal(tiny.hist, frexp_counts)
