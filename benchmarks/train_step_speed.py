@@ -26,8 +26,9 @@ Each round times every variant once, in a rotating order, after ``--warmup``
 untimed rounds; the table shows the median time and the median over rounds of
 the time's ratio to ``fp`` in the same round (a slow spell of the shared
 machine slows both sides of a round, so it cancels). Peak memory of a step:
-on CUDA ``torch.cuda.max_memory_allocated``; on CPU the tensors autograd saves
-for the backward plus gradients and AdamW state, against the same for ``fp``.
+on CUDA ``torch.cuda.max_memory_allocated``; on CPU the rise of the resident
+set during a step, measured in a fresh process per variant (see
+:func:`peak_memory_cpu`), against the same for ``fp``.
 
 ``--check`` exits 1 if a target of ``TARGETS`` misses: on CPU, ``qat`` <=
 1.25x of ``fp`` on ``benchmark`` and <= 1.3x on ``full``, ``saqa`` <= 1.35x on
@@ -35,9 +36,12 @@ both; peak memory <= 1.3x of ``fp`` for both variants.
 """
 import argparse
 import copy
+import gc
 import json
 import os
+import re
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -170,31 +174,68 @@ def timed(fn: Callable[[], None], device: torch.device) -> float:
 
 
 def peak_memory(variant: Variant, batch: Dict, device: torch.device) -> int:
-    """Bytes a step holds at its peak beyond the model: on CUDA the allocator's
-    peak over two steps (the first allocates gradients and AdamW state); on CPU,
-    which keeps no allocator statistics, the tensors autograd saves for the
-    backward (unique storages, the part that grows with the images) plus the
-    gradients and the two AdamW moments of every parameter."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        for _ in range(2):
-            variant.step(batch)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    storages: Dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    """Bytes a step holds at its peak beyond the model, its gradients and AdamW
+    state included: on CUDA the allocator's peak over two steps (the first
+    allocates gradients and AdamW state)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    for _ in range(2):
         variant.step(batch)
-    params = sum(p.numel() * p.element_size() for p in variant.model.parameters()
-                 if p.requires_grad)
-    return sum(storages.values()) + 3 * params
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+#: glibc's malloc returns blocks of this size or more to the system when they
+#: are freed, so the resident set follows the live tensors.
+MMAP_THRESHOLD = 64 * 1024
+
+
+def peak_memory_cpu(model: str, variant: str, threads: int) -> int:
+    """On CPU, which keeps no allocator statistics: the rise of the resident set
+    during the second step of a fresh process that built only ``variant``,
+    above the resident set before it, plus the gradients and the two AdamW
+    moments of every parameter (resident before the step, so not in the
+    rise). What autograd saves, the transient buffers of every kernel and what
+    the recomputation of quantized activations allocates are all in it. The
+    first step allocates the state and compiles the fused kernels."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
+    out = subprocess.run([
+        sys.executable,
+        os.path.abspath(__file__), '--memory-of', model, variant, '--threads',
+        str(threads)
+    ],
+                         env=env,
+                         capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f'the memory run of {model}/{variant} failed:\n{out.stderr[-3000:]}')
+    return int(json.loads(out.stdout.strip().splitlines()[-1])['bytes'])
+
+
+def _status_kb(field: str) -> int:
+    with open('/proc/self/status') as f:
+        return int(re.search(rf'^{field}:\s+(\d+) kB', f.read(), re.M).group(1)) * 1024
+
+
+def memory_run(model: str, variant: str) -> None:
+    """The child of :func:`peak_memory_cpu`: prints the bytes as JSON."""
+    spec = MODELS_TIMED[model]
+    batch = synthetic_batch(spec)
+    cpu = torch.device('cpu')
+    fp_state = None
+    if variant != REFERENCE:  # the same weights as the timed runs
+        fp_state = Variant(REFERENCE, spec.configs[REFERENCE], None, batch, cpu).model.state_dict()
+    v = Variant(variant, spec.configs[variant], fp_state, batch, cpu)
+    v.step(batch)
+    gc.collect()
+    before = _status_kb('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # restart the peak (VmHWM) from the current resident set
+    v.step(batch)
+    rise = _status_kb('VmHWM') - before
+    params = sum(p.numel() * p.element_size() for p in v.model.parameters() if p.requires_grad)
+    print(json.dumps(dict(bytes=rise + 3 * params)))
 
 
 def measure(name: str, spec: Model, repeats: int, warmup: int, device: torch.device) -> List[dict]:
@@ -206,7 +247,10 @@ def measure(name: str, spec: Model, repeats: int, warmup: int, device: torch.dev
         if fp_state is None:
             fp_state = v.model.state_dict()
         variants.append(v)
-    memory = {v.name: peak_memory(v, batch, device) for v in variants}
+    if device.type == 'cuda':
+        memory = {v.name: peak_memory(v, batch, device) for v in variants}
+    else:
+        memory = {v.name: peak_memory_cpu(name, v.name, torch.get_num_threads()) for v in variants}
     times: Dict[str, List[float]] = {v.name: [] for v in variants}
     for round_index in range(warmup + repeats):
         shift = round_index % len(variants)
@@ -269,6 +313,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help='cpu or cuda')
     parser.add_argument('--json', default=None, help='write the rows to this file')
     parser.add_argument('--check', action='store_true', help='exit 1 if a target is missed')
+    parser.add_argument(
+        '--memory-of', nargs=2, metavar=('MODEL', 'VARIANT'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error(f'--repeats must be >= 1 and --warmup >= 0, got {args.repeats} '
@@ -281,6 +327,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     register_all_modules()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.memory_of:
+        memory_run(*args.memory_of)
+        return 0
     device = torch.device(args.device)
     rows = []
     for name in args.models:

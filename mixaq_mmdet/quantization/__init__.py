@@ -6,7 +6,7 @@ A new quantizer is a :class:`QuantizerBase` subclass registered in
 from .base import MAX_BITS, MIN_BITS, QuantizerBase
 from .builder import QuantizerCfg, build_quantizer
 from .convert import quantize_layers
-from .layers import QuantConv2d, QuantLinear, QuantMatMul
+from .layers import QuantConv2d, QuantLinear, QuantMatMul, reused_quantized_weights
 from .numerics import fake_quantize
 from .observers import HistogramObserver, MinMaxObserver, TensorObserver
 from .quantizers import (CALIB_METHODS, DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER,
@@ -20,9 +20,10 @@ from .twin_uniform import TwinUniformQuantizer
 __all__ = [
     'quantize_layers', 'ReparamTarget', 'reparameterize', 'QuantizerBase', 'UniformQuantizer',
     'LSQQuantizer', 'LogSqrt2Quantizer', 'TwinUniformQuantizer', 'QuantLinear', 'QuantConv2d',
-    'QuantMatMul', 'MinMaxObserver', 'HistogramObserver', 'TensorObserver', 'QuantizerCfg',
-    'build_quantizer', 'fake_quantize', 'enable_calibration', 'calculate_qparams',
-    'finish_calibration', 'enable_fake_quant', 'disable_quantization', 'quantization_disabled',
-    'reset_statistics', 'set_quantizer_names', 'quantizers_of', 'CALIB_METHODS', 'PERCENTILES',
-    'DEFAULT_WEIGHT_QUANTIZER', 'DEFAULT_ACT_QUANTIZER', 'MIN_BITS', 'MAX_BITS'
+    'QuantMatMul', 'reused_quantized_weights', 'MinMaxObserver', 'HistogramObserver',
+    'TensorObserver', 'QuantizerCfg', 'build_quantizer', 'fake_quantize', 'enable_calibration',
+    'calculate_qparams', 'finish_calibration', 'enable_fake_quant', 'disable_quantization',
+    'quantization_disabled', 'reset_statistics', 'set_quantizer_names', 'quantizers_of',
+    'CALIB_METHODS', 'PERCENTILES', 'DEFAULT_WEIGHT_QUANTIZER', 'DEFAULT_ACT_QUANTIZER', 'MIN_BITS',
+    'MAX_BITS'
 ]

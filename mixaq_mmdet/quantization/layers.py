@@ -5,7 +5,8 @@
 checkpoints load unchanged (the quantizer keys are then reported missing).
 :class:`QuantMatMul` makes the bare ``@`` products of attention quantizable.
 """
-from typing import Mapping, Optional
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,8 @@ class _QuantLayerMixin:
             self.weight_quantizer.set_num_channels(self.weight.shape[axis])
         self.input_quantizer = _build_optional(input_quantizer)
         self._cache = TensorCache()
+        self._reused_weight: Optional[Tensor] = None
+        self._reuse_weight = False
 
     @classmethod
     def from_float(cls,
@@ -65,10 +68,30 @@ class _QuantLayerMixin:
         """The weight through its quantizer; in inference computed once per
         weight and qparams (see :class:`~mixaq_mmdet.utils.TensorCache`)."""
         quantizer = self.weight_quantizer
+        if self._reuse_weight:
+            if self._reused_weight is None:
+                self._reused_weight = quantizer(self.weight)
+            return self._reused_weight
         if quantizer.observer_enabled or not quantizer.fake_quant_enabled:
             return quantizer(self.weight)
         sources = (self.weight, *quantizer.parameters(), *quantizer.buffers())
         return self._cache.get('weight', sources, lambda: quantizer(self.weight))
+
+
+@contextmanager
+def reused_quantized_weights(layers: Iterable[_QuantLayerMixin]) -> Iterator[None]:
+    """Within the context each layer quantizes its weight once and reuses it
+    for every call, autograd graph included (e.g. a layer shared by the two
+    branches of a training forward); outside it, as before."""
+    layers = tuple(layers)
+    for layer in layers:
+        layer._reuse_weight = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer._reuse_weight = False
+            layer._reused_weight = None
 
 
 class QuantLinear(_QuantLayerMixin, nn.Linear):

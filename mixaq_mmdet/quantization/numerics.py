@@ -5,32 +5,110 @@ its numerics apart from its modules: a function here takes tensors and integer
 ranges and knows nothing of observers or checkpoints.
 """
 import math
-from typing import Any, Optional, Tuple
+import os
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from .observers import pow2_exact
+from .recompute import register_recomputable
+
+#: Set to 0 to run the fake-quantization kernels eagerly (same numbers, several
+#: passes over the activation instead of one each way).
+COMPILE_ENV = 'MIXAQ_COMPILE_FAKE_QUANT'
+_COMPILED: Dict[Callable, Callable] = {}
+
+
+def run_kernel(fn: Callable, tensors: Sequence[Tensor], *args: Any) -> Any:
+    """``fn(*tensors, *args)``, compiled by inductor into fused loops. Each
+    tensor is passed contiguous and plain (no parameter, no gradient, no view
+    of another tensor, on whose shapes dynamo would guard), so with the
+    callers' canonical layouts one compilation per dtype serves every
+    activation. Eager on devices inductor does not generate code for
+    (``meta``), inside an enclosing ``torch.compile`` (which fuses it anyway),
+    and with ``MIXAQ_COMPILE_FAKE_QUANT=0``."""
+    if (tensors[0].device.type not in ('cpu', 'cuda') or torch.compiler.is_compiling()
+            or os.environ.get(COMPILE_ENV, '1') == '0'):
+        return fn(*tensors, *args)
+    if fn not in _COMPILED:
+        # dynamic_threads: every kernel gets a parallel loop, whatever the size
+        # it was first compiled for (inductor would otherwise leave the loops of
+        # a first, small activation serial for all later sizes)
+        _COMPILED[fn] = torch.compile(fn, dynamic=True, options={'cpp.dynamic_threads': True})
+    return _COMPILED[fn](*map(_plain, tensors), *args)
+
+
+def _plain(t: Tensor) -> Tensor:
+    t = t.contiguous()  # a copy where t is not (an expanded gradient, a transposed view)
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
 
 
 class LogSqrt2(torch.autograd.Function):
-    """Log-sqrt(2) quantization of values in [0, 1], straight-through gradient.
+    """Log-sqrt(2) quantization of values in ``[0, top]`` (``top`` None: 1),
+    straight-through gradient.
 
-    ``k = round(-2 log2 x)`` is the number of rounding boundaries
-    ``2^(-(j + 1/2) / 2)``, ``j = 0 .. 2^bits - 1``, that are ``>= x``: one
-    ``searchsorted`` in the input's dtype instead of a float64 logarithm. The
-    output is the level ``2^(-k/2)``, or 0 for ``k = 2^bits`` (below the range).
-    ``boundaries`` (ascending) and ``levels`` come from :func:`log_sqrt2_tables`.
+    ``k = round(-2 log2 (x / top))`` is the number of rounding boundaries
+    ``2^(-(j + 1/2) / 2)``, ``j = 0 .. 2^bits - 1``, that are ``>= x / top``. The
+    output is ``top`` times the level ``2^(-k/2)``, or 0 for ``k = 2^bits``
+    (below the range). ``boundaries`` (ascending) and ``levels`` come from
+    :func:`log_sqrt2_tables`. In float32, up to 7 bits, ``k`` comes from the
+    float's bit fields (see :func:`_log_sqrt2_float32`) in one fused pass;
+    otherwise from one ``searchsorted`` in the input's dtype. Both are exactly
+    the table's. The output is recomputable from the input (see
+    :mod:`.recompute`).
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, boundaries: Tensor, levels: Tensor) -> Tensor:
-        k = len(boundaries) - torch.searchsorted(boundaries, x.contiguous())
-        return levels[k]
+    def forward(ctx: Any, x: Tensor, boundaries: Tensor, levels: Tensor,
+                top: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(top)
+        y = log_sqrt2_values(x, boundaries, levels, top)
+        register_recomputable(y, lambda: log_sqrt2_values(x, boundaries, levels, top))
+        return y
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None]:
-        return grad, None, None
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None, None]:
+        top, = ctx.saved_tensors
+        # the gradient of x / top -> level -> * top, rounding included
+        return (grad if top is None else grad * top / top), None, None, None
+
+
+def log_sqrt2_values(x: Tensor, boundaries: Tensor, levels: Tensor,
+                     top: Optional[Tensor]) -> Tensor:
+    """The values of :class:`LogSqrt2` (no gradient)."""
+    n = len(boundaries)
+    if x.dtype == torch.float32 and n <= 2**MAX_BIT_FIELD_BITS and x.numel() > 0:
+        if top is None:
+            return run_kernel(_log_sqrt2_float32, (x.reshape(-1), levels), n).view(x.shape)
+        return run_kernel(_scaled_log_sqrt2_float32, (x.reshape(-1), levels, top), n).view(x.shape)
+    scaled = x if top is None else x / top
+    y = levels[n - torch.searchsorted(boundaries, scaled.contiguous())]
+    return y if top is None else y * top
+
+
+def _log_sqrt2_float32(x: Tensor, levels: Tensor, n: int) -> Tensor:
+    """:class:`LogSqrt2` of float32 ``x >= 0`` for ``n <= 2^7`` boundaries, from
+    the bit fields of ``x``: with ``x = 1.m * 2^e``, the boundaries at or above
+    ``2^(e + 1)`` are the first ``-2e - 2``; within ``[2^e, 2^(e + 1))`` lie the
+    boundaries ``2^e * 2^0.75`` (``j = -2e - 2``) and ``2^e * 2^0.25`` (``j = -2e
+    - 1``), at or above ``x`` where their float32 mantissas are at or above
+    ``m``. Every boundary of up to 7 bits is a normal float32 with one of the
+    two mantissas (checked when this module loads), and zeros and subnormals
+    lie below all of them."""
+    bits = x.view(torch.int32)
+    exponent = torch.bitwise_right_shift(bits, 23) - 127
+    mantissa = torch.bitwise_and(bits, 0x7FFFFF)
+    j = -2 * exponent - 2
+    k = (
+        j.clamp(0, n) + ((j >= 0) & (j < n) & (mantissa <= _MANTISSA_0_75)).int() +
+        ((j >= -1) & (j < n - 1) & (mantissa <= _MANTISSA_0_25)).int())
+    return levels[k]
+
+
+def _scaled_log_sqrt2_float32(x: Tensor, levels: Tensor, top: Tensor, n: int) -> Tensor:
+    """:func:`_log_sqrt2_float32` of ``x / top``, times ``top``."""
+    return _log_sqrt2_float32(x / top, levels, n) * top
 
 
 def log_sqrt2_tables(bits: int) -> Tuple[Tensor, Tensor]:
@@ -45,6 +123,26 @@ def log_sqrt2_tables(bits: int) -> Tuple[Tensor, Tensor]:
         [pow2_exact(-torch.ceil(j / 2)) * sqrt2,
          torch.zeros(1, dtype=torch.float64)])
     return boundaries, levels
+
+
+def _boundary_mantissas(bits: int) -> Tuple[int, int]:
+    """The float32 mantissas of the boundaries ``2^(-i - 1/4)`` and
+    ``2^(-i - 3/4)``; raises if a boundary of ``bits`` bits has another one or
+    is not a normal float32 (what :func:`_log_sqrt2_float32` relies on)."""
+    fields = log_sqrt2_tables(bits)[0].flip(0).float().view(torch.int32)
+    mantissas = torch.bitwise_and(fields, 0x7FFFFF)
+    if not bool((torch.bitwise_right_shift(fields, 23) > 0).all()):
+        raise AssertionError(f'a {bits}-bit log-sqrt(2) boundary is not a normal float32')
+    even, odd = set(mantissas[0::2].tolist()), set(mantissas[1::2].tolist())
+    if len(even) != 1 or len(odd) != 1:
+        raise AssertionError(f'{bits}-bit log-sqrt(2) boundaries have mantissas {even}, {odd}')
+    return even.pop(), odd.pop()
+
+
+#: Most bits whose log-sqrt(2) levels :func:`_log_sqrt2_float32` computes (at 8
+#: bits the smallest boundaries are subnormal floats).
+MAX_BIT_FIELD_BITS = 7
+_MANTISSA_0_75, _MANTISSA_0_25 = _boundary_mantissas(MAX_BIT_FIELD_BITS)
 
 
 def uniform_step_function(scale: Tensor, zero_point: Tensor, quant_min: int,
@@ -70,46 +168,92 @@ def fake_quantize_no_grad(x: Tensor, inv_scale: Tensor, scale: Tensor, low: Tens
     return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
+def _lsq_forward(x: Tensor, inv_scale: Tensor, scale: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """The values of :func:`fake_quantize_no_grad` in one expression (what
+    :func:`run_kernel` compiles into one pass)."""
+    return torch.clamp(torch.round(x * inv_scale), low, high) * scale
+
+
+def _lsq_backward(grad: Tensor, x: Tensor, inv_scale: Tensor, low: Tensor, high: Tensor,
+                  dims: Tuple[int, ...]) -> Tuple[Tensor, Tensor, Tensor]:
+    """The input gradient, and the sums over ``dims`` of the scale's and of the
+    clamped inputs' gradient terms, recomputed from the input ``x``: inside
+    the range the input gets ``grad`` and the scale ``grad * (round(t) - t)``
+    (``t = x / scale``), outside the input gets 0 and the scale ``grad`` times
+    the clamped integer (LSQ)."""
+    t = x * inv_scale
+    r = torch.round(t)
+    q = torch.clamp(r, low, high)
+    inside = q == r
+    grad_x = torch.where(inside, grad, 0.0)
+    grad_scale = (grad * torch.where(inside, r - t, q)).sum(dims)
+    grad_outside = (grad - grad_x).sum(dims)
+    return grad_x, grad_scale, grad_outside
+
+
+def _channel_rows(t: Tensor, ch_axis: Optional[int]) -> Tensor:
+    """``t`` as ``(C, K)``: one row per channel of ``ch_axis`` (per tensor, one
+    row), the layout the kernels take."""
+    if ch_axis is None:
+        return t.reshape(1, -1)
+    return t.movedim(ch_axis, 0).reshape(t.shape[ch_axis], -1)
+
+
+def _from_channel_rows(rows: Tensor, like: Tensor, ch_axis: Optional[int]) -> Tensor:
+    if ch_axis is None:
+        return rows.view(like.shape)
+    return rows.view(like.movedim(ch_axis, 0).shape).movedim(0, ch_axis)
+
+
+def _lsq_values(x: Tensor, qparams: Tuple[Tensor, ...], ch_axis: Optional[int]) -> Tensor:
+    y = run_kernel(_lsq_forward, (_channel_rows(x, ch_axis), *qparams))
+    y = _from_channel_rows(y, x, ch_axis)
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
 class _LearnableFakeQuantize(torch.autograd.Function):
     """Uniform affine fake quantization with gradients to the input, the scale
-    and the zero point, in one function: a few vectorized passes each way
-    instead of a graph of a dozen element-wise nodes (see :func:`fake_quantize`)."""
+    and the zero point, in one function (see :func:`fake_quantize`). It saves
+    the input, not masks and terms: the backward recomputes what it needs in
+    the same fused pass that computes the gradients, so a quantized activation
+    costs autograd one float tensor (4 bytes an element) instead of a mask and
+    a float tensor; the output is recomputable from it (see :mod:`.recompute`).
+    Both directions run on the input as rows of channels (:func:`_channel_rows`)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, scale: Tensor, zero_point: Tensor, quant_min: int,
                 quant_max: int, ch_axis: Optional[int], grad_factor: float) -> Tensor:
-        shape = [1] * x.dim()
-        if ch_axis is not None:
-            shape[ch_axis] = -1
-        s = scale.detach().float().reshape(shape)
-        z = zero_point.detach().float().reshape(shape).round().clamp(quant_min, quant_max)
-        low, high = quant_min - z, quant_max - z
-        t = torch.mul(x, torch.reciprocal(s))
-        r = torch.round(t)
-        q = torch.clamp(r, low, high)
-        inside = q == r
-        # d(output)/d(scale) per element: round(t) - t inside the range, the
-        # clamped integer outside it (LSQ)
-        dscale = torch.where(inside, r.sub_(t), q)
-        ctx.save_for_backward(inside, dscale, s)
-        ctx.reduce_dims = [d for d in range(x.dim()) if d != ch_axis]
+        s = scale.detach().float().reshape(-1, 1)
+        z = zero_point.detach().float().reshape(-1, 1).round().clamp(quant_min, quant_max)
+        qparams = (torch.reciprocal(s), s, quant_min - z, quant_max - z)
+        ctx.save_for_backward(x, *qparams)
+        ctx.ch_axis = ch_axis
         ctx.grad_factor = grad_factor
         ctx.param_shapes = (scale.shape, zero_point.shape)
-        y = q.mul_(s)
-        return y if y.dtype == x.dtype else y.to(x.dtype)
+        if x.numel() == 0:
+            return x * s.reshape(-1)[0]
+        y = _lsq_values(x, qparams, ch_axis)
+        register_recomputable(y, lambda: _lsq_values(x, qparams, ch_axis))
+        return y
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
-        inside, dscale, s = ctx.saved_tensors
-        dims, factor = ctx.reduce_dims, ctx.grad_factor
-        grad_x = grad * inside if ctx.needs_input_grad[0] else None
-        grad_scale = grad_zero_point = None
-        if ctx.needs_input_grad[1]:
-            grad_scale = (grad * dscale).sum(dims).mul_(factor).reshape(ctx.param_shapes[0])
+        x, inv_s, s, low, high = ctx.saved_tensors
+        factor, (scale_shape, zero_point_shape) = ctx.grad_factor, ctx.param_shapes
+        if x.numel() == 0:
+            grad_x, grad_scale, grad_outside = grad, s.new_zeros(s.shape), s.new_zeros(s.shape)
+        else:
+            rows = _channel_rows(grad.to(x.dtype), ctx.ch_axis), _channel_rows(x, ctx.ch_axis)
+            grad_x, grad_scale, grad_outside = run_kernel(_lsq_backward, (*rows, inv_s, low, high),
+                                                          (1, ))
+            grad_x = _from_channel_rows(grad_x, x, ctx.ch_axis)
+        grad_zero_point = None
         if ctx.needs_input_grad[2]:
-            outside = grad.masked_fill(inside, 0).sum(dims, keepdim=True)
-            grad_zero_point = outside.mul_(s).mul_(-factor).reshape(ctx.param_shapes[1])
-        return grad_x, grad_scale, grad_zero_point, None, None, None, None
+            grad_zero_point = (grad_outside.reshape(-1) *
+                               s.reshape(-1)).mul_(-factor).reshape(zero_point_shape)
+        return (grad_x if ctx.needs_input_grad[0] else None,
+                grad_scale.mul(factor).reshape(scale_shape) if ctx.needs_input_grad[1] else None,
+                grad_zero_point, None, None, None, None)
 
 
 def fake_quantize(x: Tensor,

@@ -375,9 +375,7 @@ class LogSqrt2Quantizer(QuantizerBase):
     def _quantize(self, x: Tensor, top: Optional[Tensor]) -> Tensor:
         """``x`` quantized to the levels ``top * 2^(-k/2)`` (top 1 if None),
         straight-through."""
-        if top is None:
-            return LogSqrt2.apply(x, *self._tables(x.dtype))
-        return LogSqrt2.apply(x / top, *self._tables(x.dtype)) * top
+        return LogSqrt2.apply(x, *self._tables(x.dtype), top)
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
         # top 1: no scaling on the default path

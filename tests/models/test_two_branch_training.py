@@ -174,3 +174,30 @@ def test_two_gloo_processes_train_while_ratios_change_every_iteration(tmp_path):
     for key, value in ranks[0].items():
         assert torch.equal(value, ranks[1][key]), key
     assert any('branches.low' in k and k.endswith('.scale') for k in ranks[0])
+
+
+def test_a_training_forward_quantizes_each_weight_once_for_both_groups():
+    """Both groups of a block read one fake-quantized weight per layer (one
+    autograd node), not one each."""
+    torch.manual_seed(0)
+    model = MixAQSwinTransformer(
+        **NANO,
+        quant=True,
+        low_bit_ratios=0.5,
+        act_quantizer=LSQ,
+        weight_quantizer=dict(type='LSQQuantizer', per_channel=True, calib='percentile_mse'))
+    model.init_weights()
+    x = torch.randn(1, 3, 112, 112)
+    enable_calibration(model)
+    with torch.no_grad():
+        model(x)
+    finish_calibration(model, strict=False)  # the last stages' single windows stay high
+    block = model.stages[0].blocks[0]
+    calls = []
+    for layer in block._linears():
+        layer.weight_quantizer.register_forward_hook(lambda *args: calls.append(1))
+    model.train()
+    sum(o.sum() for o in model(x)).backward()
+    assert len(calls) == 4
+    assert block.attn.w_msa.qkv.weight_quantizer.scale.grad.abs().sum() > 0
+    assert block.branches['low'].qkv_in.scale.grad.abs().sum() > 0

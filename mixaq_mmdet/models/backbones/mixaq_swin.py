@@ -3,6 +3,7 @@ import copy
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from mmdet.models.backbones.swin import SwinTransformer
 from mmdet.registry import MODELS
 from torch import Tensor
@@ -10,10 +11,11 @@ from torch import Tensor
 from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER, MAX_BITS,
                                       MIN_BITS, QuantConv2d, QuantLinear, disable_quantization,
                                       enable_fake_quant, quantizers_of)
+from mixaq_mmdet.quantization.recompute import recomputed_quantized_activations
 from mixaq_mmdet.quantization.reparam import ReparamTarget
 from mixaq_mmdet.utils.tensor_cache import TensorCache
 from ..layers import QUANTIZER_POSITIONS, TwoBranchSwinBlock, WindowLayout, WindowPolicy
-from ..layers.window_policy import check_ratios, normalize_ratios
+from ..layers.window_policy import WindowOrders, check_ratios, normalize_ratios, padded_shape
 
 Ratios = Union[float, Sequence[float]]
 
@@ -196,6 +198,13 @@ class MixAQSwinTransformer(SwinTransformer):
         return self
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        if not torch.is_grad_enabled():
+            return self._forward(x)
+        # the fused quantizers' outputs are recomputed in the backward, not kept
+        with recomputed_quantized_activations():
+            return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         x, hw_shape = self.patch_embed(x)
         if self.use_abs_pos_embed:
             x = x + self.absolute_pos_embed
@@ -247,7 +256,15 @@ class MixAQSwinTransformer(SwinTransformer):
         })
         if not shifts:
             return {}
-        orders = self.policy.rank(x, hw_shape, max(shifts))
+        pairs = {self.pair_index[stage][j] for j in range(len(blocks))}
+        if all(self.low_bit_ratios[p] == 0 and self.prune_ratios[p] == 0 for p in pairs):
+            # one group of every window: any order computes the same, so no ranking
+            hp, wp = padded_shape(hw_shape, self.window_size)
+            num_windows = (hp // self.window_size) * (wp // self.window_size)
+            order = torch.arange(num_windows, device=x.device).expand(x.shape[0], -1)
+            orders = WindowOrders(order, order if max(shifts) > 0 else None)
+        else:
+            orders = self.policy.rank(x, hw_shape, max(shifts))
         return {
             s: WindowLayout(orders.select(s > 0), hw_shape, self.window_size, s, self._cache)
             for s in shifts

@@ -23,7 +23,8 @@ import torch.utils.checkpoint as cp
 from mmdet.models.backbones.swin import SwinBlock
 from torch import Tensor
 
-from mixaq_mmdet.quantization import QuantizerBase, QuantLinear, QuantMatMul, build_quantizer
+from mixaq_mmdet.quantization import (QuantizerBase, QuantLinear, QuantMatMul, build_quantizer,
+                                      reused_quantized_weights)
 from mixaq_mmdet.utils.tensor_cache import TensorCache
 from .window_layout import WindowLayout
 from .window_policy import group_sizes
@@ -130,6 +131,31 @@ class TwoBranchSwinBlock(nn.Module):
                 if src in state_dict and dst not in state_dict:
                     state_dict[dst] = state_dict[src].clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _linears(self) -> Tuple[QuantLinear, ...]:
+        w_msa, layers = self.attn.w_msa, self.ffn.layers
+        return w_msa.qkv, w_msa.proj, layers[0][0], layers[1]
+
+    def _unused_parameters_anchor(self, running: List[str]) -> Tensor:
+        """A zero that carries a (zero) gradient to every parameter no group of a
+        training forward reaches: the LayerNorm copies and quantizers of an empty
+        branch, and the shared weights too if every window is pruned. DDP's
+        ``find_unused_parameters=False`` needs every parameter in the graph,
+        whatever the ratios of the iteration."""
+        specific = {b: {id(p) for p in self.branch_parameters(b)} for b in BRANCHES}
+        reached = set().union(*(specific[b] for b in running))
+        shared_reached = bool(running)
+        unused = [
+            p for p in self.parameters()
+            if p.requires_grad and id(p) not in reached and (not shared_reached or any(
+                id(p) in ids for ids in specific.values()))
+        ]
+        return sum((p.reshape(-1)[:0].sum() for p in unused), self.reparam_pad.new_zeros(()))
+
+    def branch_parameters(self, branch: str) -> List[nn.Parameter]:
+        """The parameters of ``branch`` alone: its LayerNorm copies and quantizers."""
+        norm1, norm2 = self.branch_norms(branch)
+        return [*norm1.parameters(), *norm2.parameters(), *self.branches[branch].parameters()]
 
     def relative_position_bias(self) -> Tensor:
         """(heads, N, N) bias of mmdet's WindowMSA (computed once per table in
@@ -248,27 +274,28 @@ class TwoBranchSwinBlock(nn.Module):
         n_high, n_low, _ = group_sizes(layout.num_windows, low_ratio, prune_ratio)
         keep = (drop_path_keep(self.attn.drop,
                                windows), drop_path_keep(self.ffn.dropout_layer, windows))
-        # In training every branch runs, an empty one on zero windows, so all its
-        # parameters get (zero) gradients: DDP's find_unused_parameters=False
-        # holds whatever the ratios of the iteration.
-        run_empty = self.training and torch.is_grad_enabled()
         groups = []
         start = 0
         for branch, size in zip(BRANCHES, (n_high, n_low)):
-            if size > 0 or run_empty:
+            if size > 0:
                 groups.append((branch, slice(start, start + size)))
             start += size
         valid, mask = layout.valid, layout.mask
         bias = self.relative_position_bias()  # once for both branches
         if torch.is_grad_enabled():
             # out of place (autograd keeps the inputs of every group), each group
-            # one batch of all images' windows, as in inference
+            # one batch of all images' windows, as in inference; each weight
+            # quantized once for both groups
+            anchor = self._unused_parameters_anchor([b for b, _ in groups])
             outs = []
-            for branch, group in groups:
-                y = self._attention_residual(windows[group], _take(valid, group),
-                                             _take(mask, group), bias, branch, keep[0], False)
-                outs.append(self._ffn_residual(y, branch, keep[1], False))
-            return layout.scatter(torch.cat(outs + [windows[start:]]))
+            with reused_quantized_weights(self._linears()):
+                for branch, group in groups:
+                    y = self._attention_residual(windows[group], _take(valid, group),
+                                                 _take(mask, group), bias + anchor, branch, keep[0],
+                                                 False)
+                    outs.append(self._ffn_residual(y, branch, keep[1], False))
+            out = layout.scatter(torch.cat(outs + [windows[start:]]))
+            return out if groups else out + anchor
         for branch, group in groups:
             self._attention_residual(windows[group], _take(valid, group), _take(mask, group), bias,
                                      branch, keep[0], True)
