@@ -12,6 +12,7 @@ from .observers import HistogramObserver, MinMaxObserver, TensorObserver
 from .quantizers import (CALIB_METHODS, DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER,
                          PERCENTILES, LogSqrt2Quantizer, LSQQuantizer, UniformQuantizer)
 from .reparam import ReparamTarget, reparameterize
+from .statsq import StatsQQuantizer
 from .switches import (calculate_qparams, disable_quantization, enable_calibration,
                        enable_fake_quant, finish_calibration, quantization_disabled, quantizers_of,
                        reset_statistics, set_quantizer_names)
@@ -19,8 +20,8 @@ from .twin_uniform import TwinUniformQuantizer
 
 __all__ = [
     'quantize_layers', 'ReparamTarget', 'reparameterize', 'QuantizerBase', 'UniformQuantizer',
-    'LSQQuantizer', 'LogSqrt2Quantizer', 'TwinUniformQuantizer', 'QuantLinear', 'QuantConv2d',
-    'QuantMatMul', 'reused_quantized_weights', 'MinMaxObserver', 'HistogramObserver',
+    'LSQQuantizer', 'LogSqrt2Quantizer', 'StatsQQuantizer', 'TwinUniformQuantizer', 'QuantLinear',
+    'QuantConv2d', 'QuantMatMul', 'reused_quantized_weights', 'MinMaxObserver', 'HistogramObserver',
     'TensorObserver', 'QuantizerCfg', 'build_quantizer', 'fake_quantize', 'enable_calibration',
     'calculate_qparams', 'finish_calibration', 'enable_fake_quant', 'disable_quantization',
     'quantization_disabled', 'reset_statistics', 'set_quantizer_names', 'quantizers_of',

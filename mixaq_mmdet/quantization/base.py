@@ -47,6 +47,9 @@ class QuantizerBase(nn.Module):
     #: input with autocast off, which is how it runs under autocast (AMP). One
     #: that cannot sets False and is refused under autocast, naming it.
     supports_autocast = True
+    #: Whether values are rounded on a uniform integer grid that
+    #: :meth:`grid_position` and :meth:`integer_code` report.
+    has_integer_grid = False
 
     def __init__(self, bits: int) -> None:
         super().__init__()
@@ -160,6 +163,23 @@ class QuantizerBase(nn.Module):
 
     def _config_repr(self) -> str:
         return ''
+
+    def grid_position(self, x: Tensor) -> Tensor:
+        """``x`` in units of the quantizer's integer grid (rounding gives the
+        integer code; half way between two integers is a rounding boundary),
+        for the analysis of quantized weights (oscillation, CGA). Uniform
+        grids only."""
+        raise NotImplementedError(f'{self.display_name} has no uniform integer grid')
+
+    def integer_code(self, x: Tensor) -> Tensor:
+        """The integer each value of ``x`` is quantized to (see
+        :meth:`grid_position`)."""
+        raise NotImplementedError(f'{self.display_name} has no uniform integer grid')
+
+    @property
+    def code_range(self) -> Tuple[int, int]:
+        """The smallest and largest integer code (see :meth:`grid_position`)."""
+        raise NotImplementedError(f'{self.display_name} has no uniform integer grid')
 
     def _observe(self, x: Tensor) -> None:
         raise NotImplementedError

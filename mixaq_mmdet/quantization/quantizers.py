@@ -63,6 +63,7 @@ class UniformQuantizer(QuantizerBase):
 
     _qparam_names = ('scale', 'zero_point')
     kind = 'uniform'
+    has_integer_grid = True
 
     def __init__(self,
                  bits: int,
@@ -193,6 +194,27 @@ class UniformQuantizer(QuantizerBase):
             *uniform_step_function(scales, zero_points, self.quant_min, self.quant_max))
         best = mse.argmin(0, keepdim=True)  # first minimum: (min, max) wins ties
         return scales.gather(0, best)[0], zero_points.gather(0, best)[0]
+
+    def grid_position(self, x: Tensor) -> Tensor:
+        """``x`` in units of the integer grid, ``x / scale + zero_point``:
+        rounded and clamped to ``[quant_min, quant_max]`` it is the integer
+        ``x`` is quantized to; a value half way between two integers sits on a
+        rounding boundary."""
+        shape = [1] * x.dim()
+        if self.per_channel:
+            shape[self.observer.channel_axis(x)] = -1
+        scale = self.scale.detach().float().reshape(shape)
+        zero_point = self.zero_point.detach().float().reshape(shape).round().clamp(
+            self.quant_min, self.quant_max)
+        return torch.mul(x.detach(), torch.reciprocal(scale)) + zero_point
+
+    def integer_code(self, x: Tensor) -> Tensor:
+        """The integer each value of ``x`` is quantized to."""
+        return torch.round(self.grid_position(x)).clamp_(self.quant_min, self.quant_max)
+
+    @property
+    def code_range(self) -> Tuple[int, int]:
+        return self.quant_min, self.quant_max
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
         axis = self.observer.channel_axis(x) if self.per_channel else None

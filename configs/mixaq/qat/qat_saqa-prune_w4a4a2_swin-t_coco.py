@@ -12,6 +12,8 @@ custom_hooks = [
         calib_images=32,
         calib_low_bit_ratios=0.5),
     dict(type='SAQAHook', seed=0, max_ratio=0.8, prune_max_ratio=0.4),
+    dict(type='ConfidenceGuidedAnnealingHook', start=5 / 6, boundary_range=0.005),
+    dict(type='OscillationHook', window=500, interval=50),
     dict(type='RandomStateHook'),
     dict(type='BitOpsHook'),
 ]

@@ -23,6 +23,8 @@ custom_hooks = [
         calib_low_bit_ratios=0.5,
         save_init=True),  # qat_init.pth: the W4A4 model + calibrated A2 branch
     dict(type='SAQAHook', seed=0, max_ratio=0.8),
+    dict(type='ConfidenceGuidedAnnealingHook', start=5 / 6, boundary_range=0.005),
+    dict(type='OscillationHook', window=500, interval=50),
     dict(type='RandomStateHook'),
     dict(type='BitOpsHook'),
 ]

@@ -1,5 +1,9 @@
-# QAT of mmdet's 3x Swin-T Mask R-CNN on COCO, uniform W4A4 (the paper's QAT
-# base is OFQ; here LSQ step sizes for weights and activations), 6 epochs.
+# QAT of mmdet's 3x Swin-T Mask R-CNN on COCO, uniform W4A4, 6 epochs, on the
+# paper's QAT base OFQ (Liu et al., ICML 2023): StatsQ weights (each output
+# channel's scale 2 * mean|w|, not learned), LSQ activations, and
+# confidence-guided annealing over the last sixth of the iterations (only the
+# weights within 0.005 of a rounding boundary train); the weights' oscillation
+# is logged. OFQ's query-key reparameterization is not implemented (README).
 # Starts from the trained FP detector (no ImageNet download: the PTQ base sets
 # backbone.init_cfg=None, and QATInitHook refuses a run that would download);
 # the QATInitHook calibrates every quantizer on 32 train2017 images before the
@@ -16,8 +20,7 @@ _base_ = '../ptq/ptq_uniform_w4a4_swin-t_coco.py'
 
 model = dict(
     backbone=dict(
-        weight_quantizer=dict(
-            type='LSQQuantizer', per_channel=True, calib='percentile_mse', static=True),
+        weight_quantizer=dict(type='StatsQQuantizer'),
         act_quantizer=dict(type='LSQQuantizer', calib='percentile_mse')))
 
 max_epochs = 6
@@ -45,6 +48,8 @@ test_cfg = dict(reparam=False)
 custom_hooks = [
     dict(
         type='QATInitHook', calib_dataloader={{_base_.test_cfg.calib_dataloader}}, calib_images=32),
+    dict(type='ConfidenceGuidedAnnealingHook', start=5 / 6, boundary_range=0.005),
+    dict(type='OscillationHook', window=500, interval=50),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),
 ]
