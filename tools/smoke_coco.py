@@ -65,16 +65,18 @@ from mixaq_mmdet.utils.official_checkpoint import write_official_checkpoint
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = COCO.config_root
 
-#: Fixture sizes: PTQ calibrates on 2 of the written train images, the search
-#: takes 3 of the others; QAT calibrates on 1 and trains on the first (batch 1:
-#: an iteration an epoch), validating on 1 val image. A full-size QAT iteration
-#: costs 10-17 s on 2 cores.
+#: Fixture sizes: PTQ calibrates on 2 of the written train images and is
+#: evaluated on the 2 val images, the search takes 3 of the train images; QAT
+#: calibrates on 1 and trains on the first (batch 1: an iteration an epoch); a
+#: trained QAT model is evaluated on 1 val image (and validated on it when
+#: resumed). A full-size QAT iteration costs 7-10 s on 2 cores.
 NUM_TRAIN_FILES = 6
 NUM_VAL = 2
 CALIB_IMAGES = 2
 QAT_CALIB_IMAGES = 1
 TRAIN_IMAGES = 1
 QAT_VAL_IMAGES = 1
+QAT_TEST_IMAGES = 1
 SEARCH = SearchSettings(pop=4, gens=1, images=3)
 #: The search's tolerance in the smoke: one generation of 4 candidates does not
 #: reach 1.35 +- 0.02 at 800x1333, where no ratio of the grid on every pair lands
@@ -100,19 +102,24 @@ STEP_TIMEOUT_S = 900
 
 def smoke_options(cfg: Config) -> Options:
     """Overrides of every config: QAT trains ``TRAIN_IMAGES`` iterations (one
-    epoch) and validates on ``QAT_VAL_IMAGES``; PTQ and QAT calibrate on the
-    written train images; the search takes its images from them."""
+    epoch) without validating (the table's rows evaluate every model; the
+    resumed run validates on ``QAT_VAL_IMAGES``); PTQ and QAT calibrate on the
+    written train images; a QAT config is evaluated on ``QAT_TEST_IMAGES``;
+    the search takes its images from the train images."""
     options = [('train_dataloader.batch_size', 1),
                ('train_dataloader.dataset.indices', TRAIN_IMAGES), ('train_cfg.max_epochs', 1),
-               ('train_cfg.val_interval', 1), ('val_dataloader.dataset.indices', QAT_VAL_IMAGES),
+               ('train_cfg.val_interval', 2), ('val_dataloader.dataset.indices', QAT_VAL_IMAGES),
                ('default_hooks.logger.interval', 1)]
     if cfg.get('test_cfg', {}).get('type') == 'PTQLoop':
         options += [('test_cfg.calib_images', CALIB_IMAGES),
                     ('test_cfg.calib_dataloader.dataset.indices', NUM_TRAIN_FILES)]
     for index, hook in enumerate(cfg.get('custom_hooks', [])):
+        if hook.get('type') == 'OscillationHook':
+            options.append((f'custom_hooks.{index}.interval', 1))
         if hook.get('type') == 'QATInitHook':
             options += [(f'custom_hooks.{index}.calib_images', QAT_CALIB_IMAGES),
-                        (f'custom_hooks.{index}.calib_dataloader.dataset.indices', NUM_TRAIN_FILES)]
+                        (f'custom_hooks.{index}.calib_dataloader.dataset.indices', NUM_TRAIN_FILES),
+                        ('test_dataloader.dataset.indices', QAT_TEST_IMAGES)]
     if 'search_dataloader' in cfg:
         options.append(('search_dataloader.dataset.indices', NUM_TRAIN_FILES))
     return tuple(options)
@@ -140,6 +147,13 @@ def logged_time(log: str, mode: str) -> Optional[float]:
     epoch's iterations so far; 'test': the epoch's mean)."""
     times = re.findall(rf'Epoch\({mode}\).*?\btime: ([0-9.]+)', log)
     return float(times[-1]) if times else None
+
+
+def logged_count(log: str, mode: str) -> Optional[int]:
+    """The number of iterations (images at batch 1) of the last epoch of ``mode``
+    mmengine logged."""
+    counts = re.findall(rf'Epoch\({mode}\) +(?:\[\d+\])?\[\d+/(\d+)\]', log)
+    return int(counts[-1]) if counts else None
 
 
 def calibration_seconds(log: str) -> Optional[float]:
@@ -224,6 +238,7 @@ class SmokeExecutor(LaunchExecutor):
         with open(log_file, errors='replace') as f:
             log = f.read()
         unit, count = UNITS[tool]
+        count = logged_count(log, 'train' if unit == 'iteration' else 'test') or count
         calib = calibration_seconds(log)
         per_unit = logged_time(log, 'train' if unit == 'iteration' else 'test')
         if per_unit is not None and calib is not None and unit == 'image':

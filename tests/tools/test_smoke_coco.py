@@ -45,6 +45,10 @@ def test_qatinithook_overrides_follow_its_position():
     options = dict(SMOKE['smoke_options'](cfg))
     assert options['custom_hooks.1.calib_images'] == 1
     assert not any(key.startswith('custom_hooks.0.') for key in options)
+    # a trained QAT model is evaluated on 1 val image, a PTQ config on both
+    assert options['test_dataloader.dataset.indices'] == 1
+    ptq = Config.fromfile(osp.join(CONFIGS, 'ptq', 'ptq_uniform_w4a8_swin-t_coco.py'))
+    assert 'test_dataloader.dataset.indices' not in dict(SMOKE['smoke_options'](ptq))
 
 
 def test_forked_step_reports_failure_and_peak_memory(tmp_path):
@@ -75,6 +79,9 @@ def test_logged_times_are_read_from_mmengine_lines():
     assert SMOKE['logged_time'](log, 'val') == 4.0
     assert SMOKE['logged_time'](log, 'test') is None
     assert SMOKE['calibration_seconds'](log) == 31.5
+    assert SMOKE['logged_count'](log, 'train') == 2
+    assert SMOKE['logged_count']('Epoch(test) [1/2]  time: 4.3\n', 'test') == 2
+    assert SMOKE['logged_count'](log, 'test') is None
 
 
 def test_smoke_coco_runs_the_coco_table_and_every_config_at_full_size(tmp_path):
@@ -104,6 +111,8 @@ def test_smoke_coco_runs_the_coco_table_and_every_config_at_full_size(tmp_path):
     assert osp.isfile(work / 'table' / 'uniform_w4a8' / 'calibrated.pth')
     resumed = open(results['extra/resume (train)']['log_file']).read()
     assert 'resumed at iteration 1' in resumed and 'Epoch(val) [2][1/1]' in resumed
+    # OFQ: annealing over the last iteration, the oscillation measure logged
+    assert 'cga_frozen_rate' in resumed and 'weight_flip_rate' in resumed
     for name, result in results.items():
         assert result['peak_rss_mb'] > 500, name  # the model alone is ~200 MB of weights
         if '(search)' not in name:
