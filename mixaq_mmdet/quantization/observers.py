@@ -439,10 +439,12 @@ class TensorObserver(MinMaxObserver):
     def __init__(self, per_channel: bool = False, ch_axis: int = 0) -> None:
         super().__init__(per_channel, ch_axis)
         self.tensor: Optional[Tensor] = None
+        self._sorted: Optional[Tuple[Tensor, Tensor]] = None
 
     def reset(self) -> None:
         super().reset()
         self.tensor = None
+        self._sorted = None
 
     def observe(self, x: Tensor) -> None:
         if x.numel() == 0:
@@ -489,17 +491,44 @@ class TensorObserver(MinMaxObserver):
 
     def quantiles(self, qs: Sequence[float]) -> Tensor:
         """Quantiles ``qs`` of each channel, shape ``(len(qs), C)``, float64."""
-        rows = self._rows().double().sort(dim=1).values
+        rows = self._sorted_rows()
         pos = torch.tensor(qs, dtype=torch.float64, device=rows.device) * (rows.shape[1] - 1)
         below, above = pos.floor().long(), pos.ceil().long()
         return torch.lerp(rows[:, below], rows[:, above], pos - below).t()
 
     def step_mse(self, boundaries: Tensor, levels: Tensor) -> Tensor:
         """Mean squared error of each channel under each of ``K`` step functions
-        (see :meth:`RangeStatistics.step_mse`), ``(K, C)``, float64, exactly."""
-        rows = self._rows().double().contiguous()
-        return torch.stack([(lv.gather(-1, torch.searchsorted(bd, rows)) - rows).pow_(2).mean(1)
-                            for bd, lv in zip(boundaries.double(), levels.double())])
+        (see :meth:`RangeStatistics.step_mse`), ``(K, C)``, float64, exactly up
+        to float64 rounding: on the sorted values a segment is a run, found by
+        one search per boundary, and its squared error comes from the run's
+        count, sum and sum of squares."""
+        rows = self._sorted_rows()
+        num_candidates, num_channels, num_values = len(boundaries), rows.shape[0], rows.shape[1]
+        boundaries, levels = boundaries.double(), levels.double()
+        # values in segment i: boundaries[i - 1] < x <= boundaries[i]
+        ends = torch.searchsorted(
+            rows, boundaries.permute(1, 0, 2).reshape(num_channels, -1).contiguous(), right=True)
+        ends = ends.view(num_channels, num_candidates, -1).permute(1, 0, 2)
+        edges = torch.cat(
+            [torch.zeros_like(ends[..., :1]), ends,
+             torch.full_like(ends[..., :1], num_values)], -1)
+        zero = rows.new_zeros(num_channels, 1)
+        sums = (torch.cat([zero, rows.cumsum(1)], 1), torch.cat([zero, rows.square().cumsum(1)], 1))
+
+        def run_sums(prefix: Tensor) -> Tensor:
+            at = prefix.unsqueeze(0).expand(num_candidates, -1, -1).gather(-1, edges)
+            return at[..., 1:] - at[..., :-1]
+
+        count = (edges[..., 1:] - edges[..., :-1]).double()
+        first, second = run_sums(sums[0]), run_sums(sums[1])
+        error = count * levels.square() - 2 * levels * first + second
+        return error.sum(-1) / num_values
+
+    def _sorted_rows(self) -> Tensor:
+        """:meth:`_rows` in float64, each sorted (kept until the tensor changes)."""
+        if self._sorted is None or self._sorted[0] is not self.tensor:
+            self._sorted = (self.tensor, self._rows().double().sort(dim=1).values.contiguous())
+        return self._sorted[1]
 
     def _rows(self) -> Tensor:
         """The tensor as ``(C, N)``: one row per channel."""
