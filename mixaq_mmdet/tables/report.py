@@ -22,11 +22,14 @@ def row_record(name: str, model: nn.Module, metrics: Mapping[str, float], traine
     report = count_bitops(model, tuple(img_shape))
     backbone = model.backbone
     method = 'FP' if not quantized else 'QAT' if trained != 'fp' else 'PTQ'
+    # mmdet's CocoMetric reports nothing when no image has a detection: COCO's mAP is 0
+    no_detections = 'coco/bbox_mAP' not in metrics
     return dict(
         name=name,
         method=method,
-        bbox_mAP=round(100 * metrics['coco/bbox_mAP'], 2),
-        segm_mAP=round(100 * metrics['coco/segm_mAP'], 2),
+        bbox_mAP=round(100 * metrics.get('coco/bbox_mAP', 0.0), 2),
+        segm_mAP=round(100 * metrics.get('coco/segm_mAP', 0.0), 2),
+        no_detections=no_detections,
         bitops_G=round(report.bitops / 1e9, 4),
         w_bits=backbone.w_bits if quantized else 32,
         act_bits=round(report.act_bits, 3),

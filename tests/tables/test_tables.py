@@ -200,3 +200,24 @@ def test_searches_name_their_rows_and_folder():
 
 def test_repo_root_of_the_tables_is_the_checkout():
     assert osp.samefile(osp.dirname(BENCHMARK.config_root), osp.join(REPO, 'configs'))
+
+
+def test_a_row_without_any_detection_has_map_zero():
+    """mmdet's CocoMetric reports no metric when no image has a detection (a
+    model that detects nothing, e.g. random weights on one image): the row's
+    mAP is COCO's 0, marked as such, instead of a crash of the table."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mixaq_mmdet.tables.report import row_record
+    from ..conftest import FP_BENCH_CONFIG
+    init_default_scope('mmdet')
+    model = MODELS.build(Config.fromfile(FP_BENCH_CONFIG).model)
+    empty = row_record('fp', model, {}, 'fp', 'fp', False, 0, (320, 320), 1.0)
+    assert (empty['bbox_mAP'], empty['segm_mAP'], empty['no_detections']) == (0.0, 0.0, True)
+    found = row_record('fp', model, {
+        'coco/bbox_mAP': 0.5,
+        'coco/segm_mAP': 0.25
+    }, 'fp', 'fp', False, 0, (320, 320), 1.0)
+    assert (found['bbox_mAP'], found['segm_mAP'], found['no_detections']) == (50.0, 25.0, False)
