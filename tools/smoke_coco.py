@@ -57,9 +57,11 @@ from mmengine.config import Config
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 import mixaq_mmdet.search  # noqa: F401
 from mixaq_mmdet.datasets import generate_coco_fixture
+from mixaq_mmdet.quantization.numerics import compile_kernels
 from mixaq_mmdet.tables import COCO, LaunchExecutor, SearchSettings, TableConfig, TableRunner
 from mixaq_mmdet.tables.executors import search_args, test_args, tool_command, train_args
 from mixaq_mmdet.tables.rows import Options, Search
+from mixaq_mmdet.utils.config import FORMAT_CONFIG_ENV
 from mixaq_mmdet.utils.official_checkpoint import write_official_checkpoint
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -102,13 +104,14 @@ STEP_TIMEOUT_S = 900
 
 def smoke_options(cfg: Config) -> Options:
     """Overrides of every config: QAT trains ``TRAIN_IMAGES`` iterations (one
-    epoch) without validating (the table's rows evaluate every model; the
-    resumed run validates on ``QAT_VAL_IMAGES``); PTQ and QAT calibrate on the
+    epoch) without validating (validation begins at epoch 2: the table's rows
+    evaluate every model, the resumed run's second epoch validates on
+    ``QAT_VAL_IMAGES``); PTQ and QAT calibrate on the
     written train images; a QAT config is evaluated on ``QAT_TEST_IMAGES``;
     the search takes its images from the train images."""
     options = [('train_dataloader.batch_size', 1),
                ('train_dataloader.dataset.indices', TRAIN_IMAGES), ('train_cfg.max_epochs', 1),
-               ('train_cfg.val_interval', 2), ('val_dataloader.dataset.indices', QAT_VAL_IMAGES),
+               ('train_cfg.val_begin', 2), ('val_dataloader.dataset.indices', QAT_VAL_IMAGES),
                ('default_hooks.logger.interval', 1)]
     if cfg.get('test_cfg', {}).get('type') == 'PTQLoop':
         options += [('test_cfg.calib_images', CALIB_IMAGES),
@@ -351,6 +354,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    # what every forked run would pay again: configs logged and dumped unformatted,
+    # the fused fake-quantization kernels compiled once
+    os.environ[FORMAT_CONFIG_ENV] = '0'
+    compile_kernels()
     work = osp.abspath(args.work_dir)
     if osp.isdir(work):
         shutil.rmtree(work)

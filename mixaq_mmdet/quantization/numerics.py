@@ -39,6 +39,27 @@ def run_kernel(fn: Callable, tensors: Sequence[Tensor], *args: Any) -> Any:
     return _COMPILED[fn](*map(_plain, tensors), *args)
 
 
+def compile_kernels(device: str = 'cpu') -> None:
+    """Compile every fused fake-quantization kernel now, on tiny float32
+    inputs (forward, backward and the log-sqrt(2) tables, with and without a
+    top): a process that forks workers afterwards (``make smoke-coco``) hands
+    them the compiled kernels instead of each compiling or loading them. The
+    kernels run on one thread here: GNU OpenMP's thread pool does not survive
+    a fork, and a child of a process that ran a parallel region hangs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x = torch.rand(64, device=device)
+        scale = torch.full((1, ), 0.1, device=device, requires_grad=True)
+        zero_point = torch.full((1, ), 3.0, device=device, requires_grad=True)
+        fake_quantize(x.requires_grad_(), scale, zero_point, 0, 15).sum().backward()
+        boundaries, levels = (t.float().to(device) for t in log_sqrt2_tables(2))
+        for top in (None, torch.ones(1, device=device)):
+            log_sqrt2_values(x.detach(), boundaries, levels, top)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _plain(t: Tensor) -> Tensor:
     t = t.contiguous()  # a copy where t is not (an expanded gradient, a transposed view)
     return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())

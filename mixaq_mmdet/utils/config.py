@@ -36,6 +36,12 @@ def parse_runner_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
+#: Set to 0 to log and dump configs as they are instead of formatted by yapf
+#: (about a second a run for a COCO config: mmengine formats it once to log it
+#: and once to save it).
+FORMAT_CONFIG_ENV = 'MIXAQ_FORMAT_CONFIG'
+
+
 def load_runner_config(config: str,
                        work_dir: Optional[str] = None,
                        cfg_options: Optional[dict] = None,
@@ -47,7 +53,7 @@ def load_runner_config(config: str,
     """
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config} does not exist')
-    cfg = Config.fromfile(config)
+    cfg = Config.fromfile(config, format_python_code=os.environ.get(FORMAT_CONFIG_ENV, '1') != '0')
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)

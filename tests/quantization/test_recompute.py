@@ -160,3 +160,29 @@ def test_log_sqrt2_gradient_is_straight_through_its_top():
     x = probs.clone().requires_grad_()
     q(x).mul(torch.arange(49.0)).sum().backward()
     assert torch.equal(x.grad, torch.arange(49.0).expand(40, -1) * q.scale / q.scale)
+
+
+def test_changing_ratios_and_sizes_never_recompile_the_kernels():
+    """The fused kernels see every activation as one flat tensor: training
+    steps at SAQA-like random ratios (window groups of every size) and two
+    image sizes compile nothing after the first step."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    from mixaq_mmdet.quantization import numerics
+    dynamo.reset()
+    counters.clear()
+    numerics._COMPILED.clear()
+    model = _qat_backbone()
+    generator = torch.Generator().manual_seed(0)
+    graphs = []
+    for step, size in enumerate([(224, 300)] * 3 + [(160, 200)] * 3):
+        low = torch.rand(model.num_pairs, generator=generator).mul(0.8).tolist()
+        model.set_ratios(low, [0.1 * (step % 2)] * model.num_pairs)
+        outs = model(torch.randn(2, 3, *size))
+        sum(o.sum() for o in outs).backward()
+        graphs.append(counters['stats']['unique_graphs'])
+    # LSQ forward and backward per tensor (activations) and per channel
+    # (weights), log-sqrt(2) with its calibrated top
+    assert graphs[0] <= 5 and graphs == [graphs[0]] * len(graphs), graphs
+    dynamo.reset()
