@@ -103,13 +103,17 @@ STEP_TIMEOUT_S = 900
 
 
 def smoke_options(cfg: Config) -> Options:
-    """Overrides of every config: QAT trains ``TRAIN_IMAGES`` iterations (one
+    """Overrides of every config: one random seed (the training scales of the
+    multi-scale pipeline, so that runs take the same time); only the training
+    the smoke resumes saves its optimizer state; QAT trains ``TRAIN_IMAGES`` iterations (one
     epoch) without validating (validation begins at epoch 2: the table's rows
     evaluate every model, the resumed run's second epoch validates on
     ``QAT_VAL_IMAGES``); PTQ and QAT calibrate on the
     written train images; a QAT config is evaluated on ``QAT_TEST_IMAGES``;
     the search takes its images from the train images."""
-    options = [('train_dataloader.batch_size', 1),
+    resumed = osp.samefile(cfg.filename, osp.join(CONFIGS, COCO.training(RESUMED).config))
+    options = [('randomness.seed', 0), ('default_hooks.checkpoint.save_optimizer', resumed),
+               ('train_dataloader.batch_size', 1),
                ('train_dataloader.dataset.indices', TRAIN_IMAGES), ('train_cfg.max_epochs', 1),
                ('train_cfg.val_begin', 2), ('val_dataloader.dataset.indices', QAT_VAL_IMAGES),
                ('default_hooks.logger.interval', 1)]

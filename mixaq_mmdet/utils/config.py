@@ -53,7 +53,16 @@ def load_runner_config(config: str,
     """
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config} does not exist')
-    cfg = Config.fromfile(config, format_python_code=os.environ.get(FORMAT_CONFIG_ENV, '1') != '0')
+    cfg = Config.fromfile(config)
+    if os.environ.get(FORMAT_CONFIG_ENV, '1') == '0':
+        # mmengine 0.10.7's fromfile passes format_python_code on for lazy-import
+        # configs only: rebuild the config with it
+        cfg = Config(
+            cfg.to_dict(),
+            cfg_text=cfg.text,
+            filename=cfg.filename,
+            env_variables=cfg.env_variables,
+            format_python_code=False)
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
