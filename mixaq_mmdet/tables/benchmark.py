@@ -11,6 +11,8 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 FP_CONFIG = 'mask-rcnn_swin-nano-p4-w7_fpn_shapes.py'
 PTQ_BASE, QAT_BASE = 'uniform_w4a8', 'qat_uniform_w4a4'
 SAQA = 'qat/qat_saqa_w4a4a2_shapes.py'
+#: SAQA on the OFQ base (StatsQ weights, CGA), from the OFQ W4A4 model.
+SAQA_OFQ = 'qat/qat_saqa_ofq_w4a4a2_shapes.py'
 #: Low-bit ratios of the QAT rows: BitOPs speedups over uniform W4A4 of about
 #: 1.25x and 1.35x (1.245x, 1.337x at 320x320), and 1.53x with prune 0.2.
 RATIO_125, RATIO_135 = 0.49, 0.55
@@ -114,6 +116,9 @@ BENCHMARK = Table(
         Training('qat_saqa_w4a4a2', SAQA, 'qat_uniform_w4a4'),
         Training('qat_saqa_prune_w4a4a2', 'qat/qat_saqa_prune_w4a4a2_shapes.py',
                  'qat_uniform_w4a4'),
+        Training('qat_ofq_w4a4', 'qat/qat_ofq_w4a4_shapes.py', 'fp'),
+        Training('qat_ofq_w4a3', 'qat/qat_ofq_w4a3_shapes.py', 'fp'),
+        Training('qat_saqa_ofq_w4a4a2', SAQA_OFQ, 'qat_ofq_w4a4'),
     ),
     rows=(
         Row('fp', FP_CONFIG, 'fp', PTQ_BASE),
@@ -138,6 +143,11 @@ BENCHMARK = Table(
             at(RATIO_135, order='random')),
         Row('qat_mixaq_reverse_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE,
             at(RATIO_135, order='reverse')),
+        # the QAT base: OFQ (StatsQ weights, CGA) beside LSQ, same schedule
+        Row('qat_ofq_w4a4', 'qat/qat_ofq_w4a4_shapes.py', 'qat_ofq_w4a4', QAT_BASE),
+        Row('qat_ofq_w4a3', 'qat/qat_ofq_w4a3_shapes.py', 'qat_ofq_w4a3', QAT_BASE),
+        Row('qat_saqa_ofq_all_high', SAQA_OFQ, 'qat_saqa_ofq_w4a4a2', QAT_BASE),
+        Row('qat_mixaq_ofq_w4a4a2_1.35x', SAQA_OFQ, 'qat_saqa_ofq_w4a4a2', QAT_BASE, at(RATIO_135)),
         *sweep_rows(),
     ),
     searches=(
@@ -171,6 +181,10 @@ BENCHMARK = Table(
         Target('MixA-Q 1.35x above uniform W4A3 QAT (same cost)', 'qat_mixaq_w4a4a2_1.35x',
                'qat_uniform_w4a3', 'gt'),
         *ablation_targets('1.35x'),
+        Target('QAT base, uniform W4A4: OFQ above LSQ, beyond noise', 'qat_ofq_w4a4',
+               'qat_uniform_w4a4', 'noise'),
+        Target('OFQ base: MixA-Q 1.35x above uniform W4A3 (same cost)',
+               'qat_mixaq_ofq_w4a4a2_1.35x', 'qat_ofq_w4a3', 'gt'),
         Target('PTQ base, uniform W4A4: twin uniform (PTQ4ViT) not worse than RepQ-ViT\'s',
                'ptq4vit_uniform_w4a4', 'uniform_w4a4', 'not_worse'),
         Target('PTQ base, MixA-Q A8/A2 1.35x: twin uniform (PTQ4ViT) not worse than '

@@ -144,12 +144,10 @@ class TwoBranchSwinBlock(nn.Module):
         whatever the ratios of the iteration."""
         specific = {b: {id(p) for p in self.branch_parameters(b)} for b in BRANCHES}
         reached = set().union(*(specific[b] for b in running))
-        shared_reached = bool(running)
-        unused = [
-            p for p in self.parameters()
-            if p.requires_grad and id(p) not in reached and (not shared_reached or any(
-                id(p) in ids for ids in specific.values()))
-        ]
+        candidates = set().union(
+            *specific.values()) if running else {id(p)
+                                                 for p in self.parameters()}
+        unused = [p for p in self.parameters() if p.requires_grad and id(p) in candidates - reached]
         return sum((p.reshape(-1)[:0].sum() for p in unused), self.reparam_pad.new_zeros(()))
 
     def branch_parameters(self, branch: str) -> List[nn.Parameter]:
@@ -287,12 +285,12 @@ class TwoBranchSwinBlock(nn.Module):
             # one batch of all images' windows, as in inference; each weight
             # quantized once for both groups
             anchor = self._unused_parameters_anchor([b for b, _ in groups])
+            bias = bias + anchor
             outs = []
             with reused_quantized_weights(self._linears()):
                 for branch, group in groups:
                     y = self._attention_residual(windows[group], _take(valid, group),
-                                                 _take(mask, group), bias + anchor, branch, keep[0],
-                                                 False)
+                                                 _take(mask, group), bias, branch, keep[0], False)
                     outs.append(self._ffn_residual(y, branch, keep[1], False))
             out = layout.scatter(torch.cat(outs + [windows[start:]]))
             return out if groups else out + anchor
