@@ -27,6 +27,7 @@ torchrun for the search; N = 0 or 1: one process). ``--dry-run`` prints them.
         [--checkpoint mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth]
 """
 import argparse
+import dataclasses
 import os.path as osp
 from typing import List, Optional
 
@@ -89,6 +90,13 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=None,
         help="search-split images of the ratio searches (default: the table's)")
+    parser.add_argument(
+        '--seeds',
+        type=int,
+        nargs='+',
+        default=None,
+        help="training seeds of the seeded trainings (default: the table's; "
+        'benchmark: 0 1 2)')
     parser.add_argument('--search-pop', type=int, default=None, help='NSGA-II population')
     parser.add_argument('--search-gens', type=int, default=None, help='NSGA-II generations')
     parser.add_argument(
@@ -144,8 +152,8 @@ def quick_options(args: argparse.Namespace):
 def plot(table: Table, rows: List[dict], work_dir: str) -> None:
     for method, (base, png) in table.plots.items():
         points = [
-            r for r in rows
-            if r.get('method') == method and r.get('speedup') and r.get('plotted', True)
+            r for r in rows if r.get('method') == method and r.get('speedup')
+            and r.get('plotted', True) and 'seed' not in r  # a seeded row is plotted as its mean
         ]
         if points:
             plot_pareto(
@@ -160,6 +168,8 @@ def plot(table: Table, rows: List[dict], work_dir: str) -> None:
 def main() -> None:
     args = parse_args()
     table = TABLES[args.table]
+    if args.seeds is not None:
+        table = dataclasses.replace(table, seeds=tuple(args.seeds))
     work_dir = args.work_dir or ('work_dirs/demo'
                                  if table.name == 'benchmark' else f'work_dirs/{table.name}_table')
     data_root = args.data_root or table.data_root
@@ -182,9 +192,15 @@ def main() -> None:
           f'of the base row / BitOPs of the row, backbone at {table.img_shape[0]}x'
           f'{table.img_shape[1]}; bases: {bases}, or the row named in results.json):')
     print(format_table(rows))
+    seeded = [t.name for t in table.trainings if t.seeded]
+    if seeded and len(table.seeds) > 1:
+        print(f'[table] rows on {", ".join(seeded)}: mean over the training seeds '
+              f'{list(table.seeds)} (each seed\'s row in results.json as <row>@seed<s>)')
     if targets:
-        print('\n[table] targets (paired differences on val; standard error from 5 folds of '
-              'the val images):')
+        print('\n[table] targets (paired differences on val, averaged over the seeds of seeded '
+              'rows; standard error from 5 folds of the val images and the spread over the '
+              'seeds; met: holds beyond two standard errors, within noise: holds only as the '
+              'point estimate):')
         print(format_targets(targets))
     print(f"[table] written: {osp.join(work_dir, 'results.json')}")
 

@@ -5,7 +5,8 @@ from .bitops import (BitOpsReport, SpeedupStats, average_speedup, count_bitops, 
                      quantizer_bits)
 from .detector import load_detector
 from .plots import plot_pareto, plot_policy_curves, plot_search
-from .significance import PairedDifference, coco_map, paired_difference
+from .significance import (PairedDifference, SeededDifference, coco_map, over_seeds,
+                           paired_difference)
 from .window_maps import (GROUP_HIGH, GROUP_LOW, GROUP_NAMES, GROUP_PRUNED, PARTITIONS,
                           block_geometry, check_swin, draw_window_groups, roc_auc, stage_inputs,
                           stage_strides, window_group_maps, window_map_to_tokens,
@@ -17,5 +18,5 @@ __all__ = [
     'draw_window_groups', 'PARTITIONS', 'GROUP_HIGH', 'GROUP_LOW', 'GROUP_PRUNED', 'GROUP_NAMES',
     'count_bitops', 'average_speedup', 'BitOpsReport', 'SpeedupStats', 'layer_bits',
     'quantizer_bits', 'plot_pareto', 'plot_policy_curves', 'plot_search', 'PairedDifference',
-    'coco_map', 'paired_difference'
+    'SeededDifference', 'coco_map', 'over_seeds', 'paired_difference'
 ]

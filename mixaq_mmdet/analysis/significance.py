@@ -73,4 +73,50 @@ def paired_difference(ann_file: str,
     return PairedDifference(round(mean, 3), round(std_error, 3), [round(f, 3) for f in folds])
 
 
-__all__ = ['PairedDifference', 'coco_map', 'paired_difference']
+class SeededDifference(NamedTuple):
+    """A difference A - B measured on several trainings (seeds) of the same
+    rows, on the same val images: ``mean`` over the seeds, and its standard
+    error from both sources of noise (see :func:`over_seeds`)."""
+    mean: float
+    std_error: float
+    std_error_images: float
+    std_error_seeds: float
+    per_seed: List[float]
+
+    def exceeds_noise(self, sigmas: float = 2.0) -> bool:
+        """Whether A beats B by more than ``sigmas`` standard errors."""
+        return self.mean > sigmas * self.std_error
+
+    def not_worse_beyond_noise(self, sigmas: float = 2.0) -> bool:
+        """Whether A is at least as good as B up to ``sigmas`` standard errors."""
+        return self.mean >= -sigmas * self.std_error
+
+
+def over_seeds(differences: Sequence[PairedDifference]) -> SeededDifference:
+    """The mean of ``differences`` (one per training seed, all on the same val
+    folds) with a standard error that counts both the val images and the
+    trainings.
+
+    The images' part is the fold standard error of the seed-averaged fold
+    differences (the val split is shared, so its noise does not average out
+    over seeds); the trainings' part is the spread of the per-seed differences,
+    ``std / sqrt(seeds)``. They add in quadrature. The per-seed spread already
+    holds some image noise (each seed meets the images differently), so the sum
+    errs on the wide side. One seed: the images' part alone.
+    """
+    if not differences:
+        raise ValueError('over_seeds needs the difference of at least one seed')
+    num_folds = {len(d.folds) for d in differences}
+    if len(num_folds) != 1 or min(num_folds) < 2:
+        raise ValueError(f'the seeds\' differences must share at least 2 folds, got '
+                         f'{sorted(num_folds)} folds')
+    folds = np.mean([d.folds for d in differences], axis=0)
+    images = float(np.std(folds, ddof=1)) / math.sqrt(len(folds))
+    means = [d.mean for d in differences]
+    seeds = float(np.std(means, ddof=1)) / math.sqrt(len(means)) if len(means) > 1 else 0.0
+    return SeededDifference(
+        round(float(np.mean(means)), 3), round(math.hypot(images, seeds), 3), round(images, 3),
+        round(seeds, 3), means)
+
+
+__all__ = ['PairedDifference', 'SeededDifference', 'coco_map', 'over_seeds', 'paired_difference']

@@ -86,7 +86,11 @@ class ResultStore:
         if osp.isfile(path):
             with open(path) as f:
                 saved = json.load(f)
-        self.previous: Dict[str, Dict] = {r['name']: r for r in saved.get('rows', [])}
+        # a mean over seeds is derived from its seeds' rows, never reused
+        self.previous: Dict[str, Dict] = {
+            r['name']: r
+            for r in saved.get('rows', []) if 'seeds' not in r
+        }
         self.rows: List[Dict] = []
 
     def reuse(self, name: str, key: Optional[str],

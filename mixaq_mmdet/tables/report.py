@@ -2,16 +2,25 @@
 printed table."""
 import json
 import os.path as osp
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+import re
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch.nn as nn
 
-from ..analysis import count_bitops, paired_difference
+from ..analysis import SeededDifference, count_bitops, over_seeds, paired_difference
 from ..models import quant_scope
 from .rows import Target
 
 #: Folds of the val images for the standard error of a difference.
 NUM_FOLDS = 5
+#: The 'within' test: how far (bbox mAP points) A may fall below B.
+WITHIN = 0.5
+#: A claim 'met' beyond its noise, holding only as a point estimate (noise
+#: could reverse it), or not holding.
+VERDICTS = ('met', 'within noise', 'MISSED')
+#: (seed, folder) of each evaluation of a row (seed None: evaluated once).
+SeedDirs = Callable[[str], List[Tuple[Optional[int], str]]]
 
 
 def row_record(name: str, model: nn.Module, metrics: Mapping[str, float], trained: str, base: str,
@@ -55,32 +64,106 @@ def add_speedups(rows: List[Dict]) -> None:
         row['speedup'] = round(base / row['bitops_G'], 3) if base else None
 
 
-def compare(targets: Sequence[Target], rows: Sequence[Dict], row_dir: Callable[[str], str],
+def with_seed_means(rows: Sequence[Dict]) -> List[Dict]:
+    """``rows`` with the mean over seeds of each row evaluated per seed (its
+    records carry ``row`` and ``seed``), placed before the first of them."""
+    groups: Dict[str, List[Dict]] = {}
+    for r in rows:
+        if 'seed' in r:
+            groups.setdefault(r['row'], []).append(r)
+    out = []
+    for r in rows:
+        if 'seeds' in r:  # a mean of an earlier run: computed anew
+            continue
+        if 'seed' in r and r is groups[r['row']][0]:
+            out.append(seed_mean(groups[r['row']]))
+        out.append(r)
+    return out
+
+
+def seed_mean(records: Sequence[Dict]) -> Dict:
+    """One row from its per-seed records: bbox and segm mAP averaged, with the
+    per-seed values and their standard deviation; the setting of the first."""
+    first = records[0]
+    mean = {
+        k: v
+        for k, v in first.items()
+        if k not in ('row', 'seed', 'fingerprint', 'commands', 'stale', 'eval_seconds')
+    }
+    mean.update(
+        name=first['row'],
+        model=re.sub(r'@seed\d+', '', first['model']),
+        seeds=[r['seed'] for r in records],
+        no_detections=any(r['no_detections'] for r in records),
+        eval_seconds=round(sum(r['eval_seconds'] for r in records), 1))
+    for metric in ('bbox_mAP', 'segm_mAP'):
+        values = [r[metric] for r in records]
+        mean[metric] = round(float(np.mean(values)), 2)
+        mean[f'{metric}_seeds'] = values
+        mean[f'{metric}_std'] = round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else 0.0
+    if any(r.get('stale') for r in records):
+        mean['stale'] = True
+    return mean
+
+
+def verdict(test: str, diff: SeededDifference) -> str:
+    """How ``diff`` (A - B) stands on the claim ``test``: one of :data:`VERDICTS`.
+
+    'met' needs the claim to hold two standard errors away from the point
+    estimate (for 'noise' and 'not_worse', which already count the noise, the
+    test itself)."""
+    m, e = diff.mean, 2 * diff.std_error
+    holds, shown = dict(
+        ge=(m >= 0, m - e >= 0),
+        gt=(m > 0, m - e > 0),
+        within=(m >= -WITHIN, m - e >= -WITHIN),
+        noise=(m > e, m > e),
+        not_worse=(m >= -e, m >= -e))[test]
+    return VERDICTS[0] if shown else VERDICTS[1] if holds else VERDICTS[2]
+
+
+def pair_seeds(a: List[Tuple[Optional[int], str]],
+               b: List[Tuple[Optional[int], str]]) -> List[Tuple[Optional[int], str, str]]:
+    """(seed, folder of A, folder of B) of each paired evaluation: the same
+    seed where both rows are seeded, else the one-off row against each seed."""
+    if a[0][0] is None or b[0][0] is None:
+        return [(sa if sa is not None else sb, da, db) for sa, da in a for sb, db in b]
+    folders = dict(b)
+    return [(seed, folder, folders[seed]) for seed, folder in a if seed in folders]
+
+
+def compare(targets: Sequence[Target], rows: Sequence[Dict], seed_dirs: SeedDirs,
             ann_file: str) -> List[Dict]:
     """The ``targets`` whose two rows are present with their detections (in
-    ``row_dir(name)``): paired bbox mAP differences on val with their standard
-    error over :data:`NUM_FOLDS` folds of the images."""
+    the folders ``seed_dirs(name)``): paired bbox mAP differences on val, per
+    seed, their mean and standard error over :data:`NUM_FOLDS` folds of the
+    images and over the seeds (:func:`~mixaq_mmdet.analysis.over_seeds`)."""
     by_name = {r['name']: r for r in rows}
     with open(ann_file) as f:
         folds = min(NUM_FOLDS, len(json.load(f)['images']))
     results = []
+    loaded: Dict[str, List[Dict]] = {}
+
+    def detections(folder: str) -> List[Dict]:
+        if folder not in loaded:
+            with open(osp.join(folder, 'preds.bbox.json')) as f:
+                loaded[folder] = json.load(f)
+        return loaded[folder]
+
     for target in targets:
         if target.a not in by_name or target.b not in by_name or folds < 2:
             continue
-        preds = [osp.join(row_dir(name), 'preds.bbox.json') for name in (target.a, target.b)]
-        if not all(osp.isfile(p) for p in preds):
+        pairs = pair_seeds(seed_dirs(target.a), seed_dirs(target.b))
+        if not pairs or not all(
+                osp.isfile(osp.join(folder, 'preds.bbox.json')) for _, *folders in pairs
+                for folder in folders):
             continue
-        detections = []
-        for path in preds:
-            with open(path) as f:
-                detections.append(json.load(f))
-        diff = paired_difference(ann_file, *detections, num_folds=folds)
-        met = dict(
-            ge=diff.mean >= 0,
-            gt=diff.mean > 0,
-            within=abs(diff.mean) <= 0.5,
-            noise=diff.exceeds_noise(),
-            not_worse=diff.not_worse_beyond_noise())[target.test]
+        diff = over_seeds([
+            paired_difference(ann_file, detections(da), detections(db), num_folds=folds)
+            for _, da, db in pairs
+        ])
+        status = verdict(target.test, diff)
+        seeds = [seed for seed, _, _ in pairs]
         results.append(
             dict(
                 claim=target.claim,
@@ -89,8 +172,13 @@ def compare(targets: Sequence[Target], rows: Sequence[Dict], row_dir: Callable[[
                 test=target.test,
                 diff=diff.mean,
                 std_error=diff.std_error,
-                folds=diff.folds,
-                met=bool(met)))
+                std_error_images=diff.std_error_images,
+                std_error_seeds=diff.std_error_seeds,
+                seeds=None if seeds == [None] else seeds,
+                per_seed=diff.per_seed,
+                folds=folds,
+                status=status,
+                met=status == VERDICTS[0]))
     return results
 
 
@@ -99,22 +187,31 @@ def format_table(rows: Sequence[Dict]) -> str:
               f"{'W':>4}{'A eff':>7}  {'low / prune ratios':<20}{'windows':<14}{'calib':>6}")
     lines = [header, '-' * len(header)]
     for r in rows:
+        if 'seed' in r:  # in results.json; the table shows their mean
+            continue
         ratios = '-' if r['low_bit_ratios'] is None else \
             f"{_ratios(r['low_bit_ratios'])} / {_ratios(r['prune_ratios'])}"
         speedup = '-' if r.get('speedup') is None else f"{r['speedup']:.3f}x"
         order = '-' if r.get('window_order') is None else \
             f"{r['window_score']}/{r['window_order'][:3]}"
         stale = '  (stale: inputs changed since)' if r.get('stale') else ''
+        seeds = f"  (mean of {len(r['seeds'])} seeds, bbox sd {r['bbox_mAP_std']:.2f})" \
+            if r.get('seeds') else ''
         lines.append(f"{r['name']:<26}{r['bbox_mAP']:>9.2f}{r['segm_mAP']:>9.2f}"
                      f"{speedup:>9}{r['w_bits']:>4}{r['act_bits']:>7.2f}  "
-                     f"{ratios:<20}{order:<14}{r['calib_images']:>6}{stale}")
+                     f"{ratios:<20}{order:<14}{r['calib_images']:>6}{seeds}{stale}")
     return '\n'.join(lines)
 
 
 def format_targets(targets: Sequence[Dict]) -> str:
-    return '\n'.join(f"  [{'met' if t['met'] else 'MISSED'}] {t['claim']}: "
-                     f"{t['diff']:+.2f} bbox mAP (standard error {t['std_error']:.2f})"
-                     for t in targets)
+    lines = []
+    for t in targets:
+        seeds = '' if not t.get('seeds') else \
+            f"; images {t['std_error_images']:.2f}, seeds {t['std_error_seeds']:.2f}; per seed " + \
+            ', '.join(f'{d:+.2f}' for d in t['per_seed'])
+        lines.append(f"  [{t['status']}] {t['claim']}: {t['diff']:+.2f} bbox mAP "
+                     f"(standard error {t['std_error']:.2f}{seeds})")
+    return '\n'.join(lines)
 
 
 def _ratios(values: Optional[Sequence[float]]) -> str:

@@ -11,20 +11,32 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 Options = Tuple[Tuple[str, Any], ...]
 
 #: How a target compares row A with row B on bbox mAP: 'ge' (A >= B), 'gt'
-#: (A > B), 'within' (|A - B| <= 0.5 points), 'noise' (A - B above twice its
-#: standard error on val), 'not_worse' (A - B above minus twice it).
+#: (A > B), 'within' (A at most 0.5 points below B), 'noise' (A - B above twice
+#: its standard error), 'not_worse' (A - B above minus twice it). A claim is
+#: met only where it holds beyond that noise (:func:`.report.verdict`).
 TARGET_TESTS = ('ge', 'gt', 'within', 'noise', 'not_worse')
+
+
+def seeded_name(name: str, seed: Optional[int]) -> str:
+    """The name of ``name``'s training or row at ``seed`` (None: not seeded)."""
+    return name if seed is None else f'{name}@seed{seed}'
 
 
 @dataclass(frozen=True)
 class Training:
     """A model of the table: ``config`` trained from the final checkpoint of
     the training ``parent`` (None: from the config's own initialization), or,
-    with ``checkpoint``, a given checkpoint (a file or URL) that is not trained."""
+    with ``checkpoint``, a given checkpoint (a file or URL) that is not trained.
+
+    A ``seeded`` training is trained once per seed of the table (mmengine's
+    ``randomness.seed``), each from the same seed of a seeded parent (or the
+    one parent), and its rows are the mean over the seeds. An unseeded
+    training continues the first seed of a seeded parent."""
     name: str
     config: str
     parent: Optional[str] = None
     checkpoint: Optional[str] = None
+    seeded: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,9 +147,18 @@ class Table:
     eval_batch: int = 1
     search_settings: SearchSettings = SearchSettings(pop=12, gens=5, images=24)
     search_tolerance: float = 0.02
+    seeds: Tuple[int, ...] = (0, )
 
     def __post_init__(self) -> None:
         trainings = {t.name for t in self.trainings}
+        if not self.seeds or len(set(self.seeds)) != len(
+                self.seeds) or not all(isinstance(s, int) and s >= 0 for s in self.seeds):
+            raise ValueError(f'table {self.name}: seeds must be distinct non-negative integers, '
+                             f'got {self.seeds!r}')
+        for training in self.trainings:
+            if training.seeded and training.checkpoint is not None:
+                raise ValueError(f'table {self.name}: training {training.name} is a given '
+                                 'checkpoint, which cannot be seeded')
         names = [r.name for r in self.rows] + [n for s in self.searches for n in s.row_names()]
         if len(set(names)) != len(names):
             raise ValueError(f'table {self.name}: row names repeat: '
@@ -182,11 +203,31 @@ class Table:
     def training(self, name: str) -> Training:
         return next(t for t in self.trainings if t.name == name)
 
+    def seeds_of(self, training: str) -> Tuple[Optional[int], ...]:
+        """The seeds ``training`` is trained at (``(None,)``: once, unseeded)."""
+        return self.seeds if self.training(training).seeded else (None, )
+
+    def parent_of(self, training: str, seed: Optional[int]) -> Optional[str]:
+        """The seeded name of the training that ``training`` at ``seed`` continues."""
+        parent = self.training(training).parent
+        if parent is None or not self.training(parent).seeded:
+            return parent
+        return seeded_name(parent, self.seeds[0] if seed is None else seed)
+
     def needed_trainings(self, rows: Sequence[str]) -> Tuple[str, ...]:
-        """The trainings the rows ``rows`` need, parents first."""
-        needed = {r.model for r in self.rows if r.name in rows}
-        needed.update(s.model for s in self.searches if set(s.row_names()) & set(rows))
+        """The trainings (seeded names) the rows ``rows`` need, parents first:
+        every seed of a row's model, the first seed of a search's."""
+        needed = set()
+        for row in self.rows:
+            if row.name in rows:
+                needed.update(seeded_name(row.model, s) for s in self.seeds_of(row.model))
+        for search in self.searches:
+            if set(search.row_names()) & set(rows):
+                needed.add(seeded_name(search.model, self.seeds_of(search.model)[0]))
         for training in reversed(self.trainings):
-            if training.name in needed and training.parent:
-                needed.add(training.parent)
-        return tuple(t.name for t in self.trainings if t.name in needed)
+            for seed in self.seeds_of(training.name):
+                if seeded_name(training.name, seed) in needed and training.parent:
+                    needed.add(self.parent_of(training.name, seed))
+        return tuple(
+            seeded_name(t.name, s) for t in self.trainings for s in self.seeds_of(t.name)
+            if seeded_name(t.name, s) in needed)

@@ -12,8 +12,8 @@ from ..search import Candidate
 from .cache import ResultStore, files_digest, fingerprint, package_digest
 from .configs import ConfigOptions, TableConfig
 from .executors import LaunchExecutor, LocalExecutor, calibration_images, test_args, tool_command
-from .report import add_speedups, compare
-from .rows import Row, Search, SearchSettings, Table
+from .report import add_speedups, compare, with_seed_means
+from .rows import Row, Search, SearchSettings, Table, seeded_name
 
 Executor = Union[LocalExecutor, LaunchExecutor]
 #: Where a training records the key of the inputs it was trained from, and the
@@ -35,6 +35,10 @@ class TableRunner:
     (a quick run's epochs or image counts); ``checkpoints`` replaces the given
     checkpoint of a training (the COCO FP model: a URL or a local file);
     ``search`` the table's search settings.
+
+    A seeded training is trained into ``<name>@seed<s>`` for each seed of the
+    table; a row on it is evaluated per seed (``<row>@seed<s>``) and reported
+    as their mean, and a search uses the first seed's model.
     """
 
     def __init__(self,
@@ -86,14 +90,15 @@ class TableRunner:
         versions = f"{package_digest(PACKAGE) if not self.dry_run else ''}:" \
                    f"{self.data_version(('train', 'val'))}"
         for row in self.table.rows:
-            self.run_row(row, checkpoints, versions)
+            for seed in self.table.seeds_of(row.model):
+                self.run_row(row, seed, checkpoints, versions)
         for search in self.table.searches:
             self.run_search(search, checkpoints, versions)
-        rows = self.store.rows
         if self.dry_run:
-            return rows, []
+            return self.store.rows, []
+        self.store.rows = rows = with_seed_means(self.store.rows)
         add_speedups(rows)
-        targets = compare(self.table.targets, rows, self.row_dir,
+        targets = compare(self.table.targets, rows, self.seed_dirs,
                           osp.join(self.data_root, self.table.ann_files['val']))
         self.store.save(targets=targets, trainings=self.training_records(checkpoints))
         return rows, targets
@@ -119,12 +124,15 @@ class TableRunner:
             if training.checkpoint is not None:
                 checkpoints[training.name] = self.given.get(training.name, training.checkpoint)
                 continue
-            tc = self.config(training.config, osp.join(self.work_dir, training.name))
-            final = osp.join(tc.work_dir, f'epoch_{tc.cfg.train_cfg.max_epochs}.pth')
-            checkpoints[training.name] = final
-            if training.name in needed:
-                parent = checkpoints.get(training.parent)
-                self.ensure_trained(training.name, tc, parent, final, train_data)
+            for seed in self.table.seeds_of(training.name):
+                name = seeded_name(training.name, seed)
+                options = () if seed is None else (('randomness.seed', seed), )
+                tc = self.config(training.config, osp.join(self.work_dir, name), options)
+                final = osp.join(tc.work_dir, f'epoch_{tc.cfg.train_cfg.max_epochs}.pth')
+                checkpoints[name] = final
+                if name in needed:
+                    parent = checkpoints.get(self.table.parent_of(training.name, seed))
+                    self.ensure_trained(name, tc, parent, final, train_data)
         return checkpoints
 
     def ensure_trained(self, name: str, tc: TableConfig, parent: Optional[str], final: str,
@@ -161,54 +169,70 @@ class TableRunner:
             raise RuntimeError(f'{name}: training ended without {final}')
 
     def row_dir(self, name: str) -> str:
-        """A row's folder (``<name>/test`` where a training has that name)."""
+        """A row's folder (``<name>/test`` where a training has that folder)."""
         path = osp.join(self.work_dir, name)
-        if any(t.name == name for t in self.table.trainings):
+        if any(
+                seeded_name(t.name, s) == name for t in self.table.trainings
+                for s in self.table.seeds_of(t.name)):
             path = osp.join(path, 'test')
         return path
+
+    def seed_dirs(self, name: str) -> List[Tuple[Optional[int], str]]:
+        """(seed, folder) of each evaluation of the row ``name`` (seed None:
+        a row evaluated once)."""
+        row = next((r for r in self.table.rows if r.name == name), None)
+        seeds = self.table.seeds_of(row.model) if row is not None else (None, )
+        return [(seed, self.row_dir(seeded_name(name, seed))) for seed in seeds]
 
     def row_options(self, out_dir: str):
         return (('test_dataloader.batch_size', self.table.eval_batch),
                 ('test_evaluator.outfile_prefix', osp.join(out_dir, 'preds')))
 
-    def run_row(self, row: Row, checkpoints: Dict[str, str], versions: str) -> None:
-        checkpoint = checkpoints[row.model]
+    def run_row(self, row: Row, seed: Optional[int], checkpoints: Dict[str, str],
+                versions: str) -> None:
+        """``row`` evaluated on its model's training at ``seed`` (None: unseeded)."""
+        name, model = seeded_name(row.name, seed), seeded_name(row.model, seed)
+        checkpoint = checkpoints[model]
         if row.init:
             checkpoint = osp.join(osp.dirname(checkpoint), INIT_CHECKPOINT)
-        out_dir = self.row_dir(row.name)
+        out_dir = self.row_dir(name)
         if row.calibration is None:
             tc = self.config(row.config, out_dir, row.options + self.row_options(out_dir))
             key = self.key(tc, checkpoint, versions)
         else:
-            tc = self.config(row.config, osp.join(self.work_dir, row.calibration),
+            tc = self.config(row.config, osp.join(self.work_dir, seeded_name(row.calibration,
+                                                                             seed)),
                              row.calib_options)
             calib_key = self.key(tc, checkpoint, versions)
             key = None if calib_key is None else f'{calib_key}:{row.options}'
-        done, old = self.store.reuse(row.name, key, self.wanted)
+        done, old = self.store.reuse(name, key, [name] if row.name in self.wanted else [])
         if done:
             if old is not None:
                 self.store.keep(old)
             return
-        trained = f'{row.model}:init' if row.init else row.model
+        trained = f'{model}:init' if row.init else model
         if row.calibration is None:
-            print(f'[table] {row.name}: evaluating {row.config} on {checkpoint}')
-            record = self.executor.evaluate(row.name, tc, checkpoint, trained, row.base)
+            print(f'[table] {name}: evaluating {row.config} on {checkpoint}')
+            record = self.executor.evaluate(name, tc, checkpoint, trained, row.base)
         else:
-            print(f'[table] {row.name}: evaluating {row.config} calibrated as '
-                  f'{row.calibration} at {dict(row.options)}')
-            record = self.evaluate_calibrated(row, tc, checkpoint, out_dir, calib_key)
+            print(f'[table] {name}: evaluating {row.config} calibrated as '
+                  f'{seeded_name(row.calibration, seed)} at {dict(row.options)}')
+            record = self.evaluate_calibrated(row, name, model, tc, checkpoint, out_dir, calib_key)
         record.update(config=osp.relpath(tc.path, self.table.config_root), plotted=row.plotted)
+        if seed is not None:
+            record.update(row=row.name, seed=seed)
         self.add(record, key)
 
-    def evaluate_calibrated(self, row: Row, calib: TableConfig, checkpoint: str, out_dir: str,
-                            calib_key: Optional[str]) -> Dict:
-        """``row`` calibrated at its ``calib_options``, evaluated at its ``options``."""
+    def evaluate_calibrated(self, row: Row, name: str, model: str, calib: TableConfig,
+                            checkpoint: str, out_dir: str, calib_key: Optional[str]) -> Dict:
+        """``row`` (as ``name``, on the training ``model``) calibrated at its
+        ``calib_options``, evaluated at its ``options``."""
         if isinstance(self.executor, LocalExecutor):
             options = dict(row.options)
             backbone = self.executor.prepare(calib, checkpoint).val.backbone
             candidate = _candidate(options, backbone.num_pairs)
-            record = self.executor.evaluate_at(row.name, calib, checkpoint, candidate, out_dir,
-                                               row.model, row.base)
+            record = self.executor.evaluate_at(name, calib, checkpoint, candidate, out_dir, model,
+                                               row.base)
             evaluated = self.config(row.config, out_dir,
                                     row.calib_options + row.options + self.row_options(out_dir))
             record['commands'] = [
@@ -222,14 +246,14 @@ class TableRunner:
         calibrated, command = self.executor.calibrate(calib, checkpoint, calib_key)
         tc = self.config(row.config, out_dir,
                          row.calib_options + row.options + self.row_options(out_dir))
-        record = self.executor.evaluate(row.name, tc, calibrated, row.model, row.base)
+        record = self.executor.evaluate(name, tc, calibrated, model, row.base)
         record['calib_images'] = calibration_images(calib.work_dir)
         record['commands'].insert(0, command)
         return record
 
     def run_search(self, search: Search, checkpoints: Dict[str, str], versions: str) -> None:
         names = search.row_names()
-        checkpoint = checkpoints[search.model]
+        checkpoint = checkpoints[seeded_name(search.model, self.table.seeds_of(search.model)[0])]
         tc = self.config(search.config, osp.join(self.work_dir, search.folder),
                          search.calib_options)
         settings = self.search_settings

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mixaq_mmdet.analysis import coco_map, paired_difference
+from mixaq_mmdet.analysis import PairedDifference, coco_map, over_seeds, paired_difference
 
 
 @pytest.fixture()
@@ -64,3 +64,31 @@ def test_bad_fold_counts(gt_file):
         paired_difference(gt_file, [], [], num_folds=1)
     with pytest.raises(ValueError, match='has 20 images, fewer than num_folds=30'):
         paired_difference(gt_file, [], [], num_folds=30)
+
+
+def test_one_seed_keeps_the_image_noise(gt_file):
+    diff = paired_difference(gt_file, _preds(lambda i: True), _preds(lambda i: i != 7))
+    seeded = over_seeds([diff])
+    assert seeded.mean == diff.mean and seeded.std_error_seeds == 0
+    assert seeded.std_error == pytest.approx(diff.std_error, abs=2e-3)
+
+
+def test_seeds_that_disagree_widen_the_error():
+    """Each seed alone is far beyond its image noise, but the trainings
+    disagree: the mean over seeds is not."""
+    seeds = [PairedDifference(m, 0.1, [m - 0.1, m, m + 0.1, m, m]) for m in (1.5, -0.9, 0.3)]
+    seeded = over_seeds(seeds)
+    assert seeded.mean == pytest.approx(0.3) and seeded.per_seed == [1.5, -0.9, 0.3]
+    assert seeded.std_error_seeds == pytest.approx(1.2 / 3**0.5, abs=1e-3)
+    assert seeded.std_error > seeded.std_error_seeds > seeded.std_error_images
+    assert seeds[0].exceeds_noise()
+    assert not seeded.exceeds_noise()
+    agreeing = over_seeds([PairedDifference(m, 0.1, [m] * 5) for m in (1.0, 1.1, 0.9)])
+    assert agreeing.exceeds_noise() and agreeing.std_error_images == 0
+
+
+def test_seeds_measured_on_other_folds_are_refused():
+    with pytest.raises(ValueError, match='share at least 2 folds'):
+        over_seeds([PairedDifference(1, 0, [1, 1]), PairedDifference(1, 0, [1, 1, 1])])
+    with pytest.raises(ValueError, match='at least one seed'):
+        over_seeds([])

@@ -167,6 +167,8 @@ def test_saqa_from_the_qat_checkpoint(qat_run, tiny_shapes, tmp_path):
     draws = _RecordState.records['iters']
     assert len(draws) == 2 and draws[0] != draws[1]
     assert all(0 <= r <= 0.8 for d in draws for r in d)
+    # the config names no SAQA seed: the draws follow the run's randomness.seed
+    assert [h.seed for h in runner.hooks if isinstance(h, SAQAHook)] == [runner.seed] == [0]
     assert draws[0] == SAQAHook(seed=0).ratios(model.backbone.num_pairs, 0)[0]
     assert model.backbone.low_bit_ratios == [0.0] * 4  # configured, restored
 

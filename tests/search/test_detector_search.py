@@ -139,6 +139,38 @@ def test_uncalibrated_low_branch_is_refused(tiny_shapes, fp_checkpoint, tmp_path
     check_branches_calibrated(backbone, prune_only=True)
 
 
+def test_search_and_its_one_ratio_baseline_repeat_on_the_same_inputs(calibrated, tmp_path):
+    """The seeded search gives the same point twice. The baseline's ratio is
+    the largest one ratio at or below the searched point's speedup, so it
+    moves with the point alone: on the demo's W4 A8/A2 model at 320x320, the
+    point (0, 0.5, 0, 0.8) (1.3504x) gets 0.42 (1.3502x) and (0, 0.2, 0.8, 0.7)
+    (1.3546x), which a search on another machine's FP model chose, 0.43
+    (1.3528x)."""
+    runner, _, _ = calibrated
+    model = runner.test_loop.model
+    evaluator = RatioEvaluator(model, runner.cfg.search_dataloader.dataset)
+    space = RatioSearchSpace(model.backbone.num_pairs)
+    points = []
+    for k in range(2):
+        _, chosen = run_search(
+            evaluator,
+            space,
+            'proxy', [1.3],
+            0.02,
+            pop_size=4,
+            generations=1,
+            cache_path=str(tmp_path / f'cache{k}.json'))
+        point = chosen[1.3]
+        uniform = evaluator.uniform_cost()
+        points.append(
+            (point.candidate, point.accuracy, uniform_ratio_at(evaluator, uniform / point.cost)))
+    assert points[0] == points[1]
+    low, high = (uniform / evaluator.cost(_uniform(r)) for r in (0.42, 0.43))
+    assert low < high
+    assert uniform_ratio_at(evaluator, (low + high) / 2).low_bit_ratios == (0.42, ) * 4
+    assert uniform_ratio_at(evaluator, high).low_bit_ratios == (0.43, ) * 4
+
+
 def test_search_on_the_detector_meets_its_target(calibrated, tmp_path):
     runner, _, _ = calibrated
     model = runner.test_loop.model

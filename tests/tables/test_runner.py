@@ -34,7 +34,7 @@ def _rows(work_dir):
 def test_launched_rows_equal_rows_computed_in_process(tiny_shapes, tmp_path):
     args = [
         'tools/run_demo.py', '--data-root', tiny_shapes, '--max-epochs', '1', '--qat-epochs', '1',
-        '--calib-images', '4', '--rows', *ROWS
+        '--calib-images', '4', '--seeds', '0', '--rows', *ROWS
     ]
     local = str(tmp_path / 'local')
     run_tool(args + ['--work-dir', local])
@@ -45,8 +45,9 @@ def test_launched_rows_equal_rows_computed_in_process(tiny_shapes, tmp_path):
     # the trainings moved with the folder and are reused: fp, W4A4 QAT
     assert proc.stdout.count('(cached)') == 2 and 'trained in' not in proc.stdout
     expected, computed = _rows(local), _rows(launched)
-    assert list(computed) == ROWS  # the table's order
-    for name in ROWS:
+    # the table's order; a seeded model's row is its seeds' mean, then each seed
+    assert list(computed) == ROWS[:2] + ['qat_uniform_w4a4', 'qat_uniform_w4a4@seed0'] + ROWS[3:]
+    for name in ROWS[:2] + ['qat_uniform_w4a4@seed0'] + ROWS[3:]:
         for field in ('bbox_mAP', 'segm_mAP', 'bitops_G', 'a_bits', 'low_bit_ratios',
                       'window_order', 'calib_images', 'model', 'fingerprint'):
             assert computed[name][field] == expected[name][field], (name, field)
@@ -59,11 +60,13 @@ def test_launched_rows_equal_rows_computed_in_process(tiny_shapes, tmp_path):
     # the commands that trained each model
     with open(os.path.join(local, 'results.json')) as f:
         trainings = json.load(f)['trainings']
-    qat = trainings['qat_uniform_w4a4']['commands']
+    qat = trainings['qat_uniform_w4a4@seed0']['commands']
     assert len(qat) == 1 and qat[0].startswith(
         'python tools/train.py configs/benchmark/qat/qat_uniform_w4a4_shapes.py --work-dir '
-        f'{local}/qat_uniform_w4a4 --cfg-options ')
-    assert qat[0].endswith(f'load_from={local}/fp/epoch_1.pth')
+        f'{local}/qat_uniform_w4a4@seed0 --cfg-options ')
+    assert qat[0].endswith(f'randomness.seed=0 load_from={local}/fp/epoch_1.pth')
+    assert computed['qat_uniform_w4a4']['bbox_mAP'] == computed['qat_uniform_w4a4@seed0'][
+        'bbox_mAP'] and computed['qat_uniform_w4a4']['seeds'] == [0]
     # a row calibrated once and evaluated at another ratio: two test runs
     sweep = computed['policy_w4a8a2_reverse_0.25']['commands']
     assert len(sweep) == 2 and f'{launched}/policy_w4a8a2_reverse/calibrated.pth' in sweep[1]

@@ -38,6 +38,11 @@ def _table(**changes) -> Table:
      "training q continues 'fp', which is not a training listed before it"),
     (dict(targets=(Target('claim', 'fp', 'nope', 'gt'), )), "names row 'nope'"),
     (dict(ann_files=dict(train='a')), 'ann_files needs the splits train, val'),
+    (dict(seeds=()), r'seeds must be distinct non-negative integers, got \(\)'),
+    (dict(seeds=(1, 1)), r'seeds must be distinct non-negative integers, got \(1, 1\)'),
+    (dict(
+        trainings=(Training('fp', 'fp.py', checkpoint='fp.pth', seeded=True),
+                   Training('q', 'q.py', 'fp'))), 'training fp is a given checkpoint'),
     (dict(
         rows=(Row('a', 'x.py', 'fp', 'a', calibration='c'),
               Row('b', 'x.py', 'q', 'a', calibration='c'))),
@@ -57,8 +62,16 @@ def test_needed_trainings_include_the_parents_in_order():
     assert COCO.needed_trainings(['qat_mixaq_prune_1.82x']) == ('fp', 'qat_uniform_w4a4',
                                                                 'qat_saqa_prune_w4a4a2')
     assert COCO.needed_trainings(['uniform_w4a8']) == ('fp', )
-    assert BENCHMARK.needed_trainings(['qat_search_1.35x']) == ('fp', 'qat_uniform_w4a4',
-                                                                'qat_saqa_w4a4a2')
+    # a search uses the first seed of a seeded model, a row every seed
+    assert BENCHMARK.needed_trainings(['qat_search_1.35x']) == ('fp', 'qat_uniform_w4a4@seed0',
+                                                                'qat_saqa_w4a4a2@seed0')
+    assert BENCHMARK.needed_trainings([
+        'qat_saqa_all_high'
+    ]) == ('fp', 'qat_uniform_w4a4@seed0', 'qat_uniform_w4a4@seed1', 'qat_uniform_w4a4@seed2',
+           'qat_saqa_w4a4a2@seed0', 'qat_saqa_w4a4a2@seed1', 'qat_saqa_w4a4a2@seed2')
+    # an unseeded training continues the first seed of its parent
+    assert BENCHMARK.needed_trainings(['qat_mixaq_prune_1.5x']) == ('fp', 'qat_uniform_w4a4@seed0',
+                                                                    'qat_saqa_prune_w4a4a2')
 
 
 def test_the_coco_table_has_the_papers_rows_and_uses_every_mixaq_config():

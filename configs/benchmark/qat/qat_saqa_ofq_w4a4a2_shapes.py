@@ -13,7 +13,7 @@ custom_hooks = [
         calib_images=64,
         calib_low_bit_ratios=0.5,
         save_init=True),
-    dict(type='SAQAHook', seed=0, max_ratio=0.8),
+    dict(type='SAQAHook', max_ratio=0.8),
     dict(type='ConfidenceGuidedAnnealingHook', start=2 / 3, boundary_range=0.005),
     dict(type='OscillationHook', window=20, interval=10),
     dict(type='RandomStateHook'),

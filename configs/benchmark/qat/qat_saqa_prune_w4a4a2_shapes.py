@@ -10,7 +10,7 @@ custom_hooks = [
         calib_dataloader={{_base_.test_cfg.calib_dataloader}},
         calib_images=64,
         calib_low_bit_ratios=0.5),
-    dict(type='SAQAHook', seed=0, max_ratio=0.8, prune_max_ratio=0.4),
+    dict(type='SAQAHook', max_ratio=0.8, prune_max_ratio=0.4),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),
 ]

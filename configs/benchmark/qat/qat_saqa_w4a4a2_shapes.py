@@ -23,7 +23,7 @@ custom_hooks = [
         calib_images=64,
         calib_low_bit_ratios=0.5,
         save_init=True),  # qat_init.pth: the W4A4 model + calibrated A2 branch
-    dict(type='SAQAHook', seed=0, max_ratio=0.8),
+    dict(type='SAQAHook', max_ratio=0.8),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),
 ]

@@ -23,7 +23,9 @@ class SAQAHook(Hook):
     validation, testing and the setting recorded in checkpoints see them.
 
     Args:
-        seed: seed of the draws.
+        seed: seed of the draws; None: the run's seed (mmengine's
+            ``randomness.seed``), so that another training seed draws other
+            ratios.
         max_ratio: largest low-bit ratio of a pair, in (0, 0.8].
         prune_max_ratio: largest prune ratio, in (0, 0.8]; None: no pruning.
         concentration: Dirichlet concentration of the split over the pairs.
@@ -32,15 +34,15 @@ class SAQAHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self,
-                 seed: int = 0,
+                 seed: Optional[int] = None,
                  max_ratio: float = MAX_RATIO,
                  prune_max_ratio: Optional[float] = None,
                  concentration: float = 1.0) -> None:
         # the sampler validates every setting and names a bad value
-        sample_uniform_sum_ratios(1, seed, 0, max_ratio, concentration)
+        sample_uniform_sum_ratios(1, seed or 0, 0, max_ratio, concentration)
         if prune_max_ratio is not None:
             try:
-                sample_uniform_sum_ratios(1, seed, 0, prune_max_ratio, concentration)
+                sample_uniform_sum_ratios(1, seed or 0, 0, prune_max_ratio, concentration)
             except ValueError as e:
                 raise ValueError(f'SAQAHook prune_max_ratio: {e}') from None
         self.seed = seed
@@ -72,6 +74,8 @@ class SAQAHook(Hook):
                 f'{uncalibrated[0]}): set QATInitHook.calib_low_bit_ratios (e.g. 0.5) so '
                 'that calibration reaches the low branch of every pair')
         self._configured = (list(backbone.low_bit_ratios), list(backbone.prune_ratios))
+        if self.seed is None:
+            self.seed = runner.seed
         print_log(
             f'SAQA: random ratios per iteration (seed {self.seed}, low <= '
             f'{self.max_ratio}, prune <= {self.prune_max_ratio}); configured ratios '
