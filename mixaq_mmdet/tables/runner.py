@@ -100,7 +100,11 @@ class TableRunner:
         add_speedups(rows)
         targets = compare(self.table.targets, rows, self.seed_dirs,
                           osp.join(self.data_root, self.table.ann_files['val']))
-        self.store.save(targets=targets, trainings=self.training_records(checkpoints))
+        self.store.save(
+            targets=targets,
+            trainings=self.training_records(checkpoints),
+            seeds=list(self.table.seeds),
+            seeded_trainings=[t.name for t in self.table.trainings if t.seeded])
         return rows, targets
 
     def training_records(self, checkpoints: Dict[str, str]) -> Dict[str, Dict]:

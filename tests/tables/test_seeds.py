@@ -134,6 +134,7 @@ def test_seeded_trainings_rows_and_claims(tiny_shapes, tmp_path):
         saved = json.load(f)
     assert [r['name'] for r in saved['rows']] == [r['name'] for r in rows]
     assert sorted(saved['trainings']) == sorted(HITS)
+    assert saved['seeds'] == [0, 1, 2] and saved['seeded_trainings'] == ['a', 'b']
     # a rerun trains and evaluates nothing, and gives the same table
     again = RecordingExecutor(ann)
     rows_again, targets_again = TableRunner(table, work, again).run()
