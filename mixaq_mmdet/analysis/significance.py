@@ -83,13 +83,9 @@ class SeededDifference(NamedTuple):
     std_error_seeds: float
     per_seed: List[float]
 
-    def exceeds_noise(self, sigmas: float = 2.0) -> bool:
-        """Whether A beats B by more than ``sigmas`` standard errors."""
-        return self.mean > sigmas * self.std_error
-
-    def not_worse_beyond_noise(self, sigmas: float = 2.0) -> bool:
-        """Whether A is at least as good as B up to ``sigmas`` standard errors."""
-        return self.mean >= -sigmas * self.std_error
+    # the same tests on the mean and its (combined) standard error
+    exceeds_noise = PairedDifference.exceeds_noise
+    not_worse_beyond_noise = PairedDifference.not_worse_beyond_noise
 
 
 def over_seeds(differences: Sequence[PairedDifference]) -> SeededDifference:
