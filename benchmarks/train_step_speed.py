@@ -122,7 +122,8 @@ class Variant:
     def _saqa_hook(cfg: Config) -> Optional[SAQAHook]:
         for hook in cfg.get('custom_hooks', []):
             if hook['type'] == 'SAQAHook':
-                return SAQAHook(**{k: v for k, v in hook.items() if k != 'type'})
+                # no runner here to give its seed: the draws of seed 0
+                return SAQAHook(**{'seed': 0, **{k: v for k, v in hook.items() if k != 'type'}})
         return None
 
     def _calibrate(self, batch: Dict) -> None:

@@ -40,7 +40,6 @@ import re
 import runpy
 import shlex
 import shutil
-import signal
 import sys
 import time
 import traceback
@@ -62,6 +61,7 @@ from mixaq_mmdet.tables import COCO, LaunchExecutor, SearchSettings, TableConfig
 from mixaq_mmdet.tables.executors import search_args, test_args, tool_command, train_args
 from mixaq_mmdet.tables.rows import Options, Search
 from mixaq_mmdet.utils.config import FORMAT_CONFIG_ENV
+from mixaq_mmdet.utils.forking import run_forked
 from mixaq_mmdet.utils.official_checkpoint import write_official_checkpoint
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -166,44 +166,6 @@ def logged_count(log: str, mode: str) -> Optional[int]:
 def calibration_seconds(log: str) -> Optional[float]:
     times = re.findall(r'calibrated \d+ quantizers on \d+ images .*? in ([0-9.]+) s', log)
     return sum(map(float, times)) if times else None
-
-
-def run_forked(target: Callable[[], None], log_file: str, timeout_s: float):
-    """Run ``target`` in a forked child with stdout and stderr to ``log_file``;
-    return (ok, wall seconds, the child's resource usage, error)."""
-    start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            # the streams too: a parent's sys.stdout may be no file of fd 1 (pytest)
-            sys.stdout = open(1, 'w', buffering=1, closefd=False)
-            sys.stderr = open(2, 'w', buffering=1, closefd=False)
-            target()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    deadline = start + timeout_s
-    while True:
-        waited, status, usage = os.wait4(pid, os.WNOHANG)
-        if waited == pid:
-            break
-        if time.perf_counter() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            _, status, usage = os.wait4(pid, 0)
-            return False, time.perf_counter() - start, usage, f'killed after {timeout_s} s'
-        time.sleep(0.2)
-    code = os.waitstatus_to_exitcode(status)
-    return code == 0, time.perf_counter() - start, usage, '' if code == 0 else f'exit {code}'
 
 
 def run_tool(tool: str, args: Sequence[str], cwd: str) -> Callable[[], None]:

@@ -67,7 +67,9 @@ def fingerprint(cfg: Config,
     """The key of a row or a training: ``cfg``'s merged text (with ``work_dir``,
     the table's folder, written as a placeholder: a moved folder keeps its
     keys), the checkpoint it starts from and the code and data ``versions``."""
-    text = cfg.pretty_text
+    # the merged settings as text, unformatted: yapf would cost a second a key
+    # and its output would depend on MIXAQ_FORMAT_CONFIG
+    text = Config(cfg.to_dict(), format_python_code=False).pretty_text
     if work_dir:
         text = text.replace(work_dir.rstrip('/'), '{work_dir}')
     digest = hashlib.sha256(text.encode())

@@ -131,7 +131,9 @@ class Table:
     the rows' keys; ``img_shape`` is the network input the BitOPs
     are counted at; ``plots`` maps a method ('PTQ', 'QAT') to its base row and
     the Pareto plot's file name; ``extra_plots`` are (function of the rows and
-    a file, file name) pairs; ``search_settings`` the searches' defaults."""
+    a file, file name) pairs; ``search_settings`` the searches' defaults.
+    ``validate_trainings`` False: the trainings skip their own validation
+    (mmengine's ``val_begin`` past the end), which the rows repeat anyway."""
     name: str
     title: str
     config_root: str
@@ -148,6 +150,7 @@ class Table:
     search_settings: SearchSettings = SearchSettings(pop=12, gens=5, images=24)
     search_tolerance: float = 0.02
     seeds: Tuple[int, ...] = (0, )
+    validate_trainings: bool = True
 
     def __post_init__(self) -> None:
         trainings = {t.name for t in self.trainings}

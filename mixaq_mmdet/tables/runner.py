@@ -5,15 +5,18 @@ import os.path as osp
 import shlex
 import shutil
 import time
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from ..engine.hooks.qat_init_hook import INIT_CHECKPOINT
+from ..quantization.numerics import compile_kernels
 from ..search import Candidate
 from .cache import ResultStore, files_digest, fingerprint, package_digest
 from .configs import ConfigOptions, TableConfig
 from .executors import LaunchExecutor, LocalExecutor, calibration_images, test_args, tool_command
 from .report import add_speedups, compare, with_seed_means
 from .rows import Row, Search, SearchSettings, Table, seeded_name
+from .scheduler import Job, run_jobs
 
 Executor = Union[LocalExecutor, LaunchExecutor]
 #: Where a training records the key of the inputs it was trained from, and the
@@ -21,6 +24,14 @@ Executor = Union[LocalExecutor, LaunchExecutor]
 TRAINING_KEY_FILE = 'table_inputs.txt'
 TRAINING_COMMANDS_FILE = 'table_commands.txt'
 PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+class Outcome(NamedTuple):
+    """A row's record: computed now (to store under ``key``) or ``kept``
+    from the previous ``results.json``."""
+    record: Dict
+    key: Optional[str]
+    kept: bool
 
 
 class TableRunner:
@@ -39,6 +50,11 @@ class TableRunner:
     A seeded training is trained into ``<name>@seed<s>`` for each seed of the
     table; a row on it is evaluated per seed (``<row>@seed<s>``) and reported
     as their mean, and a search uses the first seed's model.
+
+    The work is split into jobs: each training, each search, and the rows of
+    one calibration (or one row) at one seed. ``jobs`` > 1 runs up to that
+    many side by side in forked children (:func:`.scheduler.run_jobs`, logs
+    in ``<work_dir>/logs``; in-process runs only).
     """
 
     def __init__(self,
@@ -49,7 +65,11 @@ class TableRunner:
                  rows: Optional[Sequence[str]] = None,
                  options: Optional[ConfigOptions] = None,
                  checkpoints: Optional[Dict[str, str]] = None,
-                 search: Optional[SearchSettings] = None) -> None:
+                 search: Optional[SearchSettings] = None,
+                 jobs: int = 1) -> None:
+        if jobs > 1 and not isinstance(executor, LocalExecutor):
+            raise ValueError(f'jobs={jobs} runs jobs side by side in this machine\'s processes; '
+                             'launched tools (--gpus) run one at a time on all the devices')
         unknown = sorted(set(rows or ()) - set(table.row_names))
         if unknown:
             raise ValueError(f'table {table.name} has no rows {unknown}; rows: ' +
@@ -66,6 +86,7 @@ class TableRunner:
         self.search_settings = search or table.search_settings
         self.store = ResultStore(osp.join(self.work_dir, 'results.json'))
         self.dry_run = executor.dry_run
+        self.jobs = jobs
 
     def config(self, config: str, work_dir: str, options=()) -> TableConfig:
         return TableConfig(
@@ -86,17 +107,18 @@ class TableRunner:
     def run(self) -> Tuple[List[Dict], List[Dict]]:
         """Compute the asked-for rows; return every row (with its speedup) and
         the table's claims checked on them, both also in ``results.json``."""
-        checkpoints = self.train()
+        checkpoints, jobs = self.training_jobs()
         versions = f"{package_digest(PACKAGE) if not self.dry_run else ''}:" \
                    f"{self.data_version(('train', 'val'))}"
-        for row in self.table.rows:
-            for seed in self.table.seeds_of(row.model):
-                self.run_row(row, seed, checkpoints, versions)
-        for search in self.table.searches:
-            self.run_search(search, checkpoints, versions)
+        trained = {job.name for job in jobs}
+        jobs += self.search_jobs(checkpoints, versions, trained)
+        jobs += self.row_jobs(checkpoints, versions, trained)
+        if self.jobs > 1:
+            compile_kernels()  # once here, not in every forked job
+        run_jobs(jobs, self.store_outcomes, self.jobs, osp.join(self.work_dir, 'logs'))
         if self.dry_run:
             return self.store.rows, []
-        self.store.rows = rows = with_seed_means(self.store.rows)
+        self.store.rows = rows = with_seed_means(self.in_table_order(self.store.rows))
         add_speedups(rows)
         targets = compare(self.table.targets, rows, self.seed_dirs,
                           osp.join(self.data_root, self.table.ann_files['val']))
@@ -119,9 +141,11 @@ class TableRunner:
             records[name] = dict(checkpoint=checkpoint, commands=commands)
         return records
 
-    def train(self) -> Dict[str, str]:
-        """The final checkpoint of every training (trained if a wanted row needs it)."""
+    def training_jobs(self) -> Tuple[Dict[str, str], List[Job]]:
+        """The final checkpoint of every training, and a job for each training
+        a wanted row needs (named ``train <name>``)."""
         checkpoints: Dict[str, str] = {}
+        jobs: List[Job] = []
         needed = self.table.needed_trainings(self.wanted)
         train_data = self.data_version(('train', ))  # models never see val
         for training in self.table.trainings:
@@ -132,12 +156,74 @@ class TableRunner:
                 name = seeded_name(training.name, seed)
                 options = () if seed is None else (('randomness.seed', seed), )
                 tc = self.config(training.config, osp.join(self.work_dir, name), options)
-                final = osp.join(tc.work_dir, f'epoch_{tc.cfg.train_cfg.max_epochs}.pth')
+                loop = tc.cfg.train_cfg
+                if not self.table.validate_trainings:
+                    # the table evaluates every row itself
+                    end = loop.get('max_epochs', loop.get('max_iters'))
+                    tc = tc.with_options((('train_cfg.val_begin', end + 1), ))
+                final = osp.join(tc.work_dir, f'epoch_{loop.max_epochs}.pth')
                 checkpoints[name] = final
                 if name in needed:
-                    parent = checkpoints.get(self.table.parent_of(training.name, seed))
-                    self.ensure_trained(name, tc, parent, final, train_data)
-        return checkpoints
+                    parent_name = self.table.parent_of(training.name, seed)
+                    parent = checkpoints.get(parent_name)
+                    jobs.append(
+                        Job(f'train {name}',
+                            partial(self.ensure_trained, name, tc, parent, final, train_data),
+                            (f'train {parent_name}', ) if parent_name in needed else ()))
+        return checkpoints, jobs
+
+    def search_jobs(self, checkpoints: Dict[str, str], versions: str,
+                    trained: Set[str]) -> List[Job]:
+        """A job for each search (``search <name>``)."""
+        jobs = []
+        for search in self.table.searches:
+            model = f'train {seeded_name(search.model, self.table.seeds_of(search.model)[0])}'
+            run = partial(self.run_search, search, checkpoints, versions)
+            jobs.append(Job(f'search {search.name}', run, (model, ) if model in trained else ()))
+        return jobs
+
+    def row_jobs(self, checkpoints: Dict[str, str], versions: str, trained: Set[str]) -> List[Job]:
+        """A job for the rows of each calibration at each seed (``eval
+        <calibration>@seed<s>``, sharing the calibrated model), and for each
+        other row at each seed (``eval <row>@seed<s>``)."""
+        groups: Dict[str, List[Tuple[Row, Optional[int]]]] = {}
+        for row in self.table.rows:
+            for seed in self.table.seeds_of(row.model):
+                group = seeded_name(row.calibration or row.name, seed)
+                groups.setdefault(f'eval {group}', []).append((row, seed))
+        jobs = []
+        for name, members in groups.items():
+            models = {f'train {seeded_name(r.model, s)}' for r, s in members}
+            jobs.append(
+                Job(name, partial(self.run_rows, members, checkpoints, versions),
+                    tuple(sorted(models & trained))))
+        return jobs
+
+    def run_rows(self, members: Sequence[Tuple[Row, Optional[int]]], checkpoints: Dict[str, str],
+                 versions: str) -> List[Outcome]:
+        outcomes = (self.run_row(row, seed, checkpoints, versions) for row, seed in members)
+        return [o for o in outcomes if o is not None]
+
+    def store_outcomes(self, job: Job, outcomes: Optional[List[Outcome]]) -> None:
+        """Store the rows a job computed or kept (a training's job: none)."""
+        for outcome in outcomes or ():
+            if outcome.kept:
+                self.store.keep(outcome.record)
+            else:
+                self.add(outcome.record, outcome.key)
+
+    def in_table_order(self, rows: List[Dict]) -> List[Dict]:
+        """``rows`` as the table lists them (a row's seeds in the table's
+        order), rows the table no longer has last."""
+        names = self.table.row_names
+        seeds = list(self.table.seeds)
+
+        def place(row: Dict) -> Tuple[int, int]:
+            name = row.get('row', row['name'])
+            index = names.index(name) if name in names else len(names)
+            return index, seeds.index(row['seed']) + 1 if row.get('seed') in seeds else 0
+
+        return sorted(rows, key=place)
 
     def ensure_trained(self, name: str, tc: TableConfig, parent: Optional[str], final: str,
                        train_data: str) -> None:
@@ -193,8 +279,9 @@ class TableRunner:
                 ('test_evaluator.outfile_prefix', osp.join(out_dir, 'preds')))
 
     def run_row(self, row: Row, seed: Optional[int], checkpoints: Dict[str, str],
-                versions: str) -> None:
-        """``row`` evaluated on its model's training at ``seed`` (None: unseeded)."""
+                versions: str) -> Optional[Outcome]:
+        """``row`` evaluated on its model's training at ``seed`` (None:
+        unseeded), or its previous record (None: not asked for and none)."""
         name, model = seeded_name(row.name, seed), seeded_name(row.model, seed)
         checkpoint = checkpoints[model]
         if row.init:
@@ -211,9 +298,7 @@ class TableRunner:
             key = None if calib_key is None else f'{calib_key}:{row.options}'
         done, old = self.store.reuse(name, key, [name] if row.name in self.wanted else [])
         if done:
-            if old is not None:
-                self.store.keep(old)
-            return
+            return None if old is None else Outcome(old, None, True)
         trained = f'{model}:init' if row.init else model
         if row.calibration is None:
             print(f'[table] {name}: evaluating {row.config} on {checkpoint}')
@@ -225,7 +310,7 @@ class TableRunner:
         record.update(config=osp.relpath(tc.path, self.table.config_root), plotted=row.plotted)
         if seed is not None:
             record.update(row=row.name, seed=seed)
-        self.add(record, key)
+        return Outcome(record, key, False)
 
     def evaluate_calibrated(self, row: Row, name: str, model: str, calib: TableConfig,
                             checkpoint: str, out_dir: str, calib_key: Optional[str]) -> Dict:
@@ -255,7 +340,8 @@ class TableRunner:
         record['commands'].insert(0, command)
         return record
 
-    def run_search(self, search: Search, checkpoints: Dict[str, str], versions: str) -> None:
+    def run_search(self, search: Search, checkpoints: Dict[str, str],
+                   versions: str) -> List[Outcome]:
         names = search.row_names()
         checkpoint = checkpoints[seeded_name(search.model, self.table.seeds_of(search.model)[0])]
         tc = self.config(search.config, osp.join(self.work_dir, search.folder),
@@ -267,17 +353,14 @@ class TableRunner:
             f'{search.prune}:{settings.images}:{settings.pop}:{settings.gens}')
         results = [self.store.reuse(name, key, self.wanted) for name in names]
         if all(done for done, _ in results):
-            for _, row in results:
-                if row is not None:
-                    self.store.keep(row)
-            return
+            return [Outcome(row, None, True) for _, row in results if row is not None]
         print(f'[table] {search.name}: searching {search.config} on {checkpoint}')
         records = self.executor.search(search, tc, checkpoint, settings, key or 'dry-run',
                                        {name: self.row_dir(name)
                                         for name in names})
         for record in records:
             record.update(config=osp.relpath(tc.path, self.table.config_root), plotted=True)
-            self.add(record, key)
+        return [Outcome(record, key, False) for record in records]
 
     def add(self, record: Dict, key: Optional[str]) -> None:
         if self.dry_run:

@@ -71,3 +71,43 @@ def test_launched_rows_equal_rows_computed_in_process(tiny_shapes, tmp_path):
     sweep = computed['policy_w4a8a2_reverse_0.25']['commands']
     assert len(sweep) == 2 and f'{launched}/policy_w4a8a2_reverse/calibrated.pth' in sweep[1]
     assert 'model.backbone.low_bit_ratios=0.25' in sweep[1]
+
+
+def test_jobs_side_by_side_give_the_rows_of_one_process(tiny_shapes, tmp_path):
+    """``--jobs 2``: the trainings, rows and search of the table run in forked
+    children, two at a time, after the jobs they need; on the same torch
+    threads (one: ``OMP_NUM_THREADS=1``) every row equals the in-process run's."""
+    rows = ROWS + ['search_1.35x', 'uniform_ratio_1.35x']
+    args = [
+        'tools/run_demo.py', '--data-root', tiny_shapes, '--max-epochs', '1', '--qat-epochs', '1',
+        '--calib-images', '4', '--seeds', '0', '1', '--search-pop', '4', '--search-gens', '1',
+        '--search-images', '2', '--rows', *rows
+    ]
+    one = str(tmp_path / 'one')
+    run_tool(args + ['--work-dir', one], threads=1)
+    two = str(tmp_path / 'two')
+    proc = run_tool(args + ['--work-dir', two, '--jobs', '2'], threads=1)
+    out = proc.stdout
+    # two seeds of W4A4 QAT trained side by side once the FP model is there
+    assert out.index('train fp: done') < out.index('train qat_uniform_w4a4@seed0: started')
+    assert out.index('train qat_uniform_w4a4@seed1: started') < out.index(
+        'train qat_uniform_w4a4@seed0: done')
+    assert out.index('train qat_uniform_w4a4@seed0: done') < out.index(
+        'eval qat_uniform_w4a4@seed0: started')
+    # the rows of one calibration are one job; each job has its log
+    assert 'eval policy_w4a8a2_reverse: started' in out
+    logs = os.listdir(os.path.join(two, 'logs'))
+    assert 'train_fp.log' in logs and 'search_search.log' in logs
+    expected, computed = _rows(one), _rows(two)
+    assert list(computed) == list(expected)  # the table's order, whatever order jobs ended in
+    for name, row in expected.items():
+        for field in ('bbox_mAP', 'segm_mAP', 'bitops_G', 'low_bit_ratios', 'calib_images',
+                      'model', 'config'):
+            assert computed[name][field] == row[field], (name, field)
+    # a second run with the same inputs takes every training and row as it was
+    run_tool(args + ['--work-dir', two, '--jobs', '2'], threads=1)
+    with open(os.path.join(two, 'logs', 'train_qat_uniform_w4a4@seed1.log')) as f:
+        assert '(cached)' in f.read()
+    with open(os.path.join(two, 'logs', 'eval_uniform_w4a8.log')) as f:
+        assert 'unchanged, taken from results.json' in f.read()
+    assert _rows(two) == computed
