@@ -2,7 +2,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -72,8 +72,10 @@ def run_tool(args: List[str],
              cwd: str = REPO,
              timeout: int = 600,
              check: bool = True,
-             threads: Optional[int] = None) -> subprocess.CompletedProcess:
+             threads: Optional[int] = None,
+             env: Optional[Dict[str, Optional[str]]] = None) -> subprocess.CompletedProcess:
     """Run a repository script with this interpreter; fail with its output.
+    ``env`` sets (None: removes) environment variables of the script.
 
     ``threads``: OpenMP threads per process (1 for a launcher that starts a
     process per core: more threads than cores make gloo's ranks crawl); by
@@ -81,9 +83,18 @@ def run_tool(args: List[str],
     outcome does not depend on the tools' thread count)."""
     if threads is None:
         threads = int(os.environ.get('MIXAQ_TEST_TOOL_THREADS', 2))
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
+    variables = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
+    for name, value in (env or {}).items():
+        variables.pop(name, None)
+        if value is not None:
+            variables[name] = value
     proc = subprocess.run(
-        [sys.executable] + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        [sys.executable] + args,
+        cwd=cwd,
+        env=variables,
+        capture_output=True,
+        text=True,
+        timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f'{" ".join(args)} exited {proc.returncode}\n'
                     f'--- stdout ---\n{proc.stdout[-4000:]}\n'

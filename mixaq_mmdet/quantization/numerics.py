@@ -17,6 +17,8 @@ from .recompute import register_recomputable
 #: Set to 0 to run the fake-quantization kernels eagerly (same numbers, several
 #: passes over the activation instead of one each way).
 COMPILE_ENV = 'MIXAQ_COMPILE_FAKE_QUANT'
+#: inductor's number of compile workers, read when it is first imported.
+COMPILE_THREADS_ENV = 'TORCHINDUCTOR_COMPILE_THREADS'
 _COMPILED: Dict[Callable, Callable] = {}
 
 
@@ -42,10 +44,15 @@ def run_kernel(fn: Callable, tensors: Sequence[Tensor], *args: Any) -> Any:
 def compile_kernels(device: str = 'cpu') -> None:
     """Compile every fused fake-quantization kernel now, on tiny float32
     inputs (forward, backward and the log-sqrt(2) tables, with and without a
-    top): a process that forks workers afterwards (``make smoke-coco``) hands
-    them the compiled kernels instead of each compiling or loading them. The
-    kernels run on one thread here: GNU OpenMP's thread pool does not survive
-    a fork, and a child of a process that ran a parallel region hangs."""
+    top): a process that forks workers afterwards (``make smoke-coco``,
+    ``make demo``) hands them the compiled kernels instead of each compiling or
+    loading them. Two things a fork does not survive are kept out: the kernels
+    run on one thread here (a child of a process that ran a GNU OpenMP
+    parallel region hangs), and inductor compiles in this process (a child
+    that compiles another kernel, e.g. per channel, through the parent's pool
+    of compile workers hangs), unless ``TORCHINDUCTOR_COMPILE_THREADS`` was
+    set or inductor was imported before."""
+    os.environ.setdefault(COMPILE_THREADS_ENV, '1')
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

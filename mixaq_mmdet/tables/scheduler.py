@@ -90,7 +90,8 @@ def run_jobs(jobs: Sequence[Job],
             threads = cores if alone else max(1, cores // workers)
             running[job.name] = _start(job, log_dir, threads)
             log_file = running[job.name][1].log_file
-            print(f'[table] {job.name}: started on {threads} threads, log {log_file}', flush=True)
+            print(
+                f'[table] {job.name}: started, torch threads {threads}, log {log_file}', flush=True)
         if failed is not None and not running:
             break
         time.sleep(POLL_S)

@@ -101,8 +101,8 @@ def test_jobs_side_by_side_give_the_rows_of_one_process(tiny_shapes, tmp_path):
     expected, computed = _rows(one), _rows(two)
     assert list(computed) == list(expected)  # the table's order, whatever order jobs ended in
     for name, row in expected.items():
-        for field in ('bbox_mAP', 'segm_mAP', 'bitops_G', 'low_bit_ratios', 'calib_images',
-                      'model', 'config'):
+        for field in ('bbox_mAP', 'segm_mAP', 'bitops_G', 'low_bit_ratios', 'calib_images', 'model',
+                      'config'):
             assert computed[name][field] == row[field], (name, field)
     # a second run with the same inputs takes every training and row as it was
     run_tool(args + ['--work-dir', two, '--jobs', '2'], threads=1)
