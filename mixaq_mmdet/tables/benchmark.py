@@ -25,11 +25,11 @@ ORDERS: Tuple[Tuple[str, str, str],
 CALIB_RATIO = 0.5
 #: Low-bit ratio of W4 A8/A2 at 1.35x over W4A8 (320x320).
 RATIO_A2_135 = 0.42
-#: The sweeps: row prefix, config, base row, low-bit ratios evaluated.
-SWEEPS: Tuple[Tuple[str, str, str, Tuple[float, ...]], ...] = (
-    ('policy_w4a8a2', 'ptq/ptq_mixaq_w4a8a2_shapes.py', PTQ_BASE, (0.25, RATIO_A2_135, 0.5, 0.75)),
-    ('policy_w4a4a2', 'ptq/ptq_mixaq_w4a4a2_shapes.py', 'uniform_w4a4', (0.5, )),
-)
+#: The sweeps: row prefix, config, base row, low-bit ratios evaluated (W4
+#: A8/A2; the demo's 60 minutes left out an A4/A2 sweep and the ratio 0.5).
+SWEEPS: Tuple[Tuple[str, str, str, Tuple[float, ...]],
+              ...] = (('policy_w4a8a2', 'ptq/ptq_mixaq_w4a8a2_shapes.py', PTQ_BASE,
+                       (0.25, RATIO_A2_135, 0.75)), )
 
 
 def at(low: float,
@@ -111,7 +111,9 @@ BENCHMARK = Table(
     eval_batch=8,
     # the QAT claims are judged over three trainings of every model behind
     # them (the FP model, shared, is not: the PTQ rows have no training of
-    # their own); the prune row has no claim and uses the first seed's W4A4
+    # their own); the rows without a claim (prune, OFQ W4A3, SAQA on OFQ) are
+    # trained once, from the first seed of their parent, to keep the demo
+    # within 60 minutes
     seeds=(0, 1, 2),
     # each trained model's val mAP is a row of the table
     validate_trainings=False,
@@ -123,8 +125,8 @@ BENCHMARK = Table(
         Training('qat_saqa_prune_w4a4a2', 'qat/qat_saqa_prune_w4a4a2_shapes.py',
                  'qat_uniform_w4a4'),
         Training('qat_ofq_w4a4', 'qat/qat_ofq_w4a4_shapes.py', 'fp', seeded=True),
-        Training('qat_ofq_w4a3', 'qat/qat_ofq_w4a3_shapes.py', 'fp', seeded=True),
-        Training('qat_saqa_ofq_w4a4a2', SAQA_OFQ, 'qat_ofq_w4a4', seeded=True),
+        Training('qat_ofq_w4a3', 'qat/qat_ofq_w4a3_shapes.py', 'fp'),
+        Training('qat_saqa_ofq_w4a4a2', SAQA_OFQ, 'qat_ofq_w4a4'),
     ),
     rows=(
         Row('fp', FP_CONFIG, 'fp', PTQ_BASE),
@@ -189,8 +191,6 @@ BENCHMARK = Table(
         *ablation_targets('1.35x'),
         Target('QAT base, uniform W4A4: OFQ above LSQ, beyond noise', 'qat_ofq_w4a4',
                'qat_uniform_w4a4', 'noise'),
-        Target('OFQ base: MixA-Q 1.35x above uniform W4A3 (same cost)',
-               'qat_mixaq_ofq_w4a4a2_1.35x', 'qat_ofq_w4a3', 'gt'),
         Target('PTQ base, uniform W4A4: twin uniform (PTQ4ViT) not worse than RepQ-ViT\'s',
                'ptq4vit_uniform_w4a4', 'uniform_w4a4', 'not_worse'),
         Target('PTQ base, MixA-Q A8/A2 1.35x: twin uniform (PTQ4ViT) not worse than '
