@@ -62,9 +62,10 @@ def run_jobs(jobs: Sequence[Job],
     ``<log_dir>/<job>.log``), each on ``cores // workers`` torch threads, or on
     all ``cores`` when it is the only job that can run (a first training that
     every other job waits for); ``cores`` defaults to this process's torch
-    threads (``OMP_NUM_THREADS`` sets them). A job ready earlier in the list starts first.
-    If a job fails, no new job starts, the running ones finish (their results
-    kept) and a RuntimeError shows the end of the failed job's log.
+    threads (``OMP_NUM_THREADS`` sets them). A job ready earlier in the list
+    starts first. If a job fails, no new job starts, the running ones finish
+    (their results kept) and a RuntimeError shows the end of the failed job's
+    log.
     """
     check_jobs(jobs)
     if workers < 1:
