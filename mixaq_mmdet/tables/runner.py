@@ -166,10 +166,12 @@ class TableRunner:
                 if name in needed:
                     parent_name = self.table.parent_of(training.name, seed)
                     parent = checkpoints.get(parent_name)
+                    # a given checkpoint (COCO's FP model) is no job to wait for
+                    parent_job = f'train {parent_name}'
                     jobs.append(
                         Job(f'train {name}',
                             partial(self.ensure_trained, name, tc, parent, final, train_data),
-                            (f'train {parent_name}', ) if parent_name in needed else ()))
+                            tuple(j.name for j in jobs if j.name == parent_job)))
         return checkpoints, jobs
 
     def search_jobs(self, checkpoints: Dict[str, str], versions: str,

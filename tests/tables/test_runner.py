@@ -64,7 +64,9 @@ def test_launched_rows_equal_rows_computed_in_process(tiny_shapes, tmp_path):
     assert len(qat) == 1 and qat[0].startswith(
         'python tools/train.py configs/benchmark/qat/qat_uniform_w4a4_shapes.py --work-dir '
         f'{local}/qat_uniform_w4a4@seed0 --cfg-options ')
-    assert qat[0].endswith(f'randomness.seed=0 load_from={local}/fp/epoch_1.pth')
+    # the benchmark's trainings skip their own validation: each model is a row
+    assert qat[0].endswith(
+        f'randomness.seed=0 train_cfg.val_begin=2 load_from={local}/fp/epoch_1.pth')
     assert computed['qat_uniform_w4a4']['bbox_mAP'] == computed['qat_uniform_w4a4@seed0'][
         'bbox_mAP'] and computed['qat_uniform_w4a4']['seeds'] == [0]
     # a row calibrated once and evaluated at another ratio: two test runs
@@ -111,3 +113,28 @@ def test_jobs_side_by_side_give_the_rows_of_one_process(tiny_shapes, tmp_path):
     with open(os.path.join(two, 'logs', 'eval_uniform_w4a8.log')) as f:
         assert 'unchanged, taken from results.json' in f.read()
     assert _rows(two) == computed
+
+
+def test_the_coco_table_on_8_gpus_prints_its_commands_in_order(tmp_path):
+    """``--table coco --gpus 8 --dry-run``: the QAT trainings continue the
+    given FP release (no job of the table), each before what continues it and
+    before the rows evaluated on it."""
+    out = run_tool([
+        'tools/run_demo.py', '--table', 'coco', '--gpus', '8', '--dry-run', '--work-dir',
+        str(tmp_path)
+    ]).stdout
+    commands = [line.split('$ ', 1)[1] for line in out.splitlines() if line.startswith('[table] $')]
+    first = commands[0]
+    assert first.startswith('bash tools/dist_train.sh configs/mixaq/qat/'
+                            'qat_uniform_w4a4_swin-t_coco.py 8 ')
+    assert first.endswith('load_from=https://download.openmmlab.com/mmdetection/v2.0/swin/'
+                          'mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco/mask_rcnn_swin-t-p4-w7_'
+                          'fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth')
+    trained = [c for c in commands if 'dist_train.sh' in c]
+    w4a4 = next(i for i, c in enumerate(commands)
+                if f'--work-dir {tmp_path}/qat_uniform_w4a4 ' in c)
+    continued = [i for i, c in enumerate(commands) if f'{tmp_path}/qat_uniform_w4a4/epoch_' in c]
+    assert continued and min(continued) > w4a4
+    # every training comes before the first evaluation
+    assert commands.index(trained[-1]) < min(i for i, c in enumerate(commands)
+                                             if 'dist_train.sh' not in c)
