@@ -89,3 +89,9 @@ def test_a_failed_job_stops_what_needs_it_and_names_its_error(tmp_path):
     assert "not started: ['after']" in message and 'ValueError: the bad value' in message
     # the job running beside it finished and its result was kept
     assert set(results) == {'independent'}
+
+
+def test_jobs_side_by_side_are_refused_where_each_run_takes_every_device(tmp_path):
+    from mixaq_mmdet.tables import BENCHMARK, LaunchExecutor, TableRunner
+    with pytest.raises(ValueError, match='jobs=2 runs jobs side by side'):
+        TableRunner(BENCHMARK, str(tmp_path), LaunchExecutor(BENCHMARK, gpus=8), jobs=2)
