@@ -6,12 +6,13 @@ refuses, and nothing of how it computes its qparams.
 """
 import json
 from numbers import Integral
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..utils.tensor_cache import TensorCache
+from .codes import Codes, IntegerGrid, quantize_codes
 
 #: Bit widths a quantizer (and the backbone's w_bits / a_bits) accepts.
 MIN_BITS, MAX_BITS = 2, 8
@@ -60,6 +61,11 @@ class QuantizerBase(nn.Module):
         self.register_buffer('calibrated', torch.tensor(False))
         self._calibrated_host = False
         self._cache = TensorCache()
+        # the last integer grid computed in eager, what a compiled forward reads
+        self._integer_grid: Optional[IntegerGrid] = None
+        #: Where integer execution appends the codes it computes for this
+        #: quantizer (dequantized), for analysis; None: not recorded.
+        self.code_record: Optional[List[Tensor]] = None
 
     @property
     def display_name(self) -> str:
@@ -180,6 +186,45 @@ class QuantizerBase(nn.Module):
     def code_range(self) -> Tuple[int, int]:
         """The smallest and largest integer code (see :meth:`grid_position`)."""
         raise NotImplementedError(f'{self.display_name} has no uniform integer grid')
+
+    def integer_grid(self) -> IntegerGrid:
+        """The per-tensor grid of this activation quantizer's codes, for integer
+        execution (:mod:`~mixaq_mmdet.quantization.integer`)."""
+        self.check_integer_grid()
+        raise NotImplementedError
+
+    def integer_codes(self, x: Tensor) -> Codes:
+        """``x`` as this quantizer's uint8 codes (the integers its fake
+        quantization stands for), for the integer kernels."""
+        return self.record_codes(quantize_codes(x, self.integer_grid()))
+
+    def record_codes(self, codes: Codes) -> Codes:
+        """``codes``, appended (dequantized) to :attr:`code_record` if set."""
+        if self.code_record is not None:
+            self.code_record.append(codes.dequantize())
+        return codes
+
+    def check_integer_grid(self) -> None:
+        """Raise unless this quantizer's activation codes can feed the integer
+        kernels (a uniform grid per tensor, at most 256 levels); calibration
+        is not needed to know."""
+        raise ValueError(f'{self.display_name} ({self.kind}) has no uniform integer codes: '
+                         'integer execution needs a uniform quantizer (UniformQuantizer, '
+                         'LSQQuantizer) at this position')
+
+    def integer_weight(self, w: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(values, step)``: the int32 integers of the quantized weight ``w``
+        and the float32 step of each output channel (dim 0), ``fake quant(w) ==
+        step * values``, for integer execution."""
+        raise ValueError(f'{self.display_name} ({self.kind}) has no integer weight codes: '
+                         'integer execution needs a uniform or StatsQ weight quantizer')
+
+    def _check_integer_ready(self) -> None:
+        """Integer codes exist only for calibrated qparams."""
+        if not self.is_calibrated:
+            raise RuntimeError(f'{self.display_name} is not calibrated: integer execution '
+                               'needs the qparams of a calibrated model (PTQ calibration, or a '
+                               'calibrated or QAT checkpoint)')
 
     def _observe(self, x: Tensor) -> None:
         raise NotImplementedError

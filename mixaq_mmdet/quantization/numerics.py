@@ -60,9 +60,10 @@ def compile_kernels(device: str = 'cpu') -> None:
         scale = torch.full((1, ), 0.1, device=device, requires_grad=True)
         zero_point = torch.full((1, ), 3.0, device=device, requires_grad=True)
         fake_quantize(x.requires_grad_(), scale, zero_point, 0, 15).sum().backward()
-        boundaries, levels = (t.float().to(device) for t in log_sqrt2_tables(2))
-        for top in (None, torch.ones(1, device=device)):
-            log_sqrt2_values(x.detach(), boundaries, levels, top)
+        for bits in (2, MAX_BIT_FIELD_BITS):  # without and with subnormal boundaries
+            boundaries, levels = (t.float().to(device) for t in log_sqrt2_tables(bits))
+            for top in (None, torch.ones(1, device=device)):
+                log_sqrt2_values(x.detach(), boundaries, levels, top)
     finally:
         torch.set_num_threads(threads)
 
@@ -80,7 +81,7 @@ class LogSqrt2(torch.autograd.Function):
     ``2^(-(j + 1/2) / 2)``, ``j = 0 .. 2^bits - 1``, that are ``>= x / top``. The
     output is ``top`` times the level ``2^(-k/2)``, or 0 for ``k = 2^bits``
     (below the range). ``boundaries`` (ascending) and ``levels`` come from
-    :func:`log_sqrt2_tables`. In float32, up to 7 bits, ``k`` comes from the
+    :func:`log_sqrt2_tables`. In float32, up to 8 bits, ``k`` comes from the
     float's bit fields (see :func:`_log_sqrt2_float32`) in one fused pass;
     otherwise from one ``searchsorted`` in the input's dtype. Both are exactly
     the table's. The output is recomputable from the input (see
@@ -107,36 +108,45 @@ def log_sqrt2_values(x: Tensor, boundaries: Tensor, levels: Tensor,
     """The values of :class:`LogSqrt2` (no gradient)."""
     n = len(boundaries)
     if x.dtype == torch.float32 and n <= 2**MAX_BIT_FIELD_BITS and x.numel() > 0:
+        # the boundaries below the smallest normal float32, compared directly
+        tensors = (x.reshape(-1), levels, boundaries[:_SUBNORMAL_BOUNDARIES[n]])
         if top is None:
-            return run_kernel(_log_sqrt2_float32, (x.reshape(-1), levels), n).view(x.shape)
-        return run_kernel(_scaled_log_sqrt2_float32, (x.reshape(-1), levels, top), n).view(x.shape)
+            return run_kernel(_log_sqrt2_float32, tensors, n).view(x.shape)
+        return run_kernel(_scaled_log_sqrt2_float32, tensors + (top, ), n).view(x.shape)
     scaled = x if top is None else x / top
     y = levels[n - torch.searchsorted(boundaries, scaled.contiguous())]
     return y if top is None else y * top
 
 
-def _log_sqrt2_float32(x: Tensor, levels: Tensor, n: int) -> Tensor:
-    """:class:`LogSqrt2` of float32 ``x >= 0`` for ``n <= 2^7`` boundaries, from
+def _log_sqrt2_float32(x: Tensor, levels: Tensor, subnormal: Tensor, n: int) -> Tensor:
+    """:class:`LogSqrt2` of float32 ``x >= 0`` for ``n <= 2^8`` boundaries, from
     the bit fields of ``x``: with ``x = 1.m * 2^e``, the boundaries at or above
     ``2^(e + 1)`` are the first ``-2e - 2``; within ``[2^e, 2^(e + 1))`` lie the
     boundaries ``2^e * 2^0.75`` (``j = -2e - 2``) and ``2^e * 2^0.25`` (``j = -2e
     - 1``), at or above ``x`` where their float32 mantissas are at or above
-    ``m``. Every boundary of up to 7 bits is a normal float32 with one of the
-    two mantissas (checked when this module loads), and zeros and subnormals
-    lie below all of them."""
+    ``m``. Every normal boundary of up to 8 bits is a float32 with one of the
+    two mantissas (checked when this module loads). Zeros and subnormal ``x``
+    lie below every normal boundary and are compared with the ``subnormal``
+    ones directly (the last four at 8 bits, none below)."""
     bits = x.view(torch.int32)
-    exponent = torch.bitwise_right_shift(bits, 23) - 127
+    field = torch.bitwise_right_shift(bits, 23)
+    exponent = field - 127
     mantissa = torch.bitwise_and(bits, 0x7FFFFF)
     j = -2 * exponent - 2
     k = (
         j.clamp(0, n) + ((j >= 0) & (j < n) & (mantissa <= _MANTISSA_0_75)).int() +
         ((j >= -1) & (j < n - 1) & (mantissa <= _MANTISSA_0_25)).int())
+    if subnormal.shape[0] > 0:
+        below = n - subnormal.shape[0] + sum(
+            (x <= subnormal[i]).int() for i in range(subnormal.shape[0]))
+        k = torch.where(field == 0, below, k)
     return levels[k]
 
 
-def _scaled_log_sqrt2_float32(x: Tensor, levels: Tensor, top: Tensor, n: int) -> Tensor:
+def _scaled_log_sqrt2_float32(x: Tensor, levels: Tensor, subnormal: Tensor, top: Tensor,
+                              n: int) -> Tensor:
     """:func:`_log_sqrt2_float32` of ``x / top``, times ``top``."""
-    return _log_sqrt2_float32(x / top, levels, n) * top
+    return _log_sqrt2_float32(x / top, levels, subnormal, n) * top
 
 
 def log_sqrt2_tables(bits: int) -> Tuple[Tensor, Tensor]:
@@ -154,23 +164,26 @@ def log_sqrt2_tables(bits: int) -> Tuple[Tensor, Tensor]:
 
 
 def _boundary_mantissas(bits: int) -> Tuple[int, int]:
-    """The float32 mantissas of the boundaries ``2^(-i - 1/4)`` and
-    ``2^(-i - 3/4)``; raises if a boundary of ``bits`` bits has another one or
-    is not a normal float32 (what :func:`_log_sqrt2_float32` relies on)."""
+    """The float32 mantissas of the normal boundaries ``2^(-i - 1/4)`` and
+    ``2^(-i - 3/4)``; raises if one of ``bits`` bits has another one (what
+    :func:`_log_sqrt2_float32` relies on)."""
     fields = log_sqrt2_tables(bits)[0].flip(0).float().view(torch.int32)
-    mantissas = torch.bitwise_and(fields, 0x7FFFFF)
-    if not bool((torch.bitwise_right_shift(fields, 23) > 0).all()):
-        raise AssertionError(f'a {bits}-bit log-sqrt(2) boundary is not a normal float32')
+    normal = fields[torch.bitwise_right_shift(fields, 23) > 0]
+    mantissas = torch.bitwise_and(normal, 0x7FFFFF)
     even, odd = set(mantissas[0::2].tolist()), set(mantissas[1::2].tolist())
     if len(even) != 1 or len(odd) != 1:
         raise AssertionError(f'{bits}-bit log-sqrt(2) boundaries have mantissas {even}, {odd}')
     return even.pop(), odd.pop()
 
 
-#: Most bits whose log-sqrt(2) levels :func:`_log_sqrt2_float32` computes (at 8
-#: bits the smallest boundaries are subnormal floats).
-MAX_BIT_FIELD_BITS = 7
+#: Most bits whose log-sqrt(2) levels :func:`_log_sqrt2_float32` computes.
+MAX_BIT_FIELD_BITS = 8
 _MANTISSA_0_75, _MANTISSA_0_25 = _boundary_mantissas(MAX_BIT_FIELD_BITS)
+#: Per boundary count, how many boundaries lie below the smallest normal float32.
+_SUBNORMAL_BOUNDARIES = {
+    2**b: int((log_sqrt2_tables(b)[0] < torch.finfo(torch.float32).tiny).sum())
+    for b in range(1, MAX_BIT_FIELD_BITS + 1)
+}
 
 
 def uniform_step_function(scale: Tensor, zero_point: Tensor, quant_min: int,
@@ -185,19 +198,8 @@ def uniform_step_function(scale: Tensor, zero_point: Tensor, quant_min: int,
     return boundaries, levels
 
 
-def fake_quantize_no_grad(x: Tensor, inv_scale: Tensor, scale: Tensor, low: Tensor,
-                          high: Tensor) -> Tensor:
-    """Bit for bit the values of torch's ``fake_quantize_per_{tensor,channel}_affine``
-    (``x * (1 / scale)`` rounded half to even, shifted by the zero point, clamped,
-    shifted back, times ``scale``: ``low``/``high`` are the integer range minus
-    the zero point), without the gradient mask those kernels compute, in four
-    vectorized passes; float32 arithmetic, the result in ``x``'s dtype."""
-    y = torch.mul(x, inv_scale).round_().clamp_(low, high).mul_(scale)
-    return y if y.dtype == x.dtype else y.to(x.dtype)
-
-
 def _lsq_forward(x: Tensor, inv_scale: Tensor, scale: Tensor, low: Tensor, high: Tensor) -> Tensor:
-    """The values of :func:`fake_quantize_no_grad` in one expression (what
+    """The values of :func:`fake_quantize_values` in one expression (what
     :func:`run_kernel` compiles into one pass)."""
     return torch.clamp(torch.round(x * inv_scale), low, high) * scale
 
@@ -233,7 +235,16 @@ def _from_channel_rows(rows: Tensor, like: Tensor, ch_axis: Optional[int]) -> Te
     return rows.view(like.movedim(ch_axis, 0).shape).movedim(0, ch_axis)
 
 
-def _lsq_values(x: Tensor, qparams: Tuple[Tensor, ...], ch_axis: Optional[int]) -> Tensor:
+def fake_quantize_values(x: Tensor, qparams: Tuple[Tensor, ...], ch_axis: Optional[int]) -> Tensor:
+    """Bit for bit the values of torch's ``fake_quantize_per_{tensor,channel}_affine``
+    (``x * (1 / scale)`` rounded half to even, clamped to the integer range
+    minus the zero point, times ``scale``) without a gradient, in one fused
+    pass; ``qparams`` are ``(1 / scale, scale, quant_min - zero_point,
+    quant_max - zero_point)``, each ``(C, 1)`` for the ``C`` channels of
+    ``ch_axis`` (per tensor: ``(1, 1)``); float32 arithmetic, the result in
+    ``x``'s dtype."""
+    if x.numel() == 0:
+        return x.clone()
     y = run_kernel(_lsq_forward, (_channel_rows(x, ch_axis), *qparams))
     y = _from_channel_rows(y, x, ch_axis)
     return y if y.dtype == x.dtype else y.to(x.dtype)
@@ -260,8 +271,8 @@ class _LearnableFakeQuantize(torch.autograd.Function):
         ctx.param_shapes = (scale.shape, zero_point.shape)
         if x.numel() == 0:
             return x * s.reshape(-1)[0]
-        y = _lsq_values(x, qparams, ch_axis)
-        register_recomputable(y, lambda: _lsq_values(x, qparams, ch_axis))
+        y = fake_quantize_values(x, qparams, ch_axis)
+        register_recomputable(y, lambda: fake_quantize_values(x, qparams, ch_axis))
         return y
 
     @staticmethod
@@ -300,7 +311,7 @@ def fake_quantize(x: Tensor,
     and 0 outside; the scale gets ``round(x / s) - x / s`` inside and the
     clamped integer outside; the zero point ``-s`` from clamped inputs only;
     scale and zero-point gradients are multiplied by ``grad_factor``. The values
-    are bit for bit those of :func:`fake_quantize_no_grad` (torch's
+    are bit for bit those of :func:`fake_quantize_values` (torch's
     ``fake_quantize_per_*_affine``); float32 arithmetic, the result in ``x``'s
     dtype.
     """

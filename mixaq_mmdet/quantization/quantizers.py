@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from ..registry import QUANTIZERS
 from .base import QuantizerBase
-from .numerics import (LogSqrt2, fake_quantize, fake_quantize_no_grad, log_sqrt2_tables,
+from .codes import MAX_CODE_LEVELS, IntegerGrid, weight_values
+from .numerics import (LogSqrt2, fake_quantize, fake_quantize_values, log_sqrt2_tables,
                        uniform_step_function)
 from .observers import (HistogramObserver, MinMaxObserver, Observer, RangeStatistics,
                         TensorObserver, any_rank)
@@ -216,6 +217,50 @@ class UniformQuantizer(QuantizerBase):
     def code_range(self) -> Tuple[int, int]:
         return self.quant_min, self.quant_max
 
+    def _integer_qparams(self) -> Tuple[Tensor, Tensor]:
+        """The scale and zero point the forward quantizes with (the zero point
+        rounded and clamped to the integer range, as LSQ's forward takes it)."""
+        zero_point = self.zero_point.detach().float().round().clamp(self.quant_min, self.quant_max)
+        return self.scale.detach().float(), zero_point
+
+    def integer_grid(self) -> IntegerGrid:
+        """The per-tensor grid of the codes (see :class:`~.codes.IntegerGrid`);
+        inside ``torch.compile`` the one last computed in eager."""
+        if torch.compiler.is_compiling() and self._integer_grid is not None:
+            return self._integer_grid
+        self.check_integer_grid()
+        self._check_integer_ready()
+
+        def grid() -> IntegerGrid:
+            scale, zero_point = self._integer_qparams()
+            return IntegerGrid.create(scale, int(zero_point.reshape(-1)[0]), self.quant_min,
+                                      self.quant_max)
+
+        self._integer_grid = self._cache.get('integer_grid', (self.scale, self.zero_point), grid)
+        return self._integer_grid
+
+    def check_integer_grid(self) -> None:
+        if self.per_channel:
+            raise ValueError(f'{self.display_name}: integer execution takes one scale and zero '
+                             'point per activation tensor; this quantizer is per channel '
+                             f'(ch_axis={self.ch_axis})')
+        levels = self.quant_max - self.quant_min + 1
+        if levels > MAX_CODE_LEVELS:
+            raise ValueError(f'{self.display_name}: {self.bits}-bit codes '
+                             f'[{self.quant_min}, {self.quant_max}] do not fit the kernels\' '
+                             f'uint8 after the zero-point shift ({MAX_CODE_LEVELS} levels)')
+
+    def integer_weight(self, w: Tensor) -> Tuple[Tensor, Tensor]:
+        """``code - zero_point`` of each weight (int32) and each output
+        channel's scale."""
+        self._check_integer_ready()
+        if self.per_channel and self.observer.channel_axis(w) != 0:
+            raise ValueError(f'{self.display_name}: integer execution needs weight qparams per '
+                             f'output channel (ch_axis=0), got ch_axis={self.ch_axis}')
+        scale, zero_point = self._integer_qparams()
+        values = weight_values(w, scale, zero_point, self.quant_min, self.quant_max)
+        return values, scale.reshape(-1).expand(w.shape[0]).contiguous()
+
     def _fake_quantize(self, x: Tensor) -> Tensor:
         axis = self.observer.channel_axis(x) if self.per_channel else None
         if torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad):
@@ -224,20 +269,14 @@ class UniformQuantizer(QuantizerBase):
                                                               self.quant_min, self.quant_max)
             return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point,
                                                          self.quant_min, self.quant_max)
-        params = self._cache.get(
-            'affine', (self.scale, self.zero_point),
-            lambda: self._affine_params(x.dim(), axis),
-            extra=(x.dim(), axis))
-        return fake_quantize_no_grad(x, *params)
+        params = self._cache.get('affine', (self.scale, self.zero_point), self._row_params)
+        return fake_quantize_values(x, params, axis)
 
-    def _affine_params(self, dim: int, axis: Optional[int]) -> Tuple[Tensor, ...]:
-        """``(1 / scale, scale, quant_min - zero_point, quant_max - zero_point)``
-        shaped to broadcast against a ``dim``-dimensional input."""
-        shape = [1] * dim
-        if axis is not None:
-            shape[axis] = -1
-        scale = self.scale.detach().reshape(shape)
-        zero_point = self.zero_point.detach().reshape(shape).to(scale.dtype)
+    def _row_params(self) -> Tuple[Tensor, ...]:
+        """``(1 / scale, scale, quant_min - zero_point, quant_max - zero_point)``,
+        one row per channel (see :func:`~.numerics.fake_quantize_values`)."""
+        scale = self.scale.detach().float().reshape(-1, 1)
+        zero_point = self.zero_point.detach().float().reshape(-1, 1)
         return (torch.reciprocal(scale), scale, self.quant_min - zero_point,
                 self.quant_max - zero_point)
 
@@ -287,6 +326,10 @@ class LSQQuantizer(UniformQuantizer):
             self.register_buffer('zero_point', torch.zeros(1))
         else:
             self.zero_point = nn.Parameter(torch.zeros(1))
+
+    def _integer_qparams(self) -> Tuple[Tensor, Tensor]:
+        scale, zero_point = super()._integer_qparams()
+        return scale.clamp(min=torch.finfo(torch.float32).eps), zero_point
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
         self.scale.data.clamp_(min=torch.finfo(torch.float32).eps)

@@ -103,6 +103,18 @@ class StatsQQuantizer(QuantizerBase):
     def code_range(self) -> Tuple[int, int]:
         return -self.levels, self.levels - 1
 
+    def integer_weight(self, w: Tensor) -> Tuple[Tensor, Tensor]:
+        """``2 * code + 1`` (odd integers within ``+-(2^bits - 1)``) and each
+        output channel's ``mean|w|``-based step, ``2 * mean|w| / 2^bits``."""
+        self._check_integer_ready()
+        if self.observer.channel_axis(w) != 0:
+            raise ValueError(f'{self.display_name}: integer execution needs scales per output '
+                             f'channel (ch_axis=0), got ch_axis={self.ch_axis}')
+        with torch.no_grad():
+            values = (2 * self.integer_code(w) + 1).to(torch.int32)
+            step = self._scales(w).reshape(-1).float() / (2 * self.levels)
+        return values, step
+
     def _fake_quantize(self, w: Tensor) -> Tensor:
         with torch.no_grad():
             quantized = self._scales(w) * ((self.integer_code(w) + 0.5) / self.levels)
