@@ -5,7 +5,10 @@ A new quantizer is a :class:`QuantizerBase` subclass registered in
 """
 from .base import MAX_BITS, MIN_BITS, QuantizerBase
 from .builder import QuantizerCfg, build_quantizer
+from .codes import Codes, IntegerGrid, quantize_codes
 from .convert import quantize_layers
+from .integer import integer_kernels, to_fake_quant, to_integer
+from .kernels import KERNELS, cpu_has_int8_dot_product
 from .layers import QuantConv2d, QuantLinear, QuantMatMul, reused_quantized_weights
 from .numerics import fake_quantize
 from .observers import HistogramObserver, MinMaxObserver, TensorObserver
@@ -26,5 +29,6 @@ __all__ = [
     'calculate_qparams', 'finish_calibration', 'enable_fake_quant', 'disable_quantization',
     'quantization_disabled', 'reset_statistics', 'set_quantizer_names', 'quantizers_of',
     'CALIB_METHODS', 'PERCENTILES', 'DEFAULT_WEIGHT_QUANTIZER', 'DEFAULT_ACT_QUANTIZER', 'MIN_BITS',
-    'MAX_BITS'
+    'MAX_BITS', 'to_integer', 'to_fake_quant', 'integer_kernels', 'Codes', 'IntegerGrid',
+    'quantize_codes', 'KERNELS', 'cpu_has_int8_dot_product'
 ]

@@ -20,7 +20,10 @@ import torch
 from torch import Tensor
 
 
-def _version_key(t: Tensor) -> Optional[Tuple[Any, ...]]:
+def version_key(t: Tensor) -> Optional[Tuple[Any, ...]]:
+    """Storage, version counter, device, dtype and shape of ``t``: what changes
+    when ``t`` is written, replaced or moved (None for an inference tensor,
+    which has no version counter)."""
     if t.is_inference():  # inference tensors carry no version counter
         return None
     return (t.data_ptr(), t._version, t.device, t.dtype, tuple(t.shape))
@@ -60,7 +63,7 @@ class TensorCache:
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad
                                                                              for t in sources)):
             return compute()
-        keys = [_version_key(t) for t in sources]
+        keys = [version_key(t) for t in sources]
         if any(k is None for k in keys):
             return compute()
         key = tuple(keys) + tuple(extra)
@@ -80,4 +83,4 @@ class TensorCache:
         self._entries.clear()
 
 
-__all__ = ['TensorCache']
+__all__ = ['TensorCache', 'version_key']

@@ -15,7 +15,7 @@ observing in the branches, equal LayerNorm copies, nothing pruned) the block run
 mmdet's own ``SwinBlock.forward`` on the modules it took over.
 """
 import copy
-from typing import List, Mapping, Optional, Tuple, Union
+from typing import Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -191,28 +191,42 @@ class TwoBranchSwinBlock(nn.Module):
             'branches_equal', sources,
             lambda: all(torch.equal(a, b) for a, b in pairs) and not bool(self.reparam_pad.any()))
 
-    def _attention(self, x: Tensor, mask: Optional[Tensor], quant: BranchQuantizers,
-                   bias: Tensor) -> Tensor:
+    def integer_inputs(self) -> Iterator[Tuple[QuantLinear, QuantizerBase]]:
+        """The shared linear layers with each branch's quantizer of their input:
+        what :func:`~mixaq_mmdet.quantization.to_integer` converts."""
+        w_msa, layers = self.attn.w_msa, self.ffn.layers
+        for quant in self.branches.values():
+            yield from ((w_msa.qkv, quant.qkv_in), (w_msa.proj, quant.proj_in),
+                        (layers[0][0], quant.fc1_in), (layers[1], quant.fc2_in))
+
+    def _window_attention(self, x: Tensor, mask: Optional[Tensor], quant: BranchQuantizers,
+                          bias: Tensor) -> Tensor:
         """Window attention of (M, N, C) windows with (M, N, N) masks and the
-        (heads, N, N) relative position bias."""
+        (heads, N, N) relative position bias, up to the input of proj."""
         w_msa = self.attn.w_msa
         m, n, c = x.shape
         heads = w_msa.num_heads
-        qkv = w_msa.qkv(quant.qkv_in(x)).reshape(m, n, 3, heads, c // heads)
+        qkv = w_msa.qkv(x, quant.qkv_in).reshape(m, n, 3, heads, c // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = quant.qk(q * w_msa.scale, k.transpose(-2, -1))
         attn = attn + bias.unsqueeze(0)
         if mask is not None:
             attn = attn + mask.unsqueeze(1)
         attn = w_msa.attn_drop(attn.softmax(dim=-1))
-        x = quant.av(attn, v).transpose(1, 2).reshape(m, n, c)
-        return w_msa.proj_drop(w_msa.proj(quant.proj_in(x)))
+        return quant.av(attn, v).transpose(1, 2).reshape(m, n, c)
+
+    def _attention(self, x: Tensor, mask: Optional[Tensor], quant: BranchQuantizers,
+                   bias: Tensor) -> Tensor:
+        """Window attention of (M, N, C) windows, proj included."""
+        w_msa = self.attn.w_msa
+        return w_msa.proj_drop(
+            w_msa.proj(self._window_attention(x, mask, quant, bias), quant.proj_in))
 
     def _ffn(self, x: Tensor, quant: BranchQuantizers) -> Tensor:
         layers = self.ffn.layers
         fc1, act, drop = layers[0]
-        h = drop(act(fc1(quant.fc1_in(x))))
-        return self.ffn.gamma2(layers[2](layers[1](quant.fc2_in(h))))
+        h = drop(act(fc1(x, quant.fc1_in)))
+        return self.ffn.gamma2(layers[2](layers[1](h, quant.fc2_in)))
 
     def _attention_residual(self, x: Tensor, valid: Optional[Tensor], mask: Optional[Tensor],
                             bias: Tensor, branch: str, keep: Optional[Tensor],
@@ -227,14 +241,34 @@ class TwoBranchSwinBlock(nn.Module):
         y = self.branch_norms(branch)[0](x.reshape(p * q, n, c))
         if valid is not None:
             y = torch.where(valid.reshape(p * q, n, 1), y, self.reparam_pad)
-        y = self._attention(y, None if mask is None else mask.reshape(p * q, n, n),
-                            self.branches[branch], bias)
+        mask = None if mask is None else mask.reshape(p * q, n, n)
+        quant, proj = self.branches[branch], self.attn.w_msa.proj
+        if inplace and keep is None and proj.runs_integer(quant.proj_in):
+            # the residual add fused into the integer product, in place
+            proj.integer_linear(
+                self._window_attention(y, mask, quant, bias), quant.proj_in, residual=x)
+            return x
+        y = self._attention(y, mask, quant, bias)
         return _residual(x, y.view(p, q, n, c), keep, inplace)
 
     def _ffn_residual(self, x: Tensor, branch: str, keep: Optional[Tensor],
                       inplace: bool) -> Tensor:
         """``x + ffn(norm2(x))`` of one group's tokens (any leading shape)."""
-        y = self._ffn(self.branch_norms(branch)[1](x), self.branches[branch])
+        quant = self.branches[branch]
+        fc1, act, _ = self.ffn.layers[0]
+        fc2 = self.ffn.layers[1]
+        if (inplace and keep is None and isinstance(self.ffn.gamma2, nn.Identity)
+                and fc1.runs_integer(quant.fc1_in) and fc2.runs_integer(quant.fc2_in)):
+            # integer products end in the GELU and fc2's codes (fc1) and in the
+            # residual add, in place (fc2)
+            h = fc1.integer_linear(
+                self.branch_norms(branch)[1](x),
+                quant.fc1_in,
+                activation=act,
+                output_quantizer=quant.fc2_in)
+            fc2.integer_linear(h, quant.fc2_in, residual=x)
+            return x
+        y = self._ffn(self.branch_norms(branch)[1](x), quant)
         return _residual(x, y, keep, inplace)
 
     def forward(self, x: Tensor, hw_shape: Tuple[int, int], windows: Union[WindowLayout, Tensor,
