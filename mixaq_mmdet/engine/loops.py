@@ -15,11 +15,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mixaq_mmdet.models import quant_setting
-from mixaq_mmdet.quantization import enable_fake_quant, quantizers_of
+from mixaq_mmdet.quantization import enable_fake_quant, integer_kernels, quantizers_of, to_integer
 from .calibration import all_reduce_sum, build_calib_dataloader, calibrate_model, check_calib_images
 from .checkpoints import (META_KEY, check_base_model, check_calibrated_checkpoint,
                           check_float_checkpoint)
 
+#: How a quantized model computes its quantized products (``test_cfg.execution``).
+EXECUTIONS = ('fake_quant', 'integer')
 #: Arguments of ``torch.compile`` a loop's ``compile`` dict may set.
 COMPILE_ARGS = ('fullgraph', 'dynamic', 'backend', 'mode', 'options', 'disable')
 
@@ -78,6 +80,10 @@ class PTQLoop(TestLoop):
             ``compile`` for training. In place (``nn.Module.compile``): the
             state_dict keys stay. Each distinct input shape compiles once, so
             pad the test images to one size (``Pad(size=...)``) to compile once.
+        execution: 'fake_quant' (float arithmetic on fake-quantized values) or
+            'integer': the quantized linear products run on int8 kernels
+            (:func:`~mixaq_mmdet.quantization.to_integer`), after calibration or
+            loading and before compiling.
     """
 
     def __init__(self,
@@ -91,6 +97,7 @@ class PTQLoop(TestLoop):
                  save_calibrated: bool = True,
                  fp16: bool = False,
                  compile: Union[bool, Dict[str, Any]] = False,
+                 execution: str = 'fake_quant',
                  scope: Optional[str] = None) -> None:
         if scope is not None:
             raise ValueError(
@@ -103,6 +110,9 @@ class PTQLoop(TestLoop):
         self.reparam = reparam
         self.save_calibrated = save_calibrated
         self.compile_kwargs = compile_kwargs(compile)
+        if execution not in EXECUTIONS:
+            raise ValueError(f'test_cfg.execution must be one of {EXECUTIONS}, got {execution!r}')
+        self.execution = execution
         self._calib_dataloader = calib_dataloader
         self.num_calib_images = 0
         if not quantizers_of(self.model):
@@ -139,6 +149,8 @@ class PTQLoop(TestLoop):
         if not self._prepared:
             self._prepared = True
             self.quantize_model(self._calibrated)
+            self.runner.model.eval()
+            self.set_execution()
             if self.compile_kwargs is not None:
                 self.model.backbone.compile(**self.compile_kwargs)
                 print_log(
@@ -155,6 +167,17 @@ class PTQLoop(TestLoop):
         self.runner.call_hook('before_test')
         self.runner.call_hook('before_test_epoch')
         self.quantize_model(calibrated)
+        self.runner.model.eval()
+        self.set_execution()
+
+    def set_execution(self) -> None:
+        """Run the quantized products as ``execution`` says (the model in eval)."""
+        if self.execution == 'integer':
+            to_integer(self.model)
+            kernels = {k for k in integer_kernels(self.model).values() if k is not None}
+            print_log(
+                f'PTQ: quantized products run on integer kernels ({", ".join(kernels)})',
+                logger='current')
 
     def check_checkpoint(self) -> bool:
         """Check the loaded checkpoint against the model; whether it is a
@@ -245,4 +268,4 @@ def prepare_test_loop(runner: Runner) -> PTQLoop:
     return loop
 
 
-__all__ = ['PTQLoop', 'compile_kwargs', 'prepare_test_loop', 'COMPILE_ARGS']
+__all__ = ['PTQLoop', 'compile_kwargs', 'prepare_test_loop', 'COMPILE_ARGS', 'EXECUTIONS']

@@ -17,6 +17,7 @@ from mmengine.registry import init_default_scope
 
 from mixaq_mmdet.analysis import paired_difference
 from mixaq_mmdet.datasets import generate
+from mixaq_mmdet.quantization import integer_kernels
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, ptq_options, run_tool
 from ..multiprocess import free_port
 
@@ -201,6 +202,8 @@ def test_empty_and_short_calibration_sets(tiny_shapes, fp_checkpoint, tmp_path):
      r"property of the model: set model=dict\(type='QuantizedDetector'"),
     (dict(compile=dict(fullgrpah=True)), r"compile has unknown torch.compile argument\(s\) "
      r"\['fullgrpah'\]; valid: fullgraph, dynamic, backend"),
+    (dict(execution='int8'), r"test_cfg.execution must be one of \('fake_quant', 'integer'\), "
+     r"got 'int8'"),
 ])
 def test_bad_loop_settings(tiny_shapes, fp_checkpoint, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -284,9 +287,37 @@ def test_compiled_evaluation_gives_the_eager_metrics(tiny_shapes, calibrated_w4a
     compiled = runner.test()
     dynamo.reset()
     assert runner.model.backbone._compiled_call_impl is not None
+    for metrics in (compiled, eager):
+        metrics.pop('mixaq/backbone_ms')  # a measured time
     assert compiled == eager and 'coco/bbox_mAP' in compiled
     log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
     assert "backbone compiled with torch.compile({'backend': 'aot_eager'})" in log
+
+
+def test_integer_execution_evaluates_compiled_or_not(tiny_shapes, calibrated_w4a8, tmp_path):
+    """``test_cfg.execution='integer'`` converts the calibrated model before
+    evaluating; compiled (aot_eager: the traced graph on eager kernels) it
+    gives the eager integer metrics; the backbone's measured time per image is
+    reported with them."""
+    import torch._dynamo as dynamo
+    runner = _runner(tiny_shapes, tmp_path / 'eager', calibrated_w4a8, execution='integer')
+    eager = runner.test()
+    assert set(integer_kernels(runner.model.backbone).values()) == {'onednn'}
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert 'PTQ: quantized products run on integer kernels (onednn)' in log
+    assert eager['mixaq/backbone_ms'] > 0 and 'mixaq/backbone_ms' in log
+    dynamo.reset()
+    compiled_runner = _runner(
+        tiny_shapes,
+        tmp_path / 'compiled',
+        calibrated_w4a8,
+        execution='integer',
+        compile=dict(backend='aot_eager'))
+    compiled = compiled_runner.test()
+    dynamo.reset()
+    assert compiled_runner.model.backbone._compiled_call_impl is not None
+    metrics = [k for k in eager if k.startswith('coco/')]
+    assert metrics and all(compiled[k] == eager[k] for k in metrics)
 
 
 def test_calibrated_checkpoint_records_its_setting(calibrated_w4a8):

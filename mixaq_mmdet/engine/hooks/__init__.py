@@ -1,4 +1,5 @@
 """Hooks for PTQ and QAT runs (registered in mmdet's HOOKS)."""
+from .backbone_latency_hook import BackboneLatencyHook
 from .bitops_hook import BitOpsHook
 from .cga_hook import ConfidenceGuidedAnnealingHook
 from .oscillation_hook import OscillationHook
@@ -7,6 +8,6 @@ from .random_state_hook import RandomStateHook
 from .saqa_hook import SAQAHook
 
 __all__ = [
-    'BitOpsHook', 'ConfidenceGuidedAnnealingHook', 'OscillationHook', 'QATInitHook',
-    'RandomStateHook', 'SAQAHook'
+    'BackboneLatencyHook', 'BitOpsHook', 'ConfidenceGuidedAnnealingHook', 'OscillationHook',
+    'QATInitHook', 'RandomStateHook', 'SAQAHook'
 ]
