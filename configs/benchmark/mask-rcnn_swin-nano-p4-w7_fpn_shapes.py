@@ -42,3 +42,6 @@ env_cfg = dict(dist_cfg=dict(backend='gloo'))
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False)
 randomness = dict(seed=0)
 auto_scale_lr = dict(enable=False, base_batch_size=4)
+
+# The backbone's measured time per image, reported with the test metrics.
+custom_hooks = [dict(type='BackboneLatencyHook')]

@@ -94,9 +94,18 @@ def plot_policy(rows: Sequence[Dict], out_file: str) -> None:
             xlabel=f'BitOPs speedup over {PTQ_BASE}')
 
 
-def _ptq(name: str) -> Row:
-    return Row(name, f'ptq/ptq_{name}_shapes.py', 'fp', PTQ_BASE)
+def _ptq(name: str, options: Options = (), suffix: str = '') -> Row:
+    return Row(
+        name + suffix, f'ptq/ptq_{name}_shapes.py', 'fp', PTQ_BASE, options, plotted=not suffix)
 
+
+#: Rows on integer kernels (the quantized products as int8 products of the
+#: codes), each beside its fake-quantized row: the PTQ ones calibrated the
+#: same way (same images, seed and threads), and one SAQA row.
+INTEGER = (('test_cfg.execution', 'integer'), )
+INTEGER_PTQ_ROWS = ('uniform_w8a8', 'uniform_w4a8', 'uniform_w4a4', 'mixaq_w4a8a4',
+                    'mixaq_w4a8a4_prune')
+INTEGER_ROWS = INTEGER_PTQ_ROWS + ('qat_mixaq_w4a4a2_1.35x', )
 
 BENCHMARK = Table(
     name='benchmark',
@@ -133,6 +142,7 @@ BENCHMARK = Table(
         *(_ptq(f'uniform_{bits}') for bits in ('w8a8', 'w4a8', 'w4a6', 'w4a4', 'w4a3', 'w4a2')),
         _ptq('mixaq_w4a8a4'),
         _ptq('mixaq_w4a8a4_prune'),
+        *(_ptq(name, INTEGER, '_integer') for name in INTEGER_PTQ_ROWS),
         # the PTQ base: RepQ-ViT's quantizers (above) against PTQ4ViT's twin uniform
         # quantizer after the softmax and the GELU, same calibration
         _ptq('mixaq_w4a8a2'),
@@ -143,6 +153,12 @@ BENCHMARK = Table(
         Row('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2', QAT_BASE),
         Row('qat_mixaq_w4a4a2_1.25x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_125)),
         Row('qat_mixaq_w4a4a2_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135)),
+        Row('qat_mixaq_w4a4a2_1.35x_integer',
+            SAQA,
+            'qat_saqa_w4a4a2',
+            QAT_BASE,
+            at(RATIO_135) + INTEGER,
+            plotted=False),
         Row('qat_mixaq_prune_1.5x', 'qat/qat_saqa_prune_w4a4a2_shapes.py', 'qat_saqa_prune_w4a4a2',
             QAT_BASE, at(0.5, 0.2)),
         Row('qat_no_saqa_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135), init=True),
@@ -191,6 +207,8 @@ BENCHMARK = Table(
         *ablation_targets('1.35x'),
         Target('QAT base, uniform W4A4: OFQ above LSQ, beyond noise', 'qat_ofq_w4a4',
                'qat_uniform_w4a4', 'noise'),
+        *(Target(f'Integer execution, {name}: equal to fake quantization within 0.1',
+                 f'{name}_integer', name, 'equal') for name in INTEGER_ROWS),
         Target('PTQ base, uniform W4A4: twin uniform (PTQ4ViT) not worse than RepQ-ViT\'s',
                'ptq4vit_uniform_w4a4', 'uniform_w4a4', 'not_worse'),
         Target('PTQ base, MixA-Q A8/A2 1.35x: twin uniform (PTQ4ViT) not worse than '

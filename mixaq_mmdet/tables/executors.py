@@ -92,6 +92,11 @@ def is_quantized(tc: TableConfig) -> bool:
     return tc.cfg.test_cfg.get('type') == 'PTQLoop'
 
 
+def execution(tc: TableConfig) -> Optional[str]:
+    """How ``tc``'s quantized model computes (``test_cfg.execution``)."""
+    return tc.cfg.test_cfg.get('execution', 'fake_quant') if is_quantized(tc) else None
+
+
 class Prepared(NamedTuple):
     """A quantized model, calibrated or checked, ready to evaluate at any ratios."""
     runner: Runner
@@ -126,7 +131,7 @@ class LocalExecutor:
         calib = runner.test_loop.num_calib_images if quantized else 0
         record = row_record(name, unwrap(runner.model), metrics, trained, base, quantized, calib,
                             self.table.img_shape,
-                            time.time() - start)
+                            time.time() - start, execution(tc))
         record['commands'] = [shlex.join(tool_command('test', test_args(tc, checkpoint), 1))]
         return record
 
@@ -262,7 +267,7 @@ class LaunchExecutor:
         model = MODELS.build(copy.deepcopy(tc.cfg.model))
         record = row_record(name, model, metrics, trained, base, is_quantized(tc), calib,
                             self.table.img_shape,
-                            time.time() - start)
+                            time.time() - start, execution(tc))
         record['commands'] = [command]
         return record
 

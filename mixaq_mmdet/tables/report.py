@@ -16,6 +16,8 @@ from .rows import Target
 NUM_FOLDS = 5
 #: The 'within' test: how far (bbox mAP points) A may fall below B.
 WITHIN = 0.5
+#: The 'equal' test: how far (bbox mAP points) A may lie from B, either side.
+EQUAL = 0.1
 #: A claim 'met' beyond its noise, holding only as a point estimate (noise
 #: could reverse it), or not holding.
 VERDICTS = ('met', 'within noise', 'MISSED')
@@ -23,11 +25,20 @@ VERDICTS = ('met', 'within noise', 'MISSED')
 SeedDirs = Callable[[str], List[Tuple[Optional[int], str]]]
 
 
-def row_record(name: str, model: nn.Module, metrics: Mapping[str, float], trained: str, base: str,
-               quantized: bool, calib_images: int, img_shape: Sequence[int],
-               seconds: float) -> Dict:
-    """A row of results.json: metrics, BitOPs at ``img_shape`` and the model's
-    setting (``model`` is the evaluated model, or one built from the same config)."""
+def row_record(name: str,
+               model: nn.Module,
+               metrics: Mapping[str, float],
+               trained: str,
+               base: str,
+               quantized: bool,
+               calib_images: int,
+               img_shape: Sequence[int],
+               seconds: float,
+               execution: Optional[str] = None) -> Dict:
+    """A row of results.json: metrics, BitOPs at ``img_shape``, the backbone's
+    measured time per image where the run measured it, and the model's setting
+    (``model`` is the evaluated model, or one built from the same config;
+    ``execution``: how a quantized model computed, see ``test_cfg.execution``)."""
     report = count_bitops(model, tuple(img_shape))
     backbone = model.backbone
     method = 'FP' if not quantized else 'QAT' if trained != 'fp' else 'PTQ'
@@ -48,6 +59,8 @@ def row_record(name: str, model: nn.Module, metrics: Mapping[str, float], traine
         window_score=backbone.policy.score if quantized else None,
         window_order=backbone.policy.order if quantized else None,
         calib_images=calib_images,
+        execution=(execution or 'fake_quant') if quantized else None,
+        backbone_ms=metrics.get('mixaq/backbone_ms'),
         scope=quant_scope(model) if quantized else None,
         model=trained,
         base=base,
@@ -117,6 +130,7 @@ def verdict(test: str, diff: SeededDifference) -> str:
         ge=(m >= 0, m - e >= 0),
         gt=(m > 0, m - e > 0),
         within=(m >= -WITHIN, m - e >= -WITHIN),
+        equal=(abs(m) <= EQUAL, abs(m) + e <= EQUAL),
         noise=(m > e, m > e),
         not_worse=(m >= -e, m >= -e))[test]
     return VERDICTS[0] if shown else VERDICTS[1] if holds else VERDICTS[2]
@@ -183,7 +197,7 @@ def compare(targets: Sequence[Target], rows: Sequence[Dict], seed_dirs: SeedDirs
 
 
 def format_table(rows: Sequence[Dict]) -> str:
-    header = (f"{'name':<26}{'bbox mAP':>9}{'segm mAP':>9}{'speedup':>9}"
+    header = (f"{'name':<30}{'bbox mAP':>9}{'segm mAP':>9}{'speedup':>9}{'backbone':>10}"
               f"{'W':>4}{'A eff':>7}  {'low / prune ratios':<20}{'windows':<14}{'calib':>6}")
     lines = [header, '-' * len(header)]
     for r in rows:
@@ -197,8 +211,9 @@ def format_table(rows: Sequence[Dict]) -> str:
         stale = '  (stale: inputs changed since)' if r.get('stale') else ''
         seeds = f"  (mean of {len(r['seeds'])} seeds, bbox sd {r['bbox_mAP_std']:.2f})" \
             if r.get('seeds') else ''
-        lines.append(f"{r['name']:<26}{r['bbox_mAP']:>9.2f}{r['segm_mAP']:>9.2f}"
-                     f"{speedup:>9}{r['w_bits']:>4}{r['act_bits']:>7.2f}  "
+        latency = '-' if r.get('backbone_ms') is None else f"{r['backbone_ms']:.1f}ms"
+        lines.append(f"{r['name']:<30}{r['bbox_mAP']:>9.2f}{r['segm_mAP']:>9.2f}"
+                     f"{speedup:>9}{latency:>10}{r['w_bits']:>4}{r['act_bits']:>7.2f}  "
                      f"{ratios:<20}{order:<14}{r['calib_images']:>6}{seeds}{stale}")
     return '\n'.join(lines)
 

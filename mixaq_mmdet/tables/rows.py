@@ -11,10 +11,11 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 Options = Tuple[Tuple[str, Any], ...]
 
 #: How a target compares row A with row B on bbox mAP: 'ge' (A >= B), 'gt'
-#: (A > B), 'within' (A at most 0.5 points below B), 'noise' (A - B above twice
-#: its standard error), 'not_worse' (A - B above minus twice it). A claim is
-#: met only where it holds beyond that noise (:func:`.report.verdict`).
-TARGET_TESTS = ('ge', 'gt', 'within', 'noise', 'not_worse')
+#: (A > B), 'within' (A at most 0.5 points below B), 'equal' (A at most 0.1
+#: points from B, either side), 'noise' (A - B above twice its standard
+#: error), 'not_worse' (A - B above minus twice it). A claim is met only where
+#: it holds beyond that noise (:func:`.report.verdict`).
+TARGET_TESTS = ('ge', 'gt', 'within', 'equal', 'noise', 'not_worse')
 
 
 def seeded_name(name: str, seed: Optional[int]) -> str:

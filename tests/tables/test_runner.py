@@ -9,7 +9,9 @@ from mmengine.config import Config
 from mixaq_mmdet.tables import fingerprint
 from ..conftest import run_tool
 
-ROWS = ['fp', 'uniform_w4a8', 'qat_uniform_w4a4', 'policy_w4a8a2_reverse_0.25']
+ROWS = [
+    'fp', 'uniform_w4a8', 'uniform_w4a8_integer', 'qat_uniform_w4a4', 'policy_w4a8a2_reverse_0.25'
+]
 
 
 def test_a_moved_table_keeps_its_keys(tmp_path):
@@ -46,11 +48,15 @@ def test_launched_rows_equal_rows_computed_in_process(tiny_shapes, tmp_path):
     assert proc.stdout.count('(cached)') == 2 and 'trained in' not in proc.stdout
     expected, computed = _rows(local), _rows(launched)
     # the table's order; a seeded model's row is its seeds' mean, then each seed
-    assert list(computed) == ROWS[:2] + ['qat_uniform_w4a4', 'qat_uniform_w4a4@seed0'] + ROWS[3:]
-    for name in ROWS[:2] + ['qat_uniform_w4a4@seed0'] + ROWS[3:]:
+    assert list(computed) == ROWS[:3] + ['qat_uniform_w4a4', 'qat_uniform_w4a4@seed0'] + ROWS[4:]
+    for name in ROWS[:3] + ['qat_uniform_w4a4@seed0'] + ROWS[4:]:
         for field in ('bbox_mAP', 'segm_mAP', 'bitops_G', 'a_bits', 'low_bit_ratios',
-                      'window_order', 'calib_images', 'model', 'fingerprint'):
+                      'window_order', 'calib_images', 'model', 'fingerprint', 'execution'):
             assert computed[name][field] == expected[name][field], (name, field)
+    # the integer row: the same model on integer kernels; every backbone's time measured
+    assert [computed[n]['execution'] for n in ROWS[:3]] == [None, 'fake_quant', 'integer']
+    assert all(computed[n]['backbone_ms'] > 0 for n in ROWS[:3])
+    assert 'test_cfg.execution=integer' in computed['uniform_w4a8_integer']['commands'][0]
     # both write the command a user would type
     command = computed['uniform_w4a8']['commands'][0]
     assert command.startswith(

@@ -36,7 +36,10 @@ test_cfg = dict(
             pipeline={{_base_.test_pipeline}})),
     calib_images=64,
     calib_seed=0)
-custom_hooks = [dict(type='BitOpsHook')]  # BitOPs speedup of the model's quant scope
+custom_hooks = [
+    dict(type='BitOpsHook'),  # BitOPs speedup of the model's quant scope
+    dict(type='BackboneLatencyHook'),  # and the backbone's measured time per image
+]
 # Images tools/search_ratios.py measures candidate ratios on: the benchmark's
 # 'search' split, which shares no image with train (calibration) or val.
 search_dataloader = dict(

@@ -16,4 +16,5 @@ custom_hooks = [
     dict(type='OscillationHook', window=20, interval=10),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),
+    dict(type='BackboneLatencyHook'),
 ]

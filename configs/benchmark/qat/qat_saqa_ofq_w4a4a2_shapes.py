@@ -18,4 +18,5 @@ custom_hooks = [
     dict(type='OscillationHook', window=20, interval=10),
     dict(type='RandomStateHook'),
     dict(type='BitOpsHook'),
+    dict(type='BackboneLatencyHook'),
 ]

@@ -13,4 +13,5 @@ custom_hooks = [
     dict(type='SAQAHook', max_ratio=0.8, prune_max_ratio=0.4),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),
+    dict(type='BackboneLatencyHook'),
 ]

@@ -26,4 +26,5 @@ custom_hooks = [
     dict(type='SAQAHook', max_ratio=0.8),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),
+    dict(type='BackboneLatencyHook'),
 ]

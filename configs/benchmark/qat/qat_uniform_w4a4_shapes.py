@@ -40,4 +40,5 @@ custom_hooks = [
         type='QATInitHook', calib_dataloader={{_base_.test_cfg.calib_dataloader}}, calib_images=64),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),
+    dict(type='BackboneLatencyHook'),
 ]

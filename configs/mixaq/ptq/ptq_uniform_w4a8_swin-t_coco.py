@@ -49,7 +49,10 @@ test_cfg = dict(
             pipeline={{_base_.test_pipeline}})),
     calib_images=32,
     calib_seed=0)
-custom_hooks = [dict(type='BitOpsHook')]  # BitOPs speedup of the model's quant scope
+custom_hooks = [
+    dict(type='BitOpsHook'),  # BitOPs speedup of the model's quant scope
+    dict(type='BackboneLatencyHook'),  # and the backbone's measured time per image
+]
 # Images tools/search_ratios.py measures candidate ratios on: train2017 (never
 # val2017); the search takes a seeded subset (--search-images) and leaves out
 # the calibration images.

@@ -16,4 +16,5 @@ custom_hooks = [
     dict(type='OscillationHook', window=500, interval=50),
     dict(type='RandomStateHook'),
     dict(type='BitOpsHook'),
+    dict(type='BackboneLatencyHook'),
 ]

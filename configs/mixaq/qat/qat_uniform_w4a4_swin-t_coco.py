@@ -52,4 +52,5 @@ custom_hooks = [
     dict(type='OscillationHook', window=500, interval=50),
     dict(type='RandomStateHook'),  # --resume continues the random draws too
     dict(type='BitOpsHook'),
+    dict(type='BackboneLatencyHook'),
 ]
