@@ -4,6 +4,7 @@ find objects, pictures of the groups)."""
 from .bitops import (BitOpsReport, SpeedupStats, average_speedup, count_bitops, layer_bits,
                      quantizer_bits)
 from .detector import load_detector
+from .integer_codes import CodeDifference, code_differences, position_of, recorded_quantized
 from .plots import plot_pareto, plot_policy_curves, plot_search
 from .significance import (PairedDifference, SeededDifference, coco_map, over_seeds,
                            paired_difference)
@@ -18,5 +19,6 @@ __all__ = [
     'draw_window_groups', 'PARTITIONS', 'GROUP_HIGH', 'GROUP_LOW', 'GROUP_PRUNED', 'GROUP_NAMES',
     'count_bitops', 'average_speedup', 'BitOpsReport', 'SpeedupStats', 'layer_bits',
     'quantizer_bits', 'plot_pareto', 'plot_policy_curves', 'plot_search', 'PairedDifference',
-    'SeededDifference', 'coco_map', 'over_seeds', 'paired_difference'
+    'SeededDifference', 'coco_map', 'over_seeds', 'paired_difference', 'CodeDifference',
+    'code_differences', 'position_of', 'recorded_quantized'
 ]
