@@ -269,16 +269,20 @@ class UniformQuantizer(QuantizerBase):
                                                               self.quant_min, self.quant_max)
             return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point,
                                                          self.quant_min, self.quant_max)
-        params = self._cache.get('affine', (self.scale, self.zero_point), self._row_params)
-        return fake_quantize_values(x, params, axis)
+        return fake_quantize_values(x, self.value_params(), axis)
 
-    def _row_params(self) -> Tuple[Tensor, ...]:
-        """``(1 / scale, scale, quant_min - zero_point, quant_max - zero_point)``,
-        one row per channel (see :func:`~.numerics.fake_quantize_values`)."""
-        scale = self.scale.detach().float().reshape(-1, 1)
-        zero_point = self.zero_point.detach().float().reshape(-1, 1)
-        return (torch.reciprocal(scale), scale, self.quant_min - zero_point,
-                self.quant_max - zero_point)
+    def value_params(self) -> Tuple[Tensor, ...]:
+        """``(1 / scale, scale, quant_min - zero_point, quant_max - zero_point)``
+        as the forward (without gradient) quantizes with them, one row per
+        channel (see :func:`~.numerics.fake_quantize_values`); computed once
+        per qparams in inference."""
+
+        def rows() -> Tuple[Tensor, ...]:
+            scale, zero_point = (t.reshape(-1, 1) for t in self._integer_qparams())
+            return (torch.reciprocal(scale), scale, self.quant_min - zero_point,
+                    self.quant_max - zero_point)
+
+        return self._cache.get('affine', (self.scale, self.zero_point), rows)
 
 
 @QUANTIZERS.register_module()

@@ -301,3 +301,33 @@ def test_tolerance_separates_rounding_from_a_wrong_window():
     rounding64, windows64, bias64 = measured[DTYPE]
     assert 0 < rounding64 <= REL_L2 / 1000
     assert min(windows64, bias64) >= 1000 * REL_L2
+
+
+@pytest.mark.parametrize('act', ['UniformQuantizer', 'LSQQuantizer'])
+def test_fused_qkv_fake_quantization_gives_the_quantizers_values(act, monkeypatch):
+    """In float32 inference q, k and v are scaled, laid out and fake-quantized
+    in one fused pass: bit for bit what their quantizers compute one by one."""
+    torch.manual_seed(0)
+    model = MixAQSwinTransformer(
+        **NANO,
+        quant=True,
+        low_bit_ratios=0.5,
+        prune_ratios=0.25,
+        weight_quantizer=MINMAX['weight_quantizer'],
+        act_quantizer=dict(type=act, calib='minmax')).eval()
+    enable_calibration(model)
+    with torch.no_grad():
+        model(torch.randn(2, 3, 320, 320))
+    finish_calibration(model)
+    x = torch.randn(2, 3, 97, 131)
+    original = TwoBranchSwinBlock._fake_quantized_qkv
+    taken = []
+    monkeypatch.setattr(TwoBranchSwinBlock, '_fake_quantized_qkv',
+                        lambda *args: taken.append(original(*args)) or taken[-1])
+    with torch.no_grad():
+        fused = model(x)
+        assert taken and all(t is not None for t in taken)
+        monkeypatch.setattr(TwoBranchSwinBlock, '_fake_quantized_qkv', lambda *args: None)
+        one_by_one = model(x)
+    for a, b in zip(fused, one_by_one):
+        assert torch.equal(a, b)

@@ -23,8 +23,10 @@ import torch.utils.checkpoint as cp
 from mmdet.models.backbones.swin import SwinBlock
 from torch import Tensor
 
-from mixaq_mmdet.quantization import (QuantizerBase, QuantLinear, QuantMatMul, build_quantizer,
-                                      reused_quantized_weights)
+from mixaq_mmdet.quantization import (QuantizerBase, QuantLinear, QuantMatMul, UniformQuantizer,
+                                      build_quantizer, reused_quantized_weights)
+from mixaq_mmdet.quantization.base import autocast_enabled
+from mixaq_mmdet.quantization.numerics import run_kernel
 from mixaq_mmdet.utils.tensor_cache import TensorCache
 from .window_layout import WindowLayout
 from .window_policy import group_sizes
@@ -207,6 +209,14 @@ class TwoBranchSwinBlock(nn.Module):
         m, n, c = x.shape
         heads = w_msa.num_heads
         qkv = w_msa.qkv(x, quant.qkv_in).reshape(m, n, 3, heads, c // heads)
+        quantized = self._fake_quantized_qkv(qkv, quant)
+        if quantized is not None:
+            q, k_t, v = quantized
+            attn = torch.matmul(q, k_t).add_(bias.unsqueeze(0))
+            if mask is not None:
+                attn.add_(mask.unsqueeze(1))
+            attn = quant.av.quantizer_a(attn.softmax(dim=-1))
+            return torch.matmul(attn, v).transpose(1, 2).reshape(m, n, c)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = quant.qk(q * w_msa.scale, k.transpose(-2, -1))
         attn = attn + bias.unsqueeze(0)
@@ -214,6 +224,26 @@ class TwoBranchSwinBlock(nn.Module):
             attn = attn + mask.unsqueeze(1)
         attn = w_msa.attn_drop(attn.softmax(dim=-1))
         return quant.av(attn, v).transpose(1, 2).reshape(m, n, c)
+
+    def _fake_quantized_qkv(self, qkv: Tensor,
+                            quant: BranchQuantizers) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+        """``(q * scale, k^T, v)`` fake-quantized by the branch's quantizers,
+        each laid out for its product, in one fused pass over the (M, N, 3,
+        heads, head dims) output of qkv instead of a scaling, three strided
+        copies and three quantizer passes; the same values. In inference with
+        uniform per-tensor quantizers that quantize (not observing); None
+        otherwise (the quantizers then run one by one)."""
+        quantizers = (quant.qk.quantizer_a, quant.qk.quantizer_b, quant.av.quantizer_b)
+        if (self.training or (torch.is_grad_enabled() and qkv.requires_grad)
+                or qkv.dtype != torch.float32 or autocast_enabled(qkv.device.type)
+                or not all(isinstance(q, UniformQuantizer) and not q.per_channel
+                           and q.fake_quant_enabled and not q.observer_enabled and q.is_calibrated
+                           for q in quantizers)):
+            return None
+        scale = self._cache.get('qk_scale', (), lambda: qkv.new_tensor(self.attn.w_msa.scale),
+                                extra=(qkv.device, ))
+        params = [p for q in quantizers for p in q.value_params()]
+        return run_kernel(_split_fake_quantized, (qkv, scale, *params))
 
     def _attention(self, x: Tensor, mask: Optional[Tensor], quant: BranchQuantizers,
                    bias: Tensor) -> Tensor:
@@ -355,6 +385,18 @@ class TwoBranchSwinBlock(nn.Module):
             return False
         starts = layout.real_rows()[2]
         return all(starts[g.stop] - starts[g.start] >= MIN_FFN_ROWS for _, g in groups)
+
+
+def _split_fake_quantized(qkv: Tensor, scale: Tensor, *params: Tensor) -> Tuple[Tensor, ...]:
+    """``q * scale`` (M, heads, N, d), ``k^T`` (M, heads, d, N) and ``v`` (M,
+    heads, N, d) of (M, N, 3, heads, d) ``qkv``, each through the fake
+    quantization of its ``(1 / scale, scale, low, high)`` (four of ``params``
+    each), contiguous."""
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    parts = (q * scale, k.transpose(-2, -1), v)
+    return tuple(
+        (torch.clamp(torch.round(t * params[4 * i]), params[4 * i + 2], params[4 * i + 3]) *
+         params[4 * i + 1]).contiguous() for i, t in enumerate(parts))
 
 
 def _take(t: Optional[Tensor], group: slice) -> Optional[Tensor]:
