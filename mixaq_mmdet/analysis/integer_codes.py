@@ -54,9 +54,10 @@ def position_of(name: str) -> str:
 @contextmanager
 def recorded_quantized(model: nn.Module) -> Iterator[Dict[str, List[Tensor]]]:
     """Inside the block, every quantized activation of ``model``'s forwards,
-    by quantizer name: the outputs of fake quantizers (forward hooks) and the
-    codes the integer kernels take (dequantized, see
-    :meth:`~mixaq_mmdet.quantization.QuantizerBase.record_codes`)."""
+    by quantizer name: the outputs of fake quantizers (forward hooks), and what
+    is quantized outside their forwards: the codes the integer kernels take
+    (dequantized) and the outputs of fused kernels (see
+    :attr:`~mixaq_mmdet.quantization.QuantizerBase.code_record`)."""
     set_quantizer_names(model)
     record: Dict[str, List[Tensor]] = defaultdict(list)
     quantizers = [q for q in quantizers_of(model) if not q.name.endswith('weight_quantizer')]

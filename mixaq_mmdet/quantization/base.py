@@ -63,8 +63,9 @@ class QuantizerBase(nn.Module):
         self._cache = TensorCache()
         # the last integer grid computed in eager, what a compiled forward reads
         self._integer_grid: Optional[IntegerGrid] = None
-        #: Where integer execution appends the codes it computes for this
-        #: quantizer (dequantized), for analysis; None: not recorded.
+        #: Where the values this quantizer quantizes outside its forward are
+        #: appended (integer codes, dequantized; fused kernels' outputs), for
+        #: analysis; None: not recorded.
         self.code_record: Optional[List[Tensor]] = None
 
     @property
@@ -203,6 +204,13 @@ class QuantizerBase(nn.Module):
         if self.code_record is not None:
             self.code_record.append(codes.dequantize())
         return codes
+
+    def record_values(self, values: Tensor) -> Tensor:
+        """``values`` this quantizer's fake quantization computed outside its
+        forward (a fused kernel), appended to :attr:`code_record` if set."""
+        if self.code_record is not None:
+            self.code_record.append(values.detach().clone())
+        return values
 
     def check_integer_grid(self) -> None:
         """Raise unless this quantizer's activation codes can feed the integer

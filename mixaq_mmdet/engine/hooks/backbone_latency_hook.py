@@ -25,7 +25,8 @@ class BackboneLatencyHook(Hook):
     priority = 'NORMAL'
 
     def __init__(self) -> None:
-        self._per_image: List[float] = []
+        #: This rank's backbone time per image of each test batch (ms).
+        self.per_image_ms: List[float] = []
         self._start: Optional[float] = None
         self._handles: list = []
         self._in_iteration = False  # not the forwards of a calibration
@@ -37,7 +38,7 @@ class BackboneLatencyHook(Hook):
         self._in_iteration = False
 
     def before_test_epoch(self, runner) -> None:
-        self._per_image = []
+        self.per_image_ms = []
         backbone = unwrap(runner.model).backbone
         self._handles = [
             backbone.register_forward_pre_hook(self._before),
@@ -58,7 +59,7 @@ class BackboneLatencyHook(Hook):
         self._synchronize(args[0])
         if self._start is not None and args[0].shape[0] > 0:
             seconds = time.perf_counter() - self._start
-            self._per_image.append(1000.0 * seconds / args[0].shape[0])
+            self.per_image_ms.append(1000.0 * seconds / args[0].shape[0])
         self._start = None
 
     def after_test_epoch(self, runner, metrics: Optional[dict] = None) -> None:
@@ -75,5 +76,5 @@ class BackboneLatencyHook(Hook):
         runner.message_hub.update_scalar('test/mixaq/backbone_ms', value)
 
     def _median(self) -> Optional[float]:
-        times = self._per_image[1:] if len(self._per_image) > 1 else self._per_image
+        times = self.per_image_ms[1:] if len(self.per_image_ms) > 1 else self.per_image_ms
         return statistics.median(times) if times else None

@@ -235,15 +235,15 @@ class TwoBranchSwinBlock(nn.Module):
         otherwise (the quantizers then run one by one)."""
         quantizers = (quant.qk.quantizer_a, quant.qk.quantizer_b, quant.av.quantizer_b)
         if (self.training or (torch.is_grad_enabled() and qkv.requires_grad)
-                or qkv.dtype != torch.float32 or autocast_enabled(qkv.device.type)
-                or not all(isinstance(q, UniformQuantizer) and not q.per_channel
-                           and q.fake_quant_enabled and not q.observer_enabled and q.is_calibrated
-                           for q in quantizers)):
+                or qkv.dtype != torch.float32 or autocast_enabled(qkv.device.type) or not all(
+                    isinstance(q, UniformQuantizer) and not q.per_channel and q.fake_quant_enabled
+                    and not q.observer_enabled and q.is_calibrated for q in quantizers)):
             return None
-        scale = self._cache.get('qk_scale', (), lambda: qkv.new_tensor(self.attn.w_msa.scale),
-                                extra=(qkv.device, ))
+        scale = self._cache.get(
+            'qk_scale', (), lambda: qkv.new_tensor(self.attn.w_msa.scale), extra=(qkv.device, ))
         params = [p for q in quantizers for p in q.value_params()]
-        return run_kernel(_split_fake_quantized, (qkv, scale, *params))
+        values = run_kernel(_split_fake_quantized, (qkv, scale, *params))
+        return tuple(q.record_values(v) for q, v in zip(quantizers, values))
 
     def _attention(self, x: Tensor, mask: Optional[Tensor], quant: BranchQuantizers,
                    bias: Tensor) -> Tensor:

@@ -74,6 +74,37 @@ def token_map(hw_shape: Tuple[int, int], window_size: int, shift_size: int,
     return source, window, slot
 
 
+@torch.library.custom_op('mixaq::token_map', mutates_args=())
+def _token_map_op(h: int, w: int, window_size: int, shift_size: int,
+                  device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`token_map` as an op: inside ``torch.compile`` its indices are
+    computed once per forward instead of inside every kernel that reads them
+    (inductor would fuse the index arithmetic into each gather)."""
+    return token_map((h, w), window_size, shift_size, device)
+
+
+@_token_map_op.register_fake
+def _(h, w, window_size, shift_size, device):
+    hp, wp = padded_shape((h, w), window_size)
+    windows = (hp // window_size) * (wp // window_size)
+    return (torch.empty((windows, window_size * window_size), dtype=torch.long,
+                        device=device), torch.empty(h * w, dtype=torch.long, device=device),
+            torch.empty(h * w, dtype=torch.long, device=device))
+
+
+@torch.library.custom_op('mixaq::shift_mask', mutates_args=())
+def _shift_mask_op(hp: int, wp: int, window_size: int, shift_size: int,
+                   device: torch.device) -> Tensor:
+    """:func:`shift_mask` as an op (see :func:`_token_map_op`)."""
+    return shift_mask((hp, wp), window_size, shift_size, device)
+
+
+@_shift_mask_op.register_fake
+def _(hp, wp, window_size, shift_size, device):
+    n = window_size * window_size
+    return torch.empty(((hp // window_size) * (wp // window_size), n, n), device=device)
+
+
 class WindowLayout:
     """The windows of one partition of (B, H*W, C) tokens, sorted per image.
 
@@ -112,7 +143,7 @@ class WindowLayout:
         key = (h, w, window_size, shift_size, device)
         source, window, slot = cache.get(
             ('token_map', ) + key, (),
-            lambda: token_map(hw_shape, window_size, shift_size, device),
+            lambda: _token_map_op(h, w, window_size, shift_size, device),
             extra=key)
         if source.shape[0] != num_windows:
             raise ValueError(f'window order of shape {tuple(order.shape)} does not match '
@@ -144,8 +175,8 @@ class WindowLayout:
         if shift_size > 0:
             mask = cache.get(
                 ('shift_mask', ) + key, (),
-                lambda: shift_mask(
-                    padded_shape(hw_shape, window_size), window_size, shift_size, device),
+                lambda: _shift_mask_op(*padded_shape(hw_shape, window_size), window_size,
+                                       shift_size, device),
                 extra=key)
             self.mask = mask[order_t]
 
