@@ -8,7 +8,6 @@ from mmdet.registry import LOOPS
 from mmengine.dataset import DefaultSampler
 from mmengine.dist import get_world_size, is_main_process
 from mmengine.logging import print_log
-from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import CheckpointLoader, Runner, TestLoop, save_checkpoint
 from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
 from torch import nn
@@ -19,6 +18,7 @@ from mixaq_mmdet.quantization import enable_fake_quant, integer_kernels, quantiz
 from .calibration import all_reduce_sum, build_calib_dataloader, calibrate_model, check_calib_images
 from .checkpoints import (META_KEY, check_base_model, check_calibrated_checkpoint,
                           check_float_checkpoint)
+from .model_wrappers import unwrap
 
 #: How a quantized model computes its quantized products (``test_cfg.execution``).
 EXECUTIONS = ('fake_quant', 'integer')
@@ -123,10 +123,7 @@ class PTQLoop(TestLoop):
     @property
     def model(self) -> nn.Module:
         """The detector, without DDP or test-time-augmentation wrappers."""
-        model = self.runner.model
-        while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
-            model = model.module
-        return model
+        return unwrap(self.runner.model)
 
     @property
     def calib_dataloader(self) -> DataLoader:

@@ -43,15 +43,16 @@ def run_kernel(fn: Callable, tensors: Sequence[Tensor], *args: Any) -> Any:
 
 def compile_kernels(device: str = 'cpu') -> None:
     """Compile every fused fake-quantization kernel now, on tiny float32
-    inputs (forward, backward and the log-sqrt(2) tables, with and without a
-    top): a process that forks workers afterwards (``make smoke-coco``,
-    ``make demo``) hands them the compiled kernels instead of each compiling or
-    loading them. Two things a fork does not survive are kept out: the kernels
-    run on one thread here (a child of a process that ran a GNU OpenMP
-    parallel region hangs), and inductor compiles in this process (a child
-    that compiles another kernel, e.g. per channel, through the parent's pool
-    of compile workers hangs), unless ``TORCHINDUCTOR_COMPILE_THREADS`` was
-    set or inductor was imported before."""
+    inputs (forward, backward, the log-sqrt(2) tables with and without a top,
+    and integer execution's codes): a process that forks workers afterwards
+    (``make smoke-coco``, ``make demo``) hands them the compiled kernels
+    instead of each compiling or loading them. Two things a fork does not
+    survive are kept out: the kernels run on one thread here (a child of a
+    process that ran a GNU OpenMP parallel region hangs), and inductor
+    compiles in this process (a child that compiles another kernel, e.g. per
+    channel, through the parent's pool of compile workers hangs), unless
+    ``TORCHINDUCTOR_COMPILE_THREADS`` was set or inductor was imported
+    before."""
     os.environ.setdefault(COMPILE_THREADS_ENV, '1')
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -64,6 +65,8 @@ def compile_kernels(device: str = 'cpu') -> None:
             boundaries, levels = (t.float().to(device) for t in log_sqrt2_tables(bits))
             for top in (None, torch.ones(1, device=device)):
                 log_sqrt2_values(x.detach(), boundaries, levels, top)
+        from .codes import IntegerGrid, quantize_codes  # integer execution's codes
+        quantize_codes(x.detach(), IntegerGrid.create(scale.detach(), 3, 0, 15))
     finally:
         torch.set_num_threads(threads)
 

@@ -91,6 +91,7 @@ def test_test_tool_loads_a_url_and_runs_test_time_augmentation(trained, tmp_path
         server.shutdown()
     log = proc.stdout + proc.stderr
     assert re.search(r'coco/bbox_mAP: [0-9.]+', log) and "type='DetTTAModel'" in log
+    assert re.search(r'mixaq/backbone_ms: [0-9.]+', log)  # timed inside the TTA wrapper
     assert 'missing keys in source state_dict' not in log  # the URL's weights loaded
 
 
