@@ -532,9 +532,9 @@ def main() -> int:
           str(layer_kernels(models['int_w8a8'])))
     print(format_rows(rows))
     for shape in {r['shape'] for r in rows}:
-        backbone_rows_ = [r for r in rows if r['shape'] == shape and r['part'] == 'backbone']
-        products = [r for r in backbone_rows_ if r['variant'] == PRODUCTS]
-        backbone = [r for r in backbone_rows_ if r['variant'] == 'int_w4a8']
+        shape_rows = [r for r in rows if r['shape'] == shape and r['part'] == 'backbone']
+        products = [r for r in shape_rows if r['variant'] == PRODUCTS]
+        backbone = [r for r in shape_rows if r['variant'] == 'int_w4a8']
         if products and backbone:
             share = paired_ratio(products[0]['times_ms'], backbone[0]['times_ms'])
             print(f'{shape}: the int8 products alone take {share:.2f} of integer W4A8\'s time')
