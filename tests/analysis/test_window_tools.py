@@ -330,3 +330,23 @@ def test_speed_ratios_pair_each_round_with_its_reference():
     assert rows[0]['ratio'] == 1.0
     with pytest.raises(ValueError):
         speed.paired_ratio(variant, reference[:4])
+
+
+def test_integer_speed_benchmark_runs_tiny(tmp_path):
+    """benchmarks/integer_speed.py end to end on the nano Swin: every backbone
+    row, the products-alone row and one layer row per product shape."""
+    out = str(tmp_path / 'integer_speed.json')
+    run_tool([
+        'benchmarks/integer_speed.py', '--tiny', '--shapes', '64x64', '--repeats', '1', '--warmup',
+        '0', '--threads', '1', '--layers', '--json', out
+    ])
+    result = json.load(open(out))
+    backbone = [r for r in result['rows'] if r['part'] == 'backbone']
+    assert [r['variant'] for r in backbone] == [
+        'mmdet_fp32', 'mmdet_bf16', 'fake_quant_w4a8', 'int_w8a8', 'int_w4a8',
+        'int_mixaq_a8a4_0.5', 'int_prune0.5', 'int8_products_w4a8'
+    ]
+    assert backbone[0]['ratio'] == 1.0 and all(r['median_ms'] > 0 for r in backbone)
+    layers = [r for r in result['rows'] if r['part'] == 'layer']
+    assert layers and len({r['layer'] for r in layers}) == len(layers)
+    assert all(r['fastest'] in ('int8', 'fp32', 'bf16') for r in layers)
