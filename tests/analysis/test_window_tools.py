@@ -343,8 +343,8 @@ def test_integer_speed_benchmark_runs_tiny(tmp_path):
     result = json.load(open(out))
     backbone = [r for r in result['rows'] if r['part'] == 'backbone']
     assert [r['variant'] for r in backbone] == [
-        'mmdet_fp32', 'mmdet_bf16', 'fake_quant_w4a8', 'int_w8a8', 'int_w4a8',
-        'int_mixaq_a8a4_0.5', 'int_prune0.5', 'int8_products_w4a8'
+        'mmdet_fp32', 'mmdet_bf16', 'fake_quant_w4a8', 'int_w8a8', 'int_w4a8', 'int_mixaq_a8a4_0.5',
+        'int_prune0.5', 'int8_products_w4a8'
     ]
     assert backbone[0]['ratio'] == 1.0 and all(r['median_ms'] > 0 for r in backbone)
     layers = [r for r in result['rows'] if r['part'] == 'layer']
