@@ -10,30 +10,33 @@ checkpoint or a QAT/SAQA checkpoint. Candidates are measured on CONFIG's
 into the work dir: ``search_cache.json`` (every evaluation; a rerun resumes),
 ``pareto.json`` and ``pareto.png`` (the front), and for each target
 ``searched_<target>x.py``, a config inheriting CONFIG with the searched
-``low_bit_ratios`` / ``prune_ratios``. Each target's point and a uniform ratio
+``low_bit_ratios`` / ``prune_ratios``, and ``uniform_<target>x.py`` with the one
+ratio on every pair of equal or lower speedup. The rules every search obeys
+(its grid, its images, its rows) are :mod:`mixaq_mmdet.search.rules`. Each target's point and a uniform ratio
 of equal or lower speedup are then evaluated on val (``--no-val`` skips it).
 ``--spearman N`` instead measures how well the proxy ranks N random
 candidates like mAP does. Distributed (the search images sharded over the
 ranks): ``torchrun --nproc_per_node N tools/search_ratios.py ... --launcher pytorch``.
 """
 import argparse
-import os
 import os.path as osp
-import shutil
 from typing import Dict, List
 
 import numpy as np
-from mmengine.dist import get_rank, is_main_process
+from mmengine.dist import is_main_process
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmengine.utils import ProgressBar
 
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
 from mixaq_mmdet.analysis.plots import plot_search
-from mixaq_mmdet.engine import PTQLoop, prepare_test_loop
-from mixaq_mmdet.search import (DEFAULT_SEARCH_IMAGES, OBJECTIVES, RatioEvaluator, RatioSearchSpace,
-                                check_branches_calibrated, check_targets, front_records, run_search,
-                                save_json, speedup_band, uniform_ratio_at, write_searched_config)
+from mixaq_mmdet.engine import prepare_test_loop
+from mixaq_mmdet.search import (CALIB_LOW_BIT_RATIO, DEFAULT_SEARCH_IMAGES, OBJECTIVES,
+                                RatioEvaluator, RatioSearchSpace, calibration_options,
+                                check_branches_calibrated, check_search_config, check_targets,
+                                front_records, rank_cache, ratio_space, run_search, save_json,
+                                search_evaluator, searched_rows, speedup_band,
+                                write_searched_config)
 from mixaq_mmdet.utils import (build_runner, close_process_group, load_runner_config,
                                parse_runner_args)
 
@@ -71,7 +74,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         '--calib-low-bit-ratio',
         type=float,
-        default=0.5,
+        default=CALIB_LOW_BIT_RATIO,
         help='low-bit ratio of every pair while calibrating an FP checkpoint')
     parser.add_argument(
         '--no-val', action='store_true', help='do not evaluate the chosen points on val')
@@ -84,59 +87,19 @@ def parse_args() -> argparse.Namespace:
     return parse_runner_args(parser)
 
 
-def build_space(num_pairs: int, max_ratio: float, prune: bool) -> RatioSearchSpace:
-    """The grid 0, 0.1, ..., ``max_ratio`` for every pair (low-bit, and prune)."""
-    if not 0 < max_ratio <= 1:
-        raise ValueError(f'--max-ratio must be in (0, 1], got {max_ratio!r}')
-    grid = tuple(round(0.1 * k, 1) for k in range(int(round(max_ratio * 10)) + 1))
-    return RatioSearchSpace(num_pairs, grid, grid if prune else ())
-
-
 def prepare(args: argparse.Namespace) -> Runner:
     """The runner with the model loaded, checked and calibrated if needed."""
     cfg = load_runner_config(args.config, args.work_dir, args.cfg_options, args.launcher)
     if args.work_dir is None:
         cfg.work_dir = osp.join(cfg.work_dir, 'search')
-    if 'search_dataloader' not in cfg:
-        raise ValueError(f'{args.config} has no search_dataloader: add one (a split disjoint '
-                         'from val and the calibration images; see '
-                         'configs/benchmark/ptq/ptq_uniform_w4a8_shapes.py)')
-    if cfg.test_cfg.get('type') != 'PTQLoop':
-        raise ValueError(f"{args.config}: test_cfg.type is {cfg.test_cfg.get('type')!r}; the "
-                         'search needs a quantized MixA-Q config (PTQLoop)')
+    check_search_config(cfg, args.config)
     # Only an FP checkpoint is calibrated, at this ratio on every pair; a
     # calibrated checkpoint keeps its quantizers (the ratios are logged).
-    cfg.model.backbone.low_bit_ratios = args.calib_low_bit_ratio
-    cfg.model.backbone.prune_ratios = 0.0
+    cfg.merge_from_dict(calibration_options(args.calib_low_bit_ratio))
     cfg.load_from = args.checkpoint
     runner = build_runner(cfg, dataloaders=['test_dataloader', 'search_dataloader'])
     prepare_test_loop(runner)
     return runner
-
-
-def search_evaluator(runner: Runner, args: argparse.Namespace) -> RatioEvaluator:
-    """The evaluator on the search split, checked against val and calibration."""
-    loop: PTQLoop = runner.test_loop
-    calib = set(loop.calibration_image_paths())
-    dataset_cfg = runner.cfg.search_dataloader.dataset
-    evaluator = RatioEvaluator(
-        loop.model,
-        dataset_cfg,
-        num_images=args.search_images,
-        max_images=DEFAULT_SEARCH_IMAGES,
-        seed=args.seed,
-        exclude=calib,
-        batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
-    val = {
-        loop.dataloader.dataset.get_data_info(i)['img_path']
-        for i in range(len(loop.dataloader.dataset))
-    }
-    overlap = sorted(val.intersection(evaluator.img_paths))
-    if overlap:
-        raise ValueError(f'the search split shares {len(overlap)} images with val (e.g. '
-                         f'{overlap[0]}): results are measured on val, nothing may be '
-                         'searched on it; point search_dataloader at another split')
-    return evaluator
 
 
 def spearman(evaluator: RatioEvaluator, space: RatioSearchSpace, num: int, seed: int, out: str,
@@ -181,20 +144,6 @@ def spearman(evaluator: RatioEvaluator, space: RatioSearchSpace, num: int, seed:
         save_json(dict(spearman=rho.statistic, p_value=rho.pvalue, candidates=rows), out)
 
 
-def rank_cache(path: str) -> str:
-    """The cache file this rank writes: ``path`` on rank 0; on the others a
-    private copy of it, so that every rank resumes from the same evaluations
-    (the same collective calls) while only rank 0 writes ``path``."""
-    if is_main_process():
-        return path
-    private = f'{path}.rank{get_rank()}'
-    if osp.isfile(path):
-        shutil.copyfile(path, private)
-    elif osp.isfile(private):
-        os.remove(private)
-    return private
-
-
 def main() -> None:
     args = parse_args()
     check_targets(args.target_speedup, args.tolerance)
@@ -203,9 +152,10 @@ def main() -> None:
     runner = prepare(args)
     model = runner.test_loop.model
     backbone = model.backbone
-    space = build_space(backbone.num_pairs, args.max_ratio, args.prune)
+    space = ratio_space(backbone.num_pairs, args.max_ratio, args.prune)
     check_branches_calibrated(backbone, prune_only=False)
-    evaluator = search_evaluator(runner, args)
+    evaluator = search_evaluator(runner.test_loop, runner.cfg.search_dataloader, args.search_images,
+                                 args.seed)
     work_dir = runner.work_dir
     print_log(
         f'search: {evaluator.num_images} search images, {space.num_genes} genes, '
@@ -242,32 +192,38 @@ def main() -> None:
             runner.test_loop.dataloader.dataset,
             hold_images=False,
             batch_size=runner.cfg.search_dataloader.get('batch_size', 8))
-    for target, point in chosen.items():
-        baseline = uniform_ratio_at(evaluator, uniform / point.cost)
+    for target, rows in searched_rows(evaluator, chosen).items():
+        point = chosen[target]
         record = dict(
             target=target,
-            low_bit_ratios=list(point.candidate.low_bit_ratios),
-            prune_ratios=list(point.candidate.prune_ratios),
+            low_bit_ratios=list(rows.searched.low_bit_ratios),
+            prune_ratios=list(rows.searched.prune_ratios),
             search_accuracy=point.accuracy,
             speedup=uniform / point.cost,
-            uniform_ratio=baseline.low_bit_ratios[0],
-            uniform_speedup=uniform / evaluator.cost(baseline))
+            uniform_ratio=rows.uniform.low_bit_ratios[0],
+            uniform_speedup=uniform / evaluator.cost(rows.uniform))
         if is_main_process():
+            note = (f'Searched by tools/search_ratios.py ({args.objective}, '
+                    f'{evaluator.num_images} search images) for a {target:g}x BitOPs speedup')
             record['config'] = write_searched_config(
                 args.config,
-                point.candidate,
+                rows.searched,
                 osp.join(work_dir, f'searched_{target:g}x.py'),
-                note=f'Searched by tools/search_ratios.py ({args.objective}, '
-                f'{evaluator.num_images} search images) for a {target:g}x BitOPs speedup.')
+                note=note + '.')
+            record['uniform_config'] = write_searched_config(
+                args.config,
+                rows.uniform,
+                osp.join(work_dir, f'uniform_{target:g}x.py'),
+                note=note + ': the one ratio on every pair of equal or lower speedup.')
         if not args.no_val:
-            record['val_bbox_mAP'] = 100 * val.evaluate(point.candidate)['coco/bbox_mAP']
-            record['uniform_val_bbox_mAP'] = 100 * val.evaluate(baseline)['coco/bbox_mAP']
+            record['val_bbox_mAP'] = 100 * val.evaluate(rows.searched)['coco/bbox_mAP']
+            record['uniform_val_bbox_mAP'] = 100 * val.evaluate(rows.uniform)['coco/bbox_mAP']
         summary['targets'].append(record)
         print_log(
             f'search: {target:g}x -> low {record["low_bit_ratios"]} prune '
             f'{record["prune_ratios"]} ({record["speedup"]:.3f}x)' +
             (f', val bbox mAP {record["val_bbox_mAP"]:.1f}; uniform ratio '
-             f'{baseline.low_bit_ratios[0]:g} ({record["uniform_speedup"]:.3f}x): '
+             f'{record["uniform_ratio"]:g} ({record["uniform_speedup"]:.3f}x): '
              f'{record["uniform_val_bbox_mAP"]:.1f}' if not args.no_val else ''),
             logger='current')
     if is_main_process():
