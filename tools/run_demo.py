@@ -11,12 +11,12 @@ COCO table, through one runner (:mod:`mixaq_mmdet.tables`).
 5. writes ``<work-dir>/results.json`` (each row with the commands that
    computed it) and the plots, and prints the table and the claims.
 
-A row whose merged config, checkpoint content, package code and data are
-unchanged is taken from the previous results.json; ``--rows`` computes some
-rows and keeps the others (marked stale if their inputs changed). A trained
-model is reused while its config, its parent checkpoint and the training data
-are unchanged (the package code is not part of that key: delete its folder to
-retrain it after changing the code).
+A row whose merged config, checkpoint content, code and data are unchanged is
+taken from the previous results.json; ``--rows`` computes some rows and keeps
+the others (marked stale if their inputs changed). A trained model is reused
+while its config, its parent checkpoint and the training data are unchanged;
+a model trained by other code than the checkout's is reused too, and its rows
+say so, unless ``--retrain-changed-code``.
 
 Without ``--gpus`` every run is in this process, or with ``--jobs J`` in up to
 J forked children side by side (each on 1/J of the torch threads; a training
@@ -36,16 +36,15 @@ import argparse
 import dataclasses
 import os
 import os.path as osp
-from typing import List, Optional
+from typing import Optional
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
-from mixaq_mmdet.analysis import plot_pareto
-from mixaq_mmdet.datasets import generate_split
-from mixaq_mmdet.tables import (TABLES, LaunchExecutor, LocalExecutor, SearchSettings, Table,
-                                TableRunner, format_table, format_targets)
-from mixaq_mmdet.tables.rows import Options
+from mixaq_mmdet.tables import (TABLES, LaunchExecutor, LocalExecutor, SearchSettings, TableRunner,
+                                format_table, format_targets)
+from mixaq_mmdet.tables.configs import quick_options
+from mixaq_mmdet.tables.report import plot_table
 from mixaq_mmdet.utils.config import FORMAT_CONFIG_ENV
 
 
@@ -78,17 +77,18 @@ def parse_args() -> argparse.Namespace:
         '--num-train',
         type=int,
         default=600,
-        help='benchmark: train images to generate if the data is absent')
+        help='a table on generated data (benchmark): train images to generate if absent')
     parser.add_argument(
         '--num-val',
         type=int,
         default=200,
-        help='benchmark: val images to generate if the data is absent')
+        help='a table on generated data (benchmark): val images to generate if absent')
     parser.add_argument(
         '--num-search',
         type=int,
         default=100,
-        help='benchmark: search-split images to generate if absent')
+        help='a table on generated data (benchmark): search-split images to generate if '
+        'absent')
     parser.add_argument(
         '--max-epochs', type=int, default=None, help='override the FP config (a quick run)')
     parser.add_argument(
@@ -113,6 +113,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--search-pop', type=int, default=None, help='NSGA-II population')
     parser.add_argument('--search-gens', type=int, default=None, help='NSGA-II generations')
     parser.add_argument(
+        '--retrain-changed-code',
+        action='store_true',
+        help='train anew the models trained by other code than this checkout (by default '
+        'they are reused and their rows say so)')
+    parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
@@ -129,83 +134,30 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def ensure_data(data_root: str, num_train: int, num_val: int, num_search: int) -> None:
-    """Generate each split of the benchmark whose annotation file is absent."""
-    sizes = dict(train=num_train, val=num_val, search=num_search)
-    missing = [
-        s for s in sizes
-        if not osp.isfile(osp.join(data_root, 'annotations', f'instances_{s}.json'))
-    ]
-    if not missing:
-        print(f'[table] data: {data_root} (present)')
-        return
-    print('[table] data: generating ' + ', '.join(f'{sizes[s]} {s}'
-                                                  for s in missing) + f' images into {data_root}')
-    for split in missing:
-        generate_split(data_root, split, sizes[split], seed=0)
-
-
-def quick_options(args: argparse.Namespace):
-    """Overrides of every config: the epochs and calibration sizes of a quick
-    run, then ``--cfg-options``."""
-
-    def options(cfg: Config) -> Options:
-        out = []
-        quantized = cfg.model.get('type') == 'QuantizedDetector'
-        epochs = args.qat_epochs if quantized else args.max_epochs
-        if epochs is not None:
-            out += [('train_cfg.max_epochs', epochs), ('train_cfg.val_interval', epochs),
-                    ('param_scheduler.1.end', epochs)]
-        if args.calib_images is not None:
-            if cfg.get('test_cfg', {}).get('type') == 'PTQLoop':
-                out.append(('test_cfg.calib_images', args.calib_images))
-            out += [(f'custom_hooks.{i}.calib_images', args.calib_images)
-                    for i, hook in enumerate(cfg.get('custom_hooks', []))
-                    if hook.get('type') == 'QATInitHook']
-        return tuple(out) + tuple(args.cfg_options.items())
-
-    return options
-
-
-def plot(table: Table, rows: List[dict], work_dir: str) -> None:
-    for method, (base, png) in table.plots.items():
-        points = [
-            r for r in rows if r.get('method') == method and r.get('speedup')
-            and r.get('plotted', True) and 'seed' not in r  # a seeded row is plotted as its mean
-        ]
-        if points:
-            plot_pareto(
-                points,
-                osp.join(work_dir, png),
-                title=f'{method} on {table.title}',
-                xlabel=f'BitOPs speedup over {base}')
-    for draw, png in table.extra_plots:
-        draw(rows, osp.join(work_dir, png))
-
-
 def main() -> None:
     args = parse_args()
     os.environ.setdefault(FORMAT_CONFIG_ENV, '0')
     table = TABLES[args.table]
     if args.seeds is not None:
         table = dataclasses.replace(table, seeds=tuple(args.seeds))
-    work_dir = args.work_dir or ('work_dirs/demo'
-                                 if table.name == 'benchmark' else f'work_dirs/{table.name}_table')
+    work_dir = args.work_dir or table.default_work_dir
     data_root = args.data_root or table.data_root
-    if table.name == 'benchmark':
-        ensure_data(data_root, args.num_train, args.num_val, args.num_search)
+    if table.generate_data is not None:
+        table.generate_data(data_root,
+                            dict(train=args.num_train, val=args.num_val, search=args.num_search))
     executor = LocalExecutor(table) if args.gpus is None else \
         LaunchExecutor(table, args.gpus, dry_run=args.dry_run)
     defaults = table.search_settings
     search = SearchSettings(args.search_pop or defaults.pop, args.search_gens or defaults.gens,
                             args.search_images or defaults.images)
     given: Optional[dict] = {'fp': args.checkpoint} if args.checkpoint else None
-    runner = TableRunner(table, work_dir, executor, args.data_root, args.rows, quick_options(args),
-                         given, search, args.jobs)
+    options = quick_options(args.max_epochs, args.qat_epochs, args.calib_images, args.cfg_options)
+    runner = TableRunner(table, work_dir, executor, args.data_root, args.rows, options, given,
+                         search, args.jobs, args.retrain_changed_code)
     rows, targets = runner.run()
     if args.dry_run:
         return
-    plot(table, rows, work_dir)
+    plot_table(table, rows, work_dir)
     bases = ', '.join(f'{base} for {method} rows' for method, (base, _) in table.plots.items())
     print(f'\n[table] {table.name}: results on the val split of {data_root} (speedup: BitOPs '
           f'of the base row / BitOPs of the row, backbone at {table.img_shape[0]}x'

@@ -1,27 +1,31 @@
 """Results tables as data and one runner for them: the embedded benchmark
 (``make demo``) and the paper's COCO table run through the same code.
 
-:mod:`.rows` is the data (trainings, rows, searches, claims); :mod:`.cache`
-keys results on the contents of their inputs; :mod:`.configs` loads a table's
+:mod:`.rows` is the data (trainings, rows, searches, claims); :mod:`.records`
+the typed row of results; :mod:`.cache` keys results on the contents of their
+inputs and the code that computes them; :mod:`.configs` loads a table's
 configs and writes them as command-line options; :mod:`.executors` runs in
-process or launches the tools; :mod:`.runner` joins them; :mod:`.report`
-makes records, speedups, claims and the printed table.
+process or launches the tools (one :class:`~.executors.Executor` interface);
+:mod:`.runner` joins them; :mod:`.report` makes speedups, claims and the
+printed table; :mod:`.smoke` runs the COCO table on the COCO-layout fixture.
 """
 from .benchmark import BENCHMARK
-from .cache import ResultStore, file_digest, fingerprint, package_digest
+from .cache import ResultStore, code_digest, file_digest, fingerprint
 from .coco import COCO
 from .configs import TableConfig, relocation_options
-from .executors import LaunchExecutor, LocalExecutor, tool_command
-from .report import add_speedups, compare, format_table, format_targets, row_record
-from .rows import Row, Search, SearchSettings, Table, Target, Training
+from .executors import Calibration, Executor, LaunchExecutor, LocalExecutor, RowInfo, tool_command
+from .records import RowRecord, row_record
+from .report import add_speedups, compare, format_table, format_targets
+from .rows import Ratios, Row, Search, SearchSettings, Table, Target, Training
 from .runner import TableRunner
 
 #: The tables ``tools/run_demo.py --table`` runs.
 TABLES = {table.name: table for table in (BENCHMARK, COCO)}
 
 __all__ = [
-    'TABLES', 'BENCHMARK', 'COCO', 'Row', 'Search', 'SearchSettings', 'Table', 'Target', 'Training',
-    'TableRunner', 'TableConfig', 'relocation_options', 'LaunchExecutor', 'LocalExecutor',
-    'tool_command', 'ResultStore', 'file_digest', 'fingerprint', 'package_digest', 'add_speedups',
-    'compare', 'format_table', 'format_targets', 'row_record'
+    'TABLES', 'BENCHMARK', 'COCO', 'Ratios', 'Row', 'Search', 'SearchSettings', 'Table', 'Target',
+    'Training', 'TableRunner', 'TableConfig', 'relocation_options', 'Calibration', 'Executor',
+    'LaunchExecutor', 'LocalExecutor', 'RowInfo', 'tool_command', 'ResultStore', 'code_digest',
+    'file_digest', 'fingerprint', 'add_speedups', 'compare', 'format_table', 'format_targets',
+    'RowRecord', 'row_record'
 ]

@@ -5,7 +5,8 @@ import os.path as osp
 from typing import Dict, Optional, Sequence, Tuple
 
 from ..analysis import plot_policy_curves
-from .rows import Options, Row, Search, Table, Target, Training, ablation_targets
+from ..datasets import generate_split
+from .rows import Options, Ratios, Row, Search, Table, Target, Training, ablation_targets
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 FP_CONFIG = 'mask-rcnn_swin-nano-p4-w7_fpn_shapes.py'
@@ -32,17 +33,18 @@ SWEEPS: Tuple[Tuple[str, str, str, Tuple[float, ...]],
                        (0.25, RATIO_A2_135, 0.75)), )
 
 
-def at(low: float,
-       prune: float = 0.0,
-       order: Optional[str] = None,
-       score: Optional[str] = None) -> Options:
-    """Options of a row evaluated at ``low`` / ``prune`` ratios on every pair."""
-    options = [('model.backbone.low_bit_ratios', low), ('model.backbone.prune_ratios', prune)]
+def policy(order: Optional[str] = None, score: Optional[str] = None) -> Options:
+    """Options of a row evaluated with another window order or score."""
+    options = []
     if order:
         options.append(('model.backbone.window_order', order))
     if score:
         options.append(('model.backbone.window_score', score))
     return tuple(options)
+
+
+def _qat(name: str, config: str, model: str, **kwargs) -> Row:
+    return Row(name, config, model, QAT_BASE, 'QAT', **kwargs)
 
 
 def sweep_rows() -> Tuple[Row, ...]:
@@ -51,16 +53,16 @@ def sweep_rows() -> Tuple[Row, ...]:
     rows = []
     for prefix, config, base, ratios in SWEEPS:
         for label, score, order in ORDERS:
-            calib = (('model.backbone.window_score', score), ('model.backbone.window_order', order),
-                     ('model.backbone.low_bit_ratios', CALIB_RATIO))
             rows += [
                 Row(f'{prefix}_{label}_{ratio:g}',
                     config,
                     'fp',
                     base,
-                    options=(('model.backbone.low_bit_ratios', ratio), ),
+                    'PTQ',
+                    options=policy(order, score),
+                    ratios=Ratios(ratio),
                     calibration=f'{prefix}_{label}',
-                    calib_options=calib,
+                    calib_ratios=Ratios(CALIB_RATIO),
                     plotted=False) for ratio in ratios
             ]
     return tuple(rows)
@@ -94,9 +96,30 @@ def plot_policy(rows: Sequence[Dict], out_file: str) -> None:
             xlabel=f'BitOPs speedup over {PTQ_BASE}')
 
 
+def generate_shapes(data_root: str, sizes: Dict[str, int]) -> None:
+    """Generate each split of the shapes data whose annotation file is absent."""
+    missing = [
+        s for s in sizes
+        if not osp.isfile(osp.join(data_root, 'annotations', f'instances_{s}.json'))
+    ]
+    if not missing:
+        print(f'[table] data: {data_root} (present)')
+        return
+    print('[table] data: generating ' + ', '.join(f'{sizes[s]} {s}'
+                                                  for s in missing) + f' images into {data_root}')
+    for split in missing:
+        generate_split(data_root, split, sizes[split], seed=0)
+
+
 def _ptq(name: str, options: Options = (), suffix: str = '') -> Row:
     return Row(
-        name + suffix, f'ptq/ptq_{name}_shapes.py', 'fp', PTQ_BASE, options, plotted=not suffix)
+        name + suffix,
+        f'ptq/ptq_{name}_shapes.py',
+        'fp',
+        PTQ_BASE,
+        'PTQ',
+        options,
+        plotted=not suffix)
 
 
 #: Rows on integer kernels (the quantized products as int8 products of the
@@ -112,6 +135,8 @@ BENCHMARK = Table(
     title='the embedded benchmark (val, 320x320)',
     config_root=osp.join(REPO, 'configs', 'benchmark'),
     data_root='data/shapes_coco',
+    work_dir='work_dirs/demo',
+    generate_data=generate_shapes,
     ann_files={
         split: f'annotations/instances_{split}.json'
         for split in ('train', 'val', 'search')
@@ -138,7 +163,7 @@ BENCHMARK = Table(
         Training('qat_saqa_ofq_w4a4a2', SAQA_OFQ, 'qat_ofq_w4a4'),
     ),
     rows=(
-        Row('fp', FP_CONFIG, 'fp', PTQ_BASE),
+        Row('fp', FP_CONFIG, 'fp', PTQ_BASE, 'FP'),
         *(_ptq(f'uniform_{bits}') for bits in ('w8a8', 'w4a8', 'w4a6', 'w4a4', 'w4a3', 'w4a2')),
         _ptq('mixaq_w4a8a4'),
         _ptq('mixaq_w4a8a4_prune'),
@@ -148,30 +173,49 @@ BENCHMARK = Table(
         _ptq('mixaq_w4a8a2'),
         _ptq('ptq4vit_uniform_w4a4'),
         _ptq('ptq4vit_mixaq_w4a8a2'),
-        Row('qat_uniform_w4a4', 'qat/qat_uniform_w4a4_shapes.py', 'qat_uniform_w4a4', QAT_BASE),
-        Row('qat_uniform_w4a3', 'qat/qat_uniform_w4a3_shapes.py', 'qat_uniform_w4a3', QAT_BASE),
-        Row('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2', QAT_BASE),
-        Row('qat_mixaq_w4a4a2_1.25x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_125)),
-        Row('qat_mixaq_w4a4a2_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135)),
-        Row('qat_mixaq_w4a4a2_1.35x_integer',
+        _qat('qat_uniform_w4a4', 'qat/qat_uniform_w4a4_shapes.py', 'qat_uniform_w4a4'),
+        _qat('qat_uniform_w4a3', 'qat/qat_uniform_w4a3_shapes.py', 'qat_uniform_w4a3'),
+        _qat('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2'),
+        _qat('qat_mixaq_w4a4a2_1.25x', SAQA, 'qat_saqa_w4a4a2', ratios=Ratios(RATIO_125)),
+        _qat('qat_mixaq_w4a4a2_1.35x', SAQA, 'qat_saqa_w4a4a2', ratios=Ratios(RATIO_135)),
+        _qat(
+            'qat_mixaq_w4a4a2_1.35x_integer',
             SAQA,
             'qat_saqa_w4a4a2',
-            QAT_BASE,
-            at(RATIO_135) + INTEGER,
+            options=INTEGER,
+            ratios=Ratios(RATIO_135),
             plotted=False),
-        Row('qat_mixaq_prune_1.5x', 'qat/qat_saqa_prune_w4a4a2_shapes.py', 'qat_saqa_prune_w4a4a2',
-            QAT_BASE, at(0.5, 0.2)),
-        Row('qat_no_saqa_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135), init=True),
-        Row('qat_mixaq_l2_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, at(RATIO_135, score='l2')),
-        Row('qat_mixaq_random_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE,
-            at(RATIO_135, order='random')),
-        Row('qat_mixaq_reverse_1.35x', SAQA, 'qat_saqa_w4a4a2', QAT_BASE,
-            at(RATIO_135, order='reverse')),
+        _qat(
+            'qat_mixaq_prune_1.5x',
+            'qat/qat_saqa_prune_w4a4a2_shapes.py',
+            'qat_saqa_prune_w4a4a2',
+            ratios=Ratios(0.5, 0.2)),
+        _qat('qat_no_saqa_1.35x', SAQA, 'qat_saqa_w4a4a2', ratios=Ratios(RATIO_135), init=True),
+        _qat(
+            'qat_mixaq_l2_1.35x',
+            SAQA,
+            'qat_saqa_w4a4a2',
+            options=policy(score='l2'),
+            ratios=Ratios(RATIO_135)),
+        _qat(
+            'qat_mixaq_random_1.35x',
+            SAQA,
+            'qat_saqa_w4a4a2',
+            options=policy(order='random'),
+            ratios=Ratios(RATIO_135)),
+        _qat(
+            'qat_mixaq_reverse_1.35x',
+            SAQA,
+            'qat_saqa_w4a4a2',
+            options=policy(order='reverse'),
+            ratios=Ratios(RATIO_135)),
         # the QAT base: OFQ (StatsQ weights, CGA) beside LSQ, same schedule
-        Row('qat_ofq_w4a4', 'qat/qat_ofq_w4a4_shapes.py', 'qat_ofq_w4a4', QAT_BASE),
-        Row('qat_ofq_w4a3', 'qat/qat_ofq_w4a3_shapes.py', 'qat_ofq_w4a3', QAT_BASE),
-        Row('qat_saqa_ofq_all_high', SAQA_OFQ, 'qat_saqa_ofq_w4a4a2', QAT_BASE),
-        Row('qat_mixaq_ofq_w4a4a2_1.35x', SAQA_OFQ, 'qat_saqa_ofq_w4a4a2', QAT_BASE, at(RATIO_135)),
+        _qat('qat_ofq_w4a4', 'qat/qat_ofq_w4a4_shapes.py', 'qat_ofq_w4a4'),
+        _qat('qat_ofq_w4a3', 'qat/qat_ofq_w4a3_shapes.py', 'qat_ofq_w4a3'),
+        _qat('qat_saqa_ofq_all_high', SAQA_OFQ, 'qat_saqa_ofq_w4a4a2'),
+        _qat(
+            'qat_mixaq_ofq_w4a4a2_1.35x', SAQA_OFQ, 'qat_saqa_ofq_w4a4a2',
+            ratios=Ratios(RATIO_135)),
         *sweep_rows(),
     ),
     searches=(
@@ -180,13 +224,15 @@ BENCHMARK = Table(
             'ptq/ptq_mixaq_w4a8a2_shapes.py',
             'fp',
             PTQ_BASE, (1.35, ),
+            'PTQ',
             uniform_name='uniform_ratio',
-            calib_options=(('model.backbone.low_bit_ratios', CALIB_RATIO), )),
+            calib_ratio=CALIB_RATIO),
         Search(
             'qat_search',
             SAQA,
             'qat_saqa_w4a4a2',
             QAT_BASE, (1.35, ),
+            'QAT',
             uniform_name='qat_uniform_ratio'),
     ),
     targets=(

@@ -9,7 +9,7 @@ that the SAQA rows (6 + 6 epochs) are compared at the same training length.
 import os.path as osp
 
 from ..search import DEFAULT_SEARCH_IMAGES
-from .rows import Row, Search, SearchSettings, Table, Target, Training, ablation_targets
+from .rows import Ratios, Row, Search, SearchSettings, Table, Target, Training, ablation_targets
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: mmdet's metafile (configs/swin/metafile.yml): the FP base of the paper's tables.
@@ -25,17 +25,27 @@ RATIO_135 = 0.54
 
 
 def _ptq(name: str, config: str) -> Row:
-    return Row(name, f'ptq/{config}_swin-t_coco.py', 'fp', PTQ_BASE)
+    return Row(name, f'ptq/{config}_swin-t_coco.py', 'fp', PTQ_BASE, 'PTQ')
 
 
-def _at_135(name: str, **options) -> Row:
-    extra = tuple((f'model.backbone.{k}', v) for k, v in options.items() if k != 'init')
+def _qat(name: str, config: str, model: str) -> Row:
+    return Row(name, config, model, QAT_BASE, 'QAT')
+
+
+def _at_135(name: str, init: bool = False, **policy: str) -> Row:
+    """A SAQA row at one low-bit ratio on every pair (1.35x), with another
+    window ``policy`` (``window_score``, ``window_order``) or at its QAT
+    initialization (``init``)."""
+    options = tuple((f'model.backbone.{k}', v) for k, v in policy.items())
     return Row(
         name,
         SAQA,
         'qat_saqa_w4a4a2',
-        QAT_BASE, (('model.backbone.low_bit_ratios', RATIO_135), ) + extra,
-        init=options.get('init', False))
+        QAT_BASE,
+        'QAT',
+        options,
+        ratios=Ratios(RATIO_135),
+        init=init)
 
 
 COCO = Table(
@@ -62,30 +72,26 @@ COCO = Table(
         Training('qat_saqa_prune_w4a4a2', SAQA_PRUNE, 'qat_uniform_w4a4'),
     ),
     rows=(
-        Row('fp', FP_CONFIG, 'fp', PTQ_BASE),
+        Row('fp', FP_CONFIG, 'fp', PTQ_BASE, 'FP'),
         _ptq('uniform_w8a8', 'ptq_uniform_w8a8'),
         _ptq('uniform_w4a8', 'ptq_uniform_w4a8'),
         _ptq('uniform_w4a4', 'ptq_uniform_w4a4'),
         _ptq('mixaq_w4a8a4_1.24x', 'ptq_mixaq_w4a8a4-1.24x'),
         _ptq('mixaq_w4a8a4_1.35x', 'ptq_mixaq_w4a8a4-1.35x'),
         _ptq('mixaq_w4a8a4_prune_1.52x', 'ptq_mixaq_w4a8a4-prune-1.52x'),
-        Row('qat_uniform_w4a4', 'qat/qat_uniform_w4a4_swin-t_coco.py', 'qat_uniform_w4a4',
-            QAT_BASE),
-        Row('qat_uniform_w4a3', 'qat/qat_uniform_w4a3_swin-t_coco.py', 'qat_uniform_w4a3',
-            QAT_BASE),
-        Row('qat_uniform_w4a4_12e', 'qat/qat_uniform_w4a4-12e_swin-t_coco.py',
-            'qat_uniform_w4a4_12e', QAT_BASE),
-        Row('qat_uniform_w4a3_12e', 'qat/qat_uniform_w4a3-12e_swin-t_coco.py',
-            'qat_uniform_w4a3_12e', QAT_BASE),
-        Row('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2', QAT_BASE),
-        Row('qat_mixaq_w4a4a2_1.24x', 'qat/mixaq_w4a4a2-1.24x_swin-t_coco.py', 'qat_saqa_w4a4a2',
-            QAT_BASE),
-        Row('qat_mixaq_w4a4a2_1.35x', 'qat/mixaq_w4a4a2-1.35x_swin-t_coco.py', 'qat_saqa_w4a4a2',
-            QAT_BASE),
-        Row('qat_mixaq_prune_1.53x', 'qat/mixaq_w4a4a2-prune-1.53x_swin-t_coco.py',
-            'qat_saqa_prune_w4a4a2', QAT_BASE),
-        Row('qat_mixaq_prune_1.82x', 'qat/mixaq_w4a4a2-prune-1.82x_swin-t_coco.py',
-            'qat_saqa_prune_w4a4a2', QAT_BASE),
+        _qat('qat_uniform_w4a4', 'qat/qat_uniform_w4a4_swin-t_coco.py', 'qat_uniform_w4a4'),
+        _qat('qat_uniform_w4a3', 'qat/qat_uniform_w4a3_swin-t_coco.py', 'qat_uniform_w4a3'),
+        _qat('qat_uniform_w4a4_12e', 'qat/qat_uniform_w4a4-12e_swin-t_coco.py',
+             'qat_uniform_w4a4_12e'),
+        _qat('qat_uniform_w4a3_12e', 'qat/qat_uniform_w4a3-12e_swin-t_coco.py',
+             'qat_uniform_w4a3_12e'),
+        _qat('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2'),
+        _qat('qat_mixaq_w4a4a2_1.24x', 'qat/mixaq_w4a4a2-1.24x_swin-t_coco.py', 'qat_saqa_w4a4a2'),
+        _qat('qat_mixaq_w4a4a2_1.35x', 'qat/mixaq_w4a4a2-1.35x_swin-t_coco.py', 'qat_saqa_w4a4a2'),
+        _qat('qat_mixaq_prune_1.53x', 'qat/mixaq_w4a4a2-prune-1.53x_swin-t_coco.py',
+             'qat_saqa_prune_w4a4a2'),
+        _qat('qat_mixaq_prune_1.82x', 'qat/mixaq_w4a4a2-prune-1.82x_swin-t_coco.py',
+             'qat_saqa_prune_w4a4a2'),
         _at_135('qat_no_saqa_1.35x', init=True),
         _at_135('qat_mixaq_l2_1.35x', window_score='l2'),
         _at_135('qat_mixaq_random_1.35x', window_order='random'),
@@ -97,14 +103,17 @@ COCO = Table(
             'ptq/ptq_mixaq_w4a8a4-1.35x_swin-t_coco.py',
             'fp',
             PTQ_BASE, (1.24, 1.35),
+            'PTQ',
             objective='map',
-            calib_options=(('model.backbone.low_bit_ratios', 0.5), )),
-        Search('qat_search', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, (1.24, 1.35), objective='map'),
+            calib_ratio=0.5),
+        Search(
+            'qat_search', SAQA, 'qat_saqa_w4a4a2', QAT_BASE, (1.24, 1.35), 'QAT', objective='map'),
         Search(
             'qat_search_prune',
             SAQA_PRUNE,
             'qat_saqa_prune_w4a4a2',
             QAT_BASE, (1.53, 1.82),
+            'QAT',
             objective='map',
             prune=True),
     ),

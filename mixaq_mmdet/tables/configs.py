@@ -77,3 +77,54 @@ class TableConfig:
 
     def cli_options(self) -> List[str]:
         return [format_option(k, v) for k, v in self.options]
+
+
+def epoch_options(cfg: Config, epochs: int) -> Options:
+    """Options training ``cfg`` for ``epochs`` epochs: the loop's length and
+    validation interval, and the end of every epoch-based LR schedule that
+    ended with the training (a cosine over the whole run stays one)."""
+    end = cfg.train_cfg.get('max_epochs')
+    if end is None:
+        raise ValueError(f'{cfg.filename}: train_cfg has no max_epochs; an epoch count cannot '
+                         'be set on an iteration-based training')
+    options = [('train_cfg.max_epochs', epochs), ('train_cfg.val_interval', epochs)]
+    schedulers = cfg.get('param_scheduler') or []
+    single = isinstance(schedulers, dict)
+    for index, scheduler in enumerate([schedulers] if single else schedulers):
+        if scheduler.get('by_epoch', True) and scheduler.get('end') == end:
+            key = 'param_scheduler' if single else f'param_scheduler.{index}'
+            options.append((f'{key}.end', epochs))
+    return tuple(options)
+
+
+def calibration_size_options(cfg: Config, images: int) -> Options:
+    """Options calibrating ``cfg``'s quantizers on ``images`` images: its
+    PTQ loop's and every QAT initialization hook's."""
+    options = []
+    if cfg.get('test_cfg', {}).get('type') == 'PTQLoop':
+        options.append(('test_cfg.calib_images', images))
+    options += [(f'custom_hooks.{i}.calib_images', images)
+                for i, hook in enumerate(cfg.get('custom_hooks', []))
+                if hook.get('type') == 'QATInitHook']
+    return tuple(options)
+
+
+def quick_options(max_epochs: Optional[int] = None,
+                  qat_epochs: Optional[int] = None,
+                  calib_images: Optional[int] = None,
+                  overrides: Optional[Dict[str, Any]] = None) -> ConfigOptions:
+    """Options of every config of a quick run: the float and the quantized
+    (``QuantizedDetector``) models' epochs, the calibration size, then
+    ``overrides`` (``--cfg-options``)."""
+
+    def options(cfg: Config) -> Options:
+        out: Tuple[Tuple[str, Any], ...] = ()
+        quantized = cfg.model.get('type') == 'QuantizedDetector'
+        epochs = qat_epochs if quantized else max_epochs
+        if epochs is not None:
+            out += epoch_options(cfg, epochs)
+        if calib_images is not None:
+            out += calibration_size_options(cfg, calib_images)
+        return out + tuple((overrides or {}).items())
+
+    return options

@@ -1,31 +1,33 @@
 """How a table's runs are carried out: in this process (:class:`LocalExecutor`,
 the benchmark on one machine) or as the project's tools launched on ``gpus``
-devices (:class:`LaunchExecutor`, COCO). Both are given the same configs by
-:class:`~.runner.TableRunner` and return the same records; each run is also
-written as the command a user would type (:func:`tool_command`)."""
+devices (:class:`LaunchExecutor`, COCO). Both implement :class:`Executor`, are
+given the same configs by :class:`~.runner.TableRunner` and return the same
+records (``tests/tables/test_runner.py`` compares them row by row); each run is
+also written as the command a user would type (:func:`tool_command`)."""
 import copy
 import glob
 import json
 import os
 import os.path as osp
-import re
 import shlex
 import subprocess
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from collections import OrderedDict
+from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from mmdet.registry import MODELS
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from ..engine import prepare_test_loop, unwrap
-from ..search import (Candidate, RatioEvaluator, RatioSearchSpace, check_branches_calibrated,
-                      run_search, uniform_ratio_at, write_searched_config)
+from ..engine import PTQLoop, prepare_test_loop, unwrap
+from ..search import (Candidate, RatioEvaluator, check_branches_calibrated, ratio_space, run_search,
+                      search_evaluator, searched_rows, write_searched_config)
 from ..utils import build_runner
+from .cache import fingerprint
 from .configs import TableConfig, format_option
-from .report import row_record
-from .rows import Search, SearchSettings, Table
+from .records import RowRecord, calibrated_images, row_record
+from .rows import Ratios, Search, SearchSettings, Table
 
 TOOLS = ('train', 'test', 'search')
 #: Where a launched calibration records the key of its inputs.
@@ -83,7 +85,7 @@ def search_args(tc: TableConfig, checkpoint: str, search: Search, settings: Sear
         search.objective, '--pop',
         str(settings.pop), '--gens',
         str(settings.gens), '--search-images',
-        str(settings.images), '--no-val'
+        str(settings.images), '--calib-low-bit-ratio', f'{search.calib_ratio:g}', '--no-val'
     ] + (['--prune'] if search.prune else []) + (['--cfg-options', *tc.cli_options()]
                                                  if tc.options else [])
 
@@ -97,22 +99,78 @@ def execution(tc: TableConfig) -> Optional[str]:
     return tc.cfg.test_cfg.get('execution', 'fake_quant') if is_quantized(tc) else None
 
 
+def check_method(info: 'RowInfo', tc: TableConfig) -> None:
+    """Raise if the method the table states for a row is not what its config
+    runs: an FP row on a quantized config, or a PTQ / QAT row on a float one."""
+    if is_quantized(tc) != (info.method != 'FP'):
+        raise ValueError(f'row {info.name} is stated {info.method} but {tc.path} is ' +
+                         ('a quantized (PTQLoop) config' if is_quantized(tc) else 'a float config'))
+
+
+class RowInfo(NamedTuple):
+    """What the table says of a row: its name (a seed's: ``<row>@seed<s>``),
+    its method, the training its checkpoint comes from and its base row."""
+    name: str
+    method: str
+    model: str
+    base: str
+
+
+class Calibration(NamedTuple):
+    """A quantized model rows and searches start from: ``tc`` (the config at
+    its calibration settings, its work dir the calibration's folder) on the
+    checkpoint ``checkpoint``, calibrated there if it is an FP one. ``key``
+    is the content key of both (None: not computable, a dry run)."""
+    tc: TableConfig
+    checkpoint: str
+    key: Optional[str]
+
+
+class Executor(Protocol):
+    """What :class:`~.runner.TableRunner` asks of a way to run a table. Each
+    method returns what it computed (None in a dry run, which computes
+    nothing) and records the commands that compute it. ``side_by_side``:
+    whether several of its runs may share the machine, each in a forked child."""
+    dry_run: bool
+    side_by_side: bool
+
+    def train(self, tc: TableConfig, parent: Optional[str], resume: bool) -> List[str]:
+        """Train ``tc`` from ``parent`` (or resume); the commands."""
+
+    def evaluate(self, info: RowInfo, tc: TableConfig, checkpoint: str) -> Optional[RowRecord]:
+        """A row: ``tc`` evaluated on ``checkpoint`` (calibrated first if FP
+        and ``tc`` is quantized)."""
+
+    def evaluate_calibrated(self, info: RowInfo, calibration: Calibration, ratios: Ratios,
+                            row_tc: TableConfig) -> Optional[RowRecord]:
+        """A row: ``calibration``'s model at ``ratios`` (``row_tc``: the
+        calibration's config at those ratios, in the row's folder)."""
+
+    def search(self, search: Search, calibration: Calibration, settings: SearchSettings, key: str,
+               out_dirs: Dict[str, str]) -> List[RowRecord]:
+        """``search`` on ``calibration``'s model, then its rows (named as
+        ``search.row_names()``, each in its ``out_dirs`` folder) on val."""
+
+
 class Prepared(NamedTuple):
     """A quantized model, calibrated or checked, ready to evaluate at any ratios."""
     runner: Runner
+    loop: PTQLoop
     val: RatioEvaluator
-    calib_images: int
 
 
 class LocalExecutor:
     """Trains and evaluates in this process with mmengine's ``Runner``; rows
-    that share a calibration share one calibrated model."""
+    that share a calibration share one calibrated model (the last
+    :attr:`KEPT` calibrations stay in memory, keyed on all their inputs)."""
 
     dry_run = False
+    side_by_side = True
+    KEPT = 2
 
     def __init__(self, table: Table) -> None:
         self.table = table
-        self.prepared: Dict[tuple, Prepared] = {}
+        self.prepared: 'OrderedDict[str, Prepared]' = OrderedDict()
 
     def train(self, tc: TableConfig, parent: Optional[str], resume: bool) -> List[str]:
         cfg = copy.deepcopy(tc.cfg)
@@ -120,75 +178,86 @@ class LocalExecutor:
         build_runner(cfg, dataloaders=('train_dataloader', 'val_dataloader')).train()
         return [shlex.join(tool_command('train', train_args(tc, parent, resume), 1))]
 
-    def evaluate(self, name: str, tc: TableConfig, checkpoint: str, trained: str,
-                 base: str) -> Dict:
+    def evaluate(self, info: RowInfo, tc: TableConfig, checkpoint: str) -> RowRecord:
+        check_method(info, tc)
         cfg = copy.deepcopy(tc.cfg)
         cfg.load_from, cfg.resume = checkpoint, False
         runner = build_runner(cfg, dataloaders=('test_dataloader', ))
         start = time.time()
         metrics = runner.test()
-        quantized = is_quantized(tc)
-        calib = runner.test_loop.num_calib_images if quantized else 0
-        record = row_record(name, unwrap(runner.model), metrics, trained, base, quantized, calib,
-                            self.table.img_shape,
+        calib = runner.test_loop.num_calib_images if is_quantized(tc) else 0
+        record = row_record(info.name, info.method, unwrap(runner.model), metrics, info.model,
+                            info.base, calib, self.table.img_shape,
                             time.time() - start, execution(tc))
-        record['commands'] = [shlex.join(tool_command('test', test_args(tc, checkpoint), 1))]
+        record.commands = [shlex.join(tool_command('test', test_args(tc, checkpoint), 1))]
         return record
 
-    def prepare(self, tc: TableConfig, checkpoint: str) -> Prepared:
-        """``tc``'s model on ``checkpoint``, calibrated (FP) or checked, once per
-        config, checkpoint and calibration setting."""
-        backbone = tc.cfg.model.backbone
-        key = (tc.path, checkpoint, backbone.window_score, backbone.window_order,
-               str(backbone.get('low_bit_ratios')), str(backbone.get('prune_ratios')))
-        if key not in self.prepared:
-            print(f'[table] {osp.basename(tc.work_dir)}: calibrating '
-                  f'{osp.basename(tc.path)} ({backbone.window_score}/{backbone.window_order}, '
-                  f'low-bit ratios {backbone.get("low_bit_ratios")}) or checking {checkpoint}')
-            cfg = copy.deepcopy(tc.cfg)
-            cfg.load_from, cfg.resume = checkpoint, False
-            runner = build_runner(cfg, dataloaders=('test_dataloader', ))
-            loop = prepare_test_loop(runner)
-            val = RatioEvaluator(
-                loop.model,
-                loop.dataloader.dataset,
-                batch_size=self.table.eval_batch,
-                metrics=('bbox', 'segm'))
-            self.prepared[key] = Prepared(runner, val, loop.num_calib_images)
+    def prepare(self, calibration: Calibration) -> Prepared:
+        """``calibration``'s model, calibrated (FP checkpoint) or checked."""
+        tc, checkpoint = calibration.tc, calibration.checkpoint
+        key = calibration.key or fingerprint(tc.cfg, checkpoint, '')
+        if key in self.prepared:
+            self.prepared.move_to_end(key)
+            return self.prepared[key]
+        while len(self.prepared) >= self.KEPT:
+            self.prepared.popitem(last=False)
+        print(f'[table] {osp.basename(tc.work_dir)}: calibrating {osp.basename(tc.path)} on '
+              f'{checkpoint} (or checking it)')
+        cfg = copy.deepcopy(tc.cfg)
+        cfg.load_from, cfg.resume = checkpoint, False
+        runner = build_runner(cfg, dataloaders=('test_dataloader', ))
+        loop = prepare_test_loop(runner)
+        val = RatioEvaluator(
+            loop.model,
+            loop.dataloader.dataset,
+            batch_size=self.table.eval_batch,
+            metrics=('bbox', 'segm'))
+        self.prepared[key] = Prepared(runner, loop, val)
         return self.prepared[key]
 
-    def evaluate_at(self, name: str, tc: TableConfig, checkpoint: str, candidate: Candidate,
-                    out_dir: str, trained: str, base: str) -> Dict:
-        """A row: ``tc``'s model calibrated as ``tc`` says, at ``candidate``'s
-        ratios on val (detections kept in ``out_dir``)."""
-        prepared = self.prepare(tc, checkpoint)
+    def evaluate_at(self, info: RowInfo, calibration: Calibration, candidate: Candidate,
+                    out_dir: str) -> RowRecord:
+        """A row: ``calibration``'s model at ``candidate``'s ratios on val
+        (detections kept in ``out_dir``)."""
+        check_method(info, calibration.tc)
+        prepared = self.prepare(calibration)
         start = time.time()
         os.makedirs(out_dir, exist_ok=True)
         metrics = prepared.val.evaluate(candidate, outfile_prefix=osp.join(out_dir, 'preds'))
-        return row_record(name, prepared.val.model, metrics, trained, base, True,
-                          prepared.calib_images, self.table.img_shape,
-                          time.time() - start)
+        return row_record(info.name, info.method, prepared.val.model, metrics, info.model,
+                          info.base, prepared.loop.num_calib_images, self.table.img_shape,
+                          time.time() - start, execution(calibration.tc))
 
-    def search(self, search: Search, tc: TableConfig, checkpoint: str, settings: SearchSettings,
-               key: str, out_dirs: Dict[str, str]) -> List[Dict]:
+    def evaluate_calibrated(self, info: RowInfo, calibration: Calibration, ratios: Ratios,
+                            row_tc: TableConfig) -> RowRecord:
+        num_pairs = self.prepare(calibration).val.backbone.num_pairs
+        record = self.evaluate_at(info, calibration, ratios.candidate(num_pairs), row_tc.work_dir)
+        calibrated = osp.join(calibration.tc.work_dir, 'calibrated.pth')
+        record.commands = [
+            shlex.join(tool_command('test', test_args(calibration.tc, calibration.checkpoint), 1)),
+            shlex.join(tool_command('test', test_args(row_tc, calibrated), 1))
+        ]
+        return record
+
+    def search(self, search: Search, calibration: Calibration, settings: SearchSettings, key: str,
+               out_dirs: Dict[str, str]) -> List[RowRecord]:
         """NSGA-II on the search split, then the chosen points (and the uniform
         ratios) on val."""
-        prepared = self.prepare(tc, checkpoint)
+        tc = calibration.tc
+        prepared = self.prepare(calibration)
         model = prepared.val.model
-        evaluator = RatioEvaluator(
-            model,
-            tc.cfg.search_dataloader.dataset,
-            num_images=settings.images,
-            batch_size=self.table.eval_batch)
+        evaluator = search_evaluator(prepared.loop, tc.cfg.search_dataloader, settings.images)
         check_branches_calibrated(model.backbone)
+        space = ratio_space(model.backbone.num_pairs, prune=search.prune)
         print(f'[table] {search.name}: NSGA-II ({settings.pop} x {settings.gens}, '
-              f'{search.objective} objective on {evaluator.num_images} search images) for '
-              f'{list(search.targets)}x +- {self.table.search_tolerance}')
+              f'{search.objective} objective on {evaluator.num_images} search images, '
+              f'{space.num_genes} genes) for {list(search.targets)}x +- '
+              f'{self.table.search_tolerance}')
         start = time.time()
         os.makedirs(tc.work_dir, exist_ok=True)
         result, chosen = run_search(
             evaluator,
-            RatioSearchSpace(model.backbone.num_pairs),
+            space,
             search.objective,
             list(search.targets),
             self.table.search_tolerance,
@@ -197,37 +266,45 @@ class LocalExecutor:
             cache_path=osp.join(tc.work_dir, f'search_cache_{key}.json'))
         seconds = time.time() - start
         records = []
-        for target in search.targets:
-            point = chosen[target]
-            rows = [(f'{search.name}_{target:g}x', point.candidate)]
-            if search.uniform_name:
-                uniform = uniform_ratio_at(evaluator, evaluator.uniform_cost() / point.cost)
-                rows.append((f'{search.uniform_name}_{target:g}x', uniform))
+        for target, rows in searched_rows(evaluator, chosen).items():
             print(f'[table] {search.name}: searched in {seconds / 60:.1f} min '
                   f'({len(result.evaluations)} candidates): low-bit ratios '
-                  f'{list(point.candidate.low_bit_ratios)} for {target:g}x' +
-                  (f'; uniform ratio {rows[1][1].low_bit_ratios[0]:g}' if len(rows) > 1 else ''))
-            write_searched_config(
-                tc.path,
-                point.candidate,
-                osp.join(tc.work_dir, f'searched_{target:g}x.py'),
-                note=f'Searched by the {self.table.name} table for '
-                f'{target:g}x.')
-            for name, candidate in rows:
-                record = self.evaluate_at(name, tc, checkpoint, candidate, out_dirs[name],
-                                          search.model, search.base)
-                record.update(
-                    search_seconds=round(seconds, 1), search_candidates=len(result.evaluations))
+                  f'{list(rows.searched.low_bit_ratios)}, prune ratios '
+                  f'{list(rows.searched.prune_ratios)} for {target:g}x; uniform ratio '
+                  f'{rows.uniform.low_bit_ratios[0]:g}')
+            note = f'Searched by the {self.table.name} table for {target:g}x'
+            write_searched_config(tc.path, rows.searched,
+                                  osp.join(tc.work_dir, f'searched_{target:g}x.py'), note + '.')
+            write_searched_config(tc.path, rows.uniform,
+                                  osp.join(tc.work_dir, f'uniform_{target:g}x.py'),
+                                  note + ': the one ratio on every pair of equal or lower speedup.')
+            for name, candidate in search_row_names(search, target, rows.searched, rows.uniform):
+                info = RowInfo(name, search.method, search.model, search.base)
+                record = self.evaluate_at(info, calibration, candidate, out_dirs[name])
+                record.search_seconds = round(seconds, 1)
+                record.search_candidates = len(result.evaluations)
                 records.append(record)
         return records
+
+
+def search_row_names(search: Search, target: float, searched, uniform) -> List[Tuple[str, object]]:
+    """(row name, what it is evaluated at) of a search's rows at ``target``:
+    the searched point, and the uniform ratio if the search reports it."""
+    rows = [(f'{search.name}_{target:g}x', searched)]
+    if search.uniform_name:
+        rows.append((f'{search.uniform_name}_{target:g}x', uniform))
+    return rows
 
 
 class LaunchExecutor:
     """Runs each step as the project's tool on ``gpus`` devices (``gpus`` <= 1:
     one process) in the repository; ``dry_run`` prints the commands
     instead. A row's metrics are read from the log mmengine writes for the
-    test run (``<work_dir>/<timestamp>/<timestamp>.json``), its BitOPs from the
+    test run (``<work_dir>/<timestamp>/<timestamp>.json``), its calibration
+    count from the meta of the calibrated checkpoint, its BitOPs from the
     model built from the same config."""
+
+    side_by_side = False
 
     def __init__(self, table: Table, gpus: int, dry_run: bool = False) -> None:
         if gpus < 0:
@@ -256,25 +333,31 @@ class LaunchExecutor:
     def train(self, tc: TableConfig, parent: Optional[str], resume: bool) -> List[str]:
         return [self.launch('train', train_args(tc, parent, resume), tc.work_dir)]
 
-    def evaluate(self, name: str, tc: TableConfig, checkpoint: str, trained: str,
-                 base: str) -> Dict:
+    def evaluate(self, info: RowInfo, tc: TableConfig, checkpoint: str) -> Optional[RowRecord]:
+        check_method(info, tc)
         start = time.time()
         command = self.launch('test', test_args(tc, checkpoint), tc.work_dir)
         if self.dry_run:
-            return dict(name=name, commands=[command])
-        metrics, calib = read_test_metrics(tc.work_dir), calibration_images(tc.work_dir)
+            return None
+        metrics = read_test_metrics(tc.work_dir)
+        calib = 0
+        if osp.basename(checkpoint) == 'calibrated.pth':
+            calib = calibrated_images(checkpoint)
+        elif info.method == 'PTQ':  # the FP model was calibrated by this run
+            calib = calibrated_images_in(tc.work_dir)
         init_default_scope(tc.cfg.get('default_scope', 'mmdet'))
         model = MODELS.build(copy.deepcopy(tc.cfg.model))
-        record = row_record(name, model, metrics, trained, base, is_quantized(tc), calib,
+        record = row_record(info.name, info.method, model, metrics, info.model, info.base, calib,
                             self.table.img_shape,
                             time.time() - start, execution(tc))
-        record['commands'] = [command]
+        record.commands = [command]
         return record
 
-    def calibrate(self, tc: TableConfig, checkpoint: str, key: Optional[str]) -> Tuple[str, str]:
-        """Calibrate ``checkpoint`` with ``tc`` (``tools/test.py`` saves
-        ``calibrated.pth``) unless it was for the same inputs ``key``; the
-        calibrated checkpoint and the command."""
+    def calibrate(self, calibration: Calibration) -> Tuple[str, str]:
+        """Calibrate with ``tools/test.py`` (which saves ``calibrated.pth``)
+        unless it was for the same inputs; the calibrated checkpoint and the
+        command."""
+        tc, checkpoint, key = calibration
         calibrated = osp.join(tc.work_dir, 'calibrated.pth')
         record = osp.join(tc.work_dir, CALIBRATION_KEY_FILE)
         command = shlex.join(tool_command('test', test_args(tc, checkpoint), self.gpus))
@@ -288,34 +371,45 @@ class LaunchExecutor:
                 f.write(key)
         return calibrated, command
 
-    def search(self, search: Search, tc: TableConfig, checkpoint: str, settings: SearchSettings,
-               key: str, out_dirs: Dict[str, str]) -> List[Dict]:
+    def evaluate_calibrated(self, info: RowInfo, calibration: Calibration, ratios: Ratios,
+                            row_tc: TableConfig) -> Optional[RowRecord]:
+        calibrated, command = self.calibrate(calibration)
+        record = self.evaluate(info, row_tc, calibrated)
+        if record is not None:
+            record.commands.insert(0, command)
+        return record
+
+    def search(self, search: Search, calibration: Calibration, settings: SearchSettings, key: str,
+               out_dirs: Dict[str, str]) -> List[RowRecord]:
         """``tools/search_ratios.py`` on the search split (its cache resumes),
-        then ``tools/test.py`` on each searched config."""
-        if search.uniform_name:
-            raise ValueError(f'{search.name}: the uniform-ratio rows of a search are '
-                             'computed in process only; give the table a row with one ratio')
+        then ``tools/test.py`` on each config it wrote, on the model the
+        search calibrated (PTQ) or the given one (QAT)."""
+        tc, checkpoint, _ = calibration
         args = search_args(tc, checkpoint, search, settings, self.table.search_tolerance)
         command = self.launch('search', args, tc.work_dir)
+        model = osp.join(tc.work_dir, 'calibrated.pth') if search.method == 'PTQ' else checkpoint
+        ratio_keys = {k for k, _ in Ratios().options()}
+        # the written configs set the ratios
+        options = tuple((k, v) for k, v in tc.options if k not in ratio_keys)
         records = []
         for target in search.targets:
-            name = f'{search.name}_{target:g}x'
-            searched = osp.join(tc.work_dir, f'searched_{target:g}x.py')
-            calibration = dict(search.calib_options)  # the searched config sets the ratios
-            options = tuple((k, v) for k, v in tc.options if k not in calibration) + (
-                ('test_evaluator.outfile_prefix', osp.join(out_dirs[name], 'preds')), )
-            if self.dry_run:
-                cli = [format_option(k, v) for k, v in options]
-                printed = self.launch(
-                    'test',
-                    [searched, checkpoint, '--work-dir', out_dirs[name], '--cfg-options', *cli],
-                    out_dirs[name])
-                records.append(dict(name=name, commands=[command, printed]))
-                continue
-            row_tc = TableConfig(searched, out_dirs[name], self.table.data_root, options)
-            record = self.evaluate(name, row_tc, checkpoint, search.model, search.base)
-            record['commands'].insert(0, command)
-            records.append(record)
+            configs = search_row_names(search, target, f'searched_{target:g}x.py',
+                                       f'uniform_{target:g}x.py')
+            for name, config in configs:
+                row_options = options + (
+                    ('test_evaluator.outfile_prefix', osp.join(out_dirs[name], 'preds')), )
+                path = osp.join(tc.work_dir, config)
+                if self.dry_run:
+                    cli = [format_option(k, v) for k, v in row_options]
+                    self.launch('test',
+                                [path, model, '--work-dir', out_dirs[name], '--cfg-options', *cli],
+                                out_dirs[name])
+                    continue
+                row_tc = TableConfig(path, out_dirs[name], self.table.data_root, row_options)
+                info = RowInfo(name, search.method, search.model, search.base)
+                record = self.evaluate(info, row_tc, model)
+                record.commands.insert(0, command)
+                records.append(record)
         return records
 
 
@@ -328,11 +422,8 @@ def read_test_metrics(work_dir: str) -> Dict[str, float]:
         return json.load(f)
 
 
-def calibration_images(work_dir: str) -> int:
-    """The images the newest run in ``work_dir`` calibrated on (0: none)."""
-    logs = sorted(glob.glob(osp.join(work_dir, '[0-9]*_[0-9]*', '*.log')))
-    if not logs:
-        return 0
-    with open(logs[-1], errors='replace') as f:
-        found = re.findall(r'calibrated \d+ quantizers on (\d+) images', f.read())
-    return int(found[-1]) if found else 0
+def calibrated_images_in(work_dir: str) -> int:
+    """The images of the calibration a test run saved in ``work_dir``
+    (``calibrated.pth``; 0: it saved none)."""
+    path = osp.join(work_dir, 'calibrated.pth')
+    return calibrated_images(path) if osp.isfile(path) else 0

@@ -1,16 +1,16 @@
-"""A table's rows as records, their speedups, the claims between them and the
-printed table."""
+"""A table's rows' speedups and means over seeds, the claims between them and
+the printed table."""
+import dataclasses
 import json
 import os.path as osp
 import re
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch.nn as nn
 
-from ..analysis import SeededDifference, count_bitops, over_seeds, paired_difference
-from ..models import quant_scope
-from .rows import Target
+from ..analysis import SeededDifference, over_seeds, paired_difference, plot_pareto
+from .records import RowRecord
+from .rows import Table, Target
 
 #: Folds of the val images for the standard error of a difference.
 NUM_FOLDS = 5
@@ -25,97 +25,55 @@ VERDICTS = ('met', 'within noise', 'MISSED')
 SeedDirs = Callable[[str], List[Tuple[Optional[int], str]]]
 
 
-def row_record(name: str,
-               model: nn.Module,
-               metrics: Mapping[str, float],
-               trained: str,
-               base: str,
-               quantized: bool,
-               calib_images: int,
-               img_shape: Sequence[int],
-               seconds: float,
-               execution: Optional[str] = None) -> Dict:
-    """A row of results.json: metrics, BitOPs at ``img_shape``, the backbone's
-    measured time per image where the run measured it, and the model's setting
-    (``model`` is the evaluated model, or one built from the same config;
-    ``execution``: how a quantized model computed, see ``test_cfg.execution``)."""
-    report = count_bitops(model, tuple(img_shape))
-    backbone = model.backbone
-    method = 'FP' if not quantized else 'QAT' if trained != 'fp' else 'PTQ'
-    # mmdet's CocoMetric reports nothing when no image has a detection: COCO's mAP is 0
-    no_detections = 'coco/bbox_mAP' not in metrics
-    return dict(
-        name=name,
-        method=method,
-        bbox_mAP=round(100 * metrics.get('coco/bbox_mAP', 0.0), 2),
-        segm_mAP=round(100 * metrics.get('coco/segm_mAP', 0.0), 2),
-        no_detections=no_detections,
-        bitops_G=round(report.bitops / 1e9, 4),
-        w_bits=backbone.w_bits if quantized else 32,
-        act_bits=round(report.act_bits, 3),
-        a_bits=list(backbone.a_bits) if quantized else [32, 32],
-        low_bit_ratios=list(backbone.low_bit_ratios) if quantized else None,
-        prune_ratios=list(backbone.prune_ratios) if quantized else None,
-        window_score=backbone.policy.score if quantized else None,
-        window_order=backbone.policy.order if quantized else None,
-        calib_images=calib_images,
-        execution=(execution or 'fake_quant') if quantized else None,
-        backbone_ms=metrics.get('mixaq/backbone_ms'),
-        scope=quant_scope(model) if quantized else None,
-        model=trained,
-        base=base,
-        img_shape=list(img_shape),
-        eval_seconds=round(seconds, 1))
-
-
-def add_speedups(rows: List[Dict]) -> None:
+def add_speedups(rows: List[RowRecord]) -> None:
     """Each row's speedup: its base row's BitOPs over its own (None if the base
     row is absent)."""
-    bitops = {r['name']: r['bitops_G'] for r in rows}
+    bitops = {r.name: r.bitops_G for r in rows}
     for row in rows:
-        base = bitops.get(row.get('base'))
-        row['speedup'] = round(base / row['bitops_G'], 3) if base else None
+        base = bitops.get(row.base)
+        row.speedup = round(base / row.bitops_G, 3) if base else None
 
 
-def with_seed_means(rows: Sequence[Dict]) -> List[Dict]:
+def with_seed_means(rows: Sequence[RowRecord]) -> List[RowRecord]:
     """``rows`` with the mean over seeds of each row evaluated per seed (its
     records carry ``row`` and ``seed``), placed before the first of them."""
-    groups: Dict[str, List[Dict]] = {}
+    groups: Dict[str, List[RowRecord]] = {}
     for r in rows:
-        if 'seed' in r:
-            groups.setdefault(r['row'], []).append(r)
+        if r.seed is not None:
+            groups.setdefault(r.row, []).append(r)
     out = []
     for r in rows:
-        if 'seeds' in r:  # a mean of an earlier run: computed anew
+        if r.seeds is not None:  # a mean of an earlier run: computed anew
             continue
-        if 'seed' in r and r is groups[r['row']][0]:
-            out.append(seed_mean(groups[r['row']]))
+        if r.seed is not None and r is groups[r.row][0]:
+            out.append(seed_mean(groups[r.row]))
         out.append(r)
     return out
 
 
-def seed_mean(records: Sequence[Dict]) -> Dict:
+def seed_mean(records: Sequence[RowRecord]) -> RowRecord:
     """One row from its per-seed records: bbox and segm mAP averaged, with the
     per-seed values and their standard deviation; the setting of the first."""
     first = records[0]
-    mean = {
-        k: v
-        for k, v in first.items()
-        if k not in ('row', 'seed', 'fingerprint', 'commands', 'stale', 'eval_seconds')
-    }
-    mean.update(
-        name=first['row'],
-        model=re.sub(r'@seed\d+', '', first['model']),
-        seeds=[r['seed'] for r in records],
-        no_detections=any(r['no_detections'] for r in records),
-        eval_seconds=round(sum(r['eval_seconds'] for r in records), 1))
+    mean = dataclasses.replace(
+        first,
+        name=first.row,
+        row=None,
+        seed=None,
+        fingerprint=None,
+        commands=[],
+        model=re.sub(r'@seed\d+', '', first.model),
+        seeds=[r.seed for r in records],
+        no_detections=any(r.no_detections for r in records),
+        stale=any(r.stale for r in records),
+        trained_by_other_code=any(r.trained_by_other_code for r in records),
+        eval_seconds=round(sum(r.eval_seconds for r in records), 1))
     for metric in ('bbox_mAP', 'segm_mAP'):
-        values = [r[metric] for r in records]
-        mean[metric] = round(float(np.mean(values)), 2)
-        mean[f'{metric}_seeds'] = values
-        mean[f'{metric}_std'] = round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else 0.0
-    if any(r.get('stale') for r in records):
-        mean['stale'] = True
+        values = [getattr(r, metric) for r in records]
+        setattr(mean, metric, round(float(np.mean(values)), 2))
+        setattr(mean, f'{metric}_seeds', values)
+        setattr(mean, f'{metric}_std',
+                round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else 0.0)
     return mean
 
 
@@ -146,13 +104,13 @@ def pair_seeds(a: List[Tuple[Optional[int], str]],
     return [(seed, folder, folders[seed]) for seed, folder in a if seed in folders]
 
 
-def compare(targets: Sequence[Target], rows: Sequence[Dict], seed_dirs: SeedDirs,
+def compare(targets: Sequence[Target], rows: Sequence[RowRecord], seed_dirs: SeedDirs,
             ann_file: str) -> List[Dict]:
     """The ``targets`` whose two rows are present with their detections (in
     the folders ``seed_dirs(name)``): paired bbox mAP differences on val, per
     seed, their mean and standard error over :data:`NUM_FOLDS` folds of the
     images and over the seeds (:func:`~mixaq_mmdet.analysis.over_seeds`)."""
-    by_name = {r['name']: r for r in rows}
+    by_name = {r.name: r for r in rows}
     with open(ann_file) as f:
         folds = min(NUM_FOLDS, len(json.load(f)['images']))
     results = []
@@ -196,25 +154,25 @@ def compare(targets: Sequence[Target], rows: Sequence[Dict], seed_dirs: SeedDirs
     return results
 
 
-def format_table(rows: Sequence[Dict]) -> str:
+def format_table(rows: Sequence[RowRecord]) -> str:
     header = (f"{'name':<30}{'bbox mAP':>9}{'segm mAP':>9}{'speedup':>9}{'backbone':>10}"
               f"{'W':>4}{'A eff':>7}  {'low / prune ratios':<20}{'windows':<14}{'calib':>6}")
     lines = [header, '-' * len(header)]
     for r in rows:
-        if 'seed' in r:  # in results.json; the table shows their mean
+        if r.seed is not None:  # in results.json; the table shows their mean
             continue
-        ratios = '-' if r['low_bit_ratios'] is None else \
-            f"{_ratios(r['low_bit_ratios'])} / {_ratios(r['prune_ratios'])}"
-        speedup = '-' if r.get('speedup') is None else f"{r['speedup']:.3f}x"
-        order = '-' if r.get('window_order') is None else \
-            f"{r['window_score']}/{r['window_order'][:3]}"
-        stale = '  (stale: inputs changed since)' if r.get('stale') else ''
-        seeds = f"  (mean of {len(r['seeds'])} seeds, bbox sd {r['bbox_mAP_std']:.2f})" \
-            if r.get('seeds') else ''
-        latency = '-' if r.get('backbone_ms') is None else f"{r['backbone_ms']:.1f}ms"
-        lines.append(f"{r['name']:<30}{r['bbox_mAP']:>9.2f}{r['segm_mAP']:>9.2f}"
-                     f"{speedup:>9}{latency:>10}{r['w_bits']:>4}{r['act_bits']:>7.2f}  "
-                     f"{ratios:<20}{order:<14}{r['calib_images']:>6}{seeds}{stale}")
+        ratios = '-' if r.low_bit_ratios is None else \
+            f"{_ratios(r.low_bit_ratios)} / {_ratios(r.prune_ratios)}"
+        speedup = '-' if r.speedup is None else f"{r.speedup:.3f}x"
+        order = '-' if r.window_order is None else f"{r.window_score}/{r.window_order[:3]}"
+        stale = '  (stale: inputs changed since)' if r.stale else ''
+        other = '  (model trained by other code)' if r.trained_by_other_code else ''
+        seeds = f"  (mean of {len(r.seeds)} seeds, bbox sd {r.bbox_mAP_std:.2f})" \
+            if r.seeds else ''
+        latency = '-' if r.backbone_ms is None else f"{r.backbone_ms:.1f}ms"
+        lines.append(f"{r.name:<30}{r.bbox_mAP:>9.2f}{r.segm_mAP:>9.2f}"
+                     f"{speedup:>9}{latency:>10}{r.w_bits:>4}{r.act_bits:>7.2f}  "
+                     f"{ratios:<20}{order:<14}{r.calib_images:>6}{seeds}{stale}{other}")
     return '\n'.join(lines)
 
 
@@ -231,3 +189,22 @@ def format_targets(targets: Sequence[Dict]) -> str:
 
 def _ratios(values: Optional[Sequence[float]]) -> str:
     return f'{values[0]:g}' if len(set(values)) == 1 else ','.join(f'{v:g}' for v in values)
+
+
+def plot_table(table: Table, rows: Sequence[RowRecord], work_dir: str) -> None:
+    """The table's Pareto plot of each method (the mean row of a seeded row,
+    rows marked ``plotted``) and its extra plots, into ``work_dir``."""
+    dicts = [r.to_dict() for r in rows]
+    for method, (base, png) in table.plots.items():
+        points = [
+            d for d, r in zip(dicts, rows)
+            if r.method == method and r.speedup and r.plotted and r.seed is None
+        ]
+        if points:
+            plot_pareto(
+                points,
+                osp.join(work_dir, png),
+                title=f'{method} on {table.title}',
+                xlabel=f'BitOPs speedup over {base}')
+    for draw, png in table.extra_plots:
+        draw(dicts, osp.join(work_dir, png))

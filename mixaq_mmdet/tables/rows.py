@@ -5,7 +5,10 @@ A table names configs relative to its ``config_root`` and models by the name of
 a :class:`Training`; nothing here runs anything (:mod:`.runner` does).
 """
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+
+from ..ratios import RATIO_TOLERANCE
+from ..search import CALIB_LOW_BIT_RATIO, Candidate
 
 #: Config overrides as ``(dotted key, value)`` pairs, mmengine's ``--cfg-options``.
 Options = Tuple[Tuple[str, Any], ...]
@@ -16,6 +19,56 @@ Options = Tuple[Tuple[str, Any], ...]
 #: error), 'not_worse' (A - B above minus twice it). A claim is met only where
 #: it holds beyond that noise (:func:`.report.verdict`).
 TARGET_TESTS = ('ge', 'gt', 'within', 'equal', 'noise', 'not_worse')
+#: What a row reports: the float model, a calibrated FP model, a trained
+#: quantized model. The table states it; the runner checks it against the config.
+METHODS = ('FP', 'PTQ', 'QAT')
+#: A ratio of every pair, or one per pair.
+PairRatios = Union[float, Tuple[float, ...]]
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """The low-bit and prune ratios a row evaluates its model at: one for
+    every pair, or one per pair."""
+    low_bit: PairRatios = 0.0
+    prune: PairRatios = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ('low_bit', 'prune'):
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value, )
+            if not values or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                    for v in values):
+                raise ValueError(f'Ratios.{name} must be a ratio in [0, 1] or a tuple of them '
+                                 f'(one per pair), got {value!r}')
+
+    def options(self) -> 'Options':
+        """The config overrides that set these ratios."""
+        return (('model.backbone.low_bit_ratios', self.low_bit), ('model.backbone.prune_ratios',
+                                                                  self.prune))
+
+    def candidate(self, num_pairs: int) -> Candidate:
+        """These ratios on a backbone of ``num_pairs`` pairs."""
+
+        def per_pair(name: str) -> Tuple[float, ...]:
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                return (float(value), ) * num_pairs
+            if len(value) != num_pairs:
+                raise ValueError(f'Ratios.{name} gives {len(value)} ratios; the backbone has '
+                                 f'{num_pairs} pairs')
+            return tuple(float(v) for v in value)
+
+        low, prune = per_pair('low_bit'), per_pair('prune')
+        if any(a + b > 1 + RATIO_TOLERANCE for a, b in zip(low, prune)):
+            raise ValueError(f'low-bit plus prune ratio exceeds 1 on a pair: {low} + {prune}')
+        return Candidate(low, prune)
+
+    @classmethod
+    def of(cls, candidate: Candidate) -> 'Ratios':
+        """A search's candidate as a row's ratios."""
+        return cls(tuple(candidate.low_bit_ratios), tuple(candidate.prune_ratios))
 
 
 def seeded_name(name: str, seed: Optional[int]) -> str:
@@ -40,25 +93,57 @@ class Training:
     seeded: bool = False
 
 
+def _check_method(item: Any) -> None:
+    if item.method not in METHODS:
+        raise ValueError(f'{item.name}: method {item.method!r} is not one of {METHODS}')
+
+
 @dataclass(frozen=True)
 class Row:
-    """``config`` with ``options`` evaluated on val on the training ``model``'s
-    final checkpoint (``init``: its QAT initialization, ``qat_init.pth``).
+    """``config`` with ``options`` (at ``ratios``, if given) evaluated on val
+    on the training ``model``'s final checkpoint (``init``: its QAT
+    initialization, ``qat_init.pth``); ``method`` is what the row reports.
 
     A PTQ row calibrates the FP model. With ``calibration`` (a name, also its
-    folder) it calibrates at ``calib_options`` instead and is evaluated at the
-    ratios of ``options``; the rows naming one calibration share it. The speedup
-    is the BitOPs of the row ``base`` over the row's own.
+    folder) it calibrates at ``calib_ratios`` instead and is evaluated at
+    ``ratios``; the rows naming one calibration share it. The speedup is the
+    BitOPs of the row ``base`` over the row's own.
     """
     name: str
     config: str
     model: str
     base: str
+    method: str
     options: Options = ()
+    ratios: Optional[Ratios] = None
     calibration: Optional[str] = None
-    calib_options: Options = ()
+    calib_ratios: Optional[Ratios] = None
     init: bool = False
     plotted: bool = True  # a point of the table's Pareto plots
+
+    def __post_init__(self) -> None:
+        _check_method(self)
+        ratio_keys = {k for k, _ in Ratios().options()} & {k for k, _ in self.options}
+        if ratio_keys:
+            raise ValueError(f'row {self.name}: set the ratios as ratios=Ratios(...), not as '
+                             f'the options {sorted(ratio_keys)}')
+        if (self.calibration is None) != (self.calib_ratios
+                                          is None) or (self.calibration is not None
+                                                       and self.ratios is None):
+            raise ValueError(f'row {self.name}: a row of a calibration names it and gives the '
+                             'ratios it is calibrated at (calib_ratios) and evaluated at '
+                             '(ratios); a row without one gives neither calibration nor '
+                             'calib_ratios')
+
+    @property
+    def evaluated_options(self) -> Options:
+        """The options of the config the row is evaluated with."""
+        return self.options + (self.ratios.options() if self.ratios else ())
+
+    @property
+    def calib_options(self) -> Options:
+        """The options of the config its calibration runs (a row of one)."""
+        return self.options + self.calib_ratios.options()
 
 
 class SearchSettings(NamedTuple):
@@ -71,19 +156,27 @@ class SearchSettings(NamedTuple):
 @dataclass(frozen=True)
 class Search:
     """Per-pair ratios searched by NSGA-II on the search split of ``config``
-    (the ``model``'s checkpoint, calibrated at ``calib_options`` if it is FP)
-    for each speedup of ``targets``: rows ``<name>_<target>x`` at the searched
-    ratios and, with ``uniform_name``, ``<uniform_name>_<target>x`` at one
-    ratio on every pair of equal or lower speedup."""
+    (the ``model``'s checkpoint, calibrated at ``calib_ratio`` on every pair
+    if ``method`` is 'PTQ') for each speedup of ``targets``: rows
+    ``<name>_<target>x`` at the searched ratios and, with ``uniform_name``,
+    ``<uniform_name>_<target>x`` at one ratio on every pair of equal or lower
+    speedup. With ``prune`` a pair's prune ratio is searched too."""
     name: str
     config: str
     model: str
     base: str
     targets: Tuple[float, ...]
+    method: str
     uniform_name: Optional[str] = None
     objective: str = 'proxy'
     prune: bool = False
-    calib_options: Options = ()
+    calib_ratio: float = CALIB_LOW_BIT_RATIO
+
+    def __post_init__(self) -> None:
+        _check_method(self)
+        if self.method == 'FP':
+            raise ValueError(f'search {self.name}: a search needs a quantized model (PTQ or '
+                             'QAT), not FP')
 
     def row_names(self) -> Tuple[str, ...]:
         """The rows of the search, in the order they are computed."""
@@ -134,7 +227,9 @@ class Table:
     the Pareto plot's file name; ``extra_plots`` are (function of the rows and
     a file, file name) pairs; ``search_settings`` the searches' defaults.
     ``validate_trainings`` False: the trainings skip their own validation
-    (mmengine's ``val_begin`` past the end), which the rows repeat anyway."""
+    (mmengine's ``val_begin`` past the end), which the rows repeat anyway.
+    ``generate_data``, for a table on data it makes, writes the splits that are
+    absent under a data root (sizes per split)."""
     name: str
     title: str
     config_root: str
@@ -152,6 +247,13 @@ class Table:
     search_tolerance: float = 0.02
     seeds: Tuple[int, ...] = (0, )
     validate_trainings: bool = True
+    work_dir: str = ''
+    generate_data: Optional[Callable[[str, Dict[str, int]], None]] = None
+
+    @property
+    def default_work_dir(self) -> str:
+        """Where the table runs unless told (``work_dirs/<name>_table``)."""
+        return self.work_dir or f'work_dirs/{self.name}_table'
 
     def __post_init__(self) -> None:
         trainings = {t.name for t in self.trainings}
@@ -186,8 +288,8 @@ class Table:
             if (first.config, first.model, first.calib_options) != (row.config, row.model,
                                                                     row.calib_options):
                 raise ValueError(f'table {self.name}: rows {first.name} and {row.name} share '
-                                 f'calibration {row.calibration!r} but not its config, model '
-                                 'and calibration options')
+                                 f'calibration {row.calibration!r} but not its config, model, '
+                                 'options and calibration ratios')
         missing = sorted({'train', 'val'} - set(self.ann_files))
         if missing or (self.searches and 'search' not in self.ann_files):
             splits = 'train, val' + (' and search' if self.searches else '')

@@ -2,26 +2,27 @@
 the rows, run the searches, reuse what is unchanged, check the claims."""
 import os
 import os.path as osp
-import shlex
 import shutil
 import time
 from functools import partial
-from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from ..engine.hooks.qat_init_hook import INIT_CHECKPOINT
 from ..quantization.numerics import compile_kernels
-from ..search import Candidate
-from .cache import ResultStore, files_digest, fingerprint, package_digest
+from ..search import calibration_options
+from .cache import ROW_CODE, TRAINING_CODE, ResultStore, code_digest, files_digest, fingerprint
 from .configs import ConfigOptions, TableConfig
-from .executors import LaunchExecutor, LocalExecutor, calibration_images, test_args, tool_command
+from .executors import Calibration, Executor, RowInfo
+from .records import RowRecord
 from .report import add_speedups, compare, with_seed_means
 from .rows import Row, Search, SearchSettings, Table, seeded_name
 from .scheduler import Job, run_jobs
 
-Executor = Union[LocalExecutor, LaunchExecutor]
-#: Where a training records the key of the inputs it was trained from, and the
-#: commands that trained it (one a line: a resumed run adds one).
+#: Where a training records the key of the inputs it was trained from, the
+#: digest of the code that trained it, and the commands that trained it (one
+#: a line: a resumed run adds one).
 TRAINING_KEY_FILE = 'table_inputs.txt'
+TRAINING_CODE_FILE = 'table_code.txt'
 TRAINING_COMMANDS_FILE = 'table_commands.txt'
 PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -29,7 +30,7 @@ PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
 class Outcome(NamedTuple):
     """A row's record: computed now (to store under ``key``) or ``kept``
     from the previous ``results.json``."""
-    record: Dict
+    record: RowRecord
     key: Optional[str]
     kept: bool
 
@@ -38,11 +39,14 @@ class TableRunner:
     """Runs ``table`` into ``work_dir`` on the data under ``data_root``.
 
     A training is reused while its config, its parent checkpoint's content and
-    the training annotations are unchanged (the package code is not part of its
-    key: retraining is what costs); an interrupted training resumes. A row is
-    reused from ``results.json`` while its config, checkpoint, package code and
-    data are unchanged; rows not in ``rows`` keep their previous result (marked
-    stale if their inputs changed). ``options`` adds overrides to every config
+    the training annotations are unchanged; an interrupted training resumes.
+    The code it ran (:data:`~.cache.TRAINING_CODE`, docstrings and comments
+    left out) is recorded beside it: a row on a model trained by other code
+    says so (``trained_by_other_code``), and with ``retrain_changed_code`` such
+    a model is trained anew. A row is reused from ``results.json`` while its
+    config, checkpoint, code (:data:`~.cache.ROW_CODE`) and data are
+    unchanged; rows not in ``rows`` keep their previous result (marked stale
+    if their inputs changed). ``options`` adds overrides to every config
     (a quick run's epochs or image counts); ``checkpoints`` replaces the given
     checkpoint of a training (the COCO FP model: a URL or a local file);
     ``search`` the table's search settings.
@@ -54,7 +58,7 @@ class TableRunner:
     The work is split into jobs: each training, each search, and the rows of
     one calibration (or one row) at one seed. ``jobs`` > 1 runs up to that
     many side by side in forked children (:func:`.scheduler.run_jobs`, logs
-    in ``<work_dir>/logs``; in-process runs only).
+    in ``<work_dir>/logs``), where the executor allows it (``side_by_side``).
     """
 
     def __init__(self,
@@ -66,10 +70,11 @@ class TableRunner:
                  options: Optional[ConfigOptions] = None,
                  checkpoints: Optional[Dict[str, str]] = None,
                  search: Optional[SearchSettings] = None,
-                 jobs: int = 1) -> None:
-        if jobs > 1 and not isinstance(executor, LocalExecutor):
+                 jobs: int = 1,
+                 retrain_changed_code: bool = False) -> None:
+        if jobs > 1 and not executor.side_by_side:
             raise ValueError(f'jobs={jobs} runs jobs side by side in this machine\'s processes; '
-                             'launched tools (--gpus) run one at a time on all the devices')
+                             f'{type(executor).__name__} runs one at a time on all the devices')
         unknown = sorted(set(rows or ()) - set(table.row_names))
         if unknown:
             raise ValueError(f'table {table.name} has no rows {unknown}; rows: ' +
@@ -87,6 +92,8 @@ class TableRunner:
         self.store = ResultStore(osp.join(self.work_dir, 'results.json'))
         self.dry_run = executor.dry_run
         self.jobs = jobs
+        self.retrain_changed_code = retrain_changed_code
+        self.training_code = code_digest(PACKAGE, TRAINING_CODE)
 
     def config(self, config: str, work_dir: str, options=()) -> TableConfig:
         return TableConfig(
@@ -104,12 +111,11 @@ class TableRunner:
             return None
         return fingerprint(tc.cfg, checkpoint, versions, self.work_dir)
 
-    def run(self) -> Tuple[List[Dict], List[Dict]]:
+    def run(self) -> Tuple[List[RowRecord], List[Dict]]:
         """Compute the asked-for rows; return every row (with its speedup) and
         the table's claims checked on them, both also in ``results.json``."""
         checkpoints, jobs = self.training_jobs()
-        versions = f"{package_digest(PACKAGE) if not self.dry_run else ''}:" \
-                   f"{self.data_version(('train', 'val'))}"
+        versions = f"{code_digest(PACKAGE, ROW_CODE)}:{self.data_version(('train', 'val'))}"
         trained = {job.name for job in jobs}
         jobs += self.search_jobs(checkpoints, versions, trained)
         jobs += self.row_jobs(checkpoints, versions, trained)
@@ -122,6 +128,10 @@ class TableRunner:
         add_speedups(rows)
         targets = compare(self.table.targets, rows, self.seed_dirs,
                           osp.join(self.data_root, self.table.ann_files['val']))
+        other = sorted({r.model for r in rows if r.trained_by_other_code and r.seeds is None})
+        if other:
+            print(f'[table] models trained by other code than this checkout\'s: {other}; their '
+                  'rows say so (--retrain-changed-code trains them anew)')
         self.store.save(
             targets=targets,
             trainings=self.training_records(checkpoints),
@@ -171,7 +181,8 @@ class TableRunner:
                     jobs.append(
                         Job(f'train {name}',
                             partial(self.ensure_trained, name, tc, parent, final, train_data),
-                            tuple(j.name for j in jobs if j.name == parent_job)))
+                            tuple(j.name for j in jobs if j.name == parent_job),
+                            work_dirs=(tc.work_dir, )))
         return checkpoints, jobs
 
     def search_jobs(self, checkpoints: Dict[str, str], versions: str,
@@ -181,7 +192,12 @@ class TableRunner:
         for search in self.table.searches:
             model = f'train {seeded_name(search.model, self.table.seeds_of(search.model)[0])}'
             run = partial(self.run_search, search, checkpoints, versions)
-            jobs.append(Job(f'search {search.name}', run, (model, ) if model in trained else ()))
+            folders = (osp.join(self.work_dir, search.folder), ) + tuple(
+                self.row_dir(name) for name in search.row_names())
+            jobs.append(
+                Job(f'search {search.name}',
+                    run, (model, ) if model in trained else (),
+                    work_dirs=folders))
         return jobs
 
     def row_jobs(self, checkpoints: Dict[str, str], versions: str, trained: Set[str]) -> List[Job]:
@@ -197,9 +213,21 @@ class TableRunner:
         for name, members in groups.items():
             models = {f'train {seeded_name(r.model, s)}' for r, s in members}
             jobs.append(
-                Job(name, partial(self.run_rows, members, checkpoints, versions),
-                    tuple(sorted(models & trained))))
+                Job(name,
+                    partial(self.run_rows, members, checkpoints, versions),
+                    tuple(sorted(models & trained)),
+                    work_dirs=tuple(self.row_folders(members))))
         return jobs
+
+    def row_folders(self, members: Sequence[Tuple[Row, Optional[int]]]) -> List[str]:
+        """Where the runs of a job of rows write: each row's folder and its
+        calibration's."""
+        folders = []
+        for row, seed in members:
+            folders.append(self.row_dir(seeded_name(row.name, seed)))
+            if row.calibration is not None:
+                folders.append(osp.join(self.work_dir, seeded_name(row.calibration, seed)))
+        return list(dict.fromkeys(folders))
 
     def run_rows(self, members: Sequence[Tuple[Row, Optional[int]]], checkpoints: Dict[str, str],
                  versions: str) -> List[Outcome]:
@@ -214,16 +242,16 @@ class TableRunner:
             else:
                 self.add(outcome.record, outcome.key)
 
-    def in_table_order(self, rows: List[Dict]) -> List[Dict]:
+    def in_table_order(self, rows: List[RowRecord]) -> List[RowRecord]:
         """``rows`` as the table lists them (a row's seeds in the table's
         order), rows the table no longer has last."""
         names = self.table.row_names
         seeds = list(self.table.seeds)
 
-        def place(row: Dict) -> Tuple[int, int]:
-            name = row.get('row', row['name'])
+        def place(row: RowRecord) -> Tuple[int, int]:
+            name = row.row or row.name
             index = names.index(name) if name in names else len(names)
-            return index, seeds.index(row['seed']) + 1 if row.get('seed') in seeds else 0
+            return index, seeds.index(row.seed) + 1 if row.seed in seeds else 0
 
         return sorted(rows, key=place)
 
@@ -239,15 +267,21 @@ class TableRunner:
         cfg.pop('search_dataloader', None)  # training never reads the search split
         key = fingerprint(cfg, parent, train_data, self.work_dir)
         recorded = open(record).read() if osp.isfile(record) else None
-        if osp.isfile(final) and recorded == key:
-            print(f'[table] {name}: {final} (cached)')
+        code = self.trained_code(tc.work_dir)
+        changed = code is not None and code != self.training_code
+        if osp.isfile(final) and recorded == key and not (changed and self.retrain_changed_code):
+            print(f'[table] {name}: {final} (cached' +
+                  (', trained by other code)' if changed else ')'))
             return
-        if recorded is not None and recorded != key:
-            print(f'[table] {name}: config, parent checkpoint or data changed; training anew')
+        if recorded is not None and (recorded != key or changed):
+            print(f'[table] {name}: ' + ('config, parent checkpoint or data changed' if recorded !=
+                                         key else 'code changed') + '; training anew')
             shutil.rmtree(tc.work_dir)
         os.makedirs(tc.work_dir, exist_ok=True)
         with open(record, 'w') as f:
             f.write(key)
+        with open(osp.join(tc.work_dir, TRAINING_CODE_FILE), 'w') as f:
+            f.write(self.training_code)
         resume = osp.isfile(osp.join(tc.work_dir, 'last_checkpoint'))
         print(f'[table] {name}: training {osp.relpath(tc.path, self.table.config_root)} into '
               f'{tc.work_dir}' + (f' from {parent}' if parent else '') +
@@ -259,6 +293,16 @@ class TableRunner:
         print(f'[table] {name}: trained in {(time.time() - start) / 60:.1f} min')
         if not osp.isfile(final):
             raise RuntimeError(f'{name}: training ended without {final}')
+
+    @staticmethod
+    def trained_code(work_dir: str) -> Optional[str]:
+        """The digest of the code that trained the model in ``work_dir``
+        (None: not trained by a table, e.g. a given checkpoint)."""
+        path = osp.join(work_dir, TRAINING_CODE_FILE)
+        if not osp.isfile(path):
+            return None
+        with open(path) as f:
+            return f.read()
 
     def row_dir(self, name: str) -> str:
         """A row's folder (``<name>/test`` where a training has that folder)."""
@@ -289,99 +333,73 @@ class TableRunner:
         if row.init:
             checkpoint = osp.join(osp.dirname(checkpoint), INIT_CHECKPOINT)
         out_dir = self.row_dir(name)
+        versions = self.model_versions(versions, model)
+        tc = self.config(row.config, out_dir, row.evaluated_options + self.row_options(out_dir))
+        calibration = None
         if row.calibration is None:
-            tc = self.config(row.config, out_dir, row.options + self.row_options(out_dir))
             key = self.key(tc, checkpoint, versions)
         else:
-            tc = self.config(row.config, osp.join(self.work_dir, seeded_name(row.calibration,
-                                                                             seed)),
-                             row.calib_options)
-            calib_key = self.key(tc, checkpoint, versions)
-            key = None if calib_key is None else f'{calib_key}:{row.options}'
+            calib_tc = self.config(row.config,
+                                   osp.join(self.work_dir, seeded_name(row.calibration, seed)),
+                                   row.calib_options)
+            calibration = Calibration(calib_tc, checkpoint, self.key(calib_tc, checkpoint,
+                                                                     versions))
+            key = None if calibration.key is None else f'{calibration.key}:{row.ratios}'
         done, old = self.store.reuse(name, key, [name] if row.name in self.wanted else [])
         if done:
             return None if old is None else Outcome(old, None, True)
-        trained = f'{model}:init' if row.init else model
-        if row.calibration is None:
+        info = RowInfo(name, row.method, f'{model}:init' if row.init else model, row.base)
+        if calibration is None:
             print(f'[table] {name}: evaluating {row.config} on {checkpoint}')
-            record = self.executor.evaluate(name, tc, checkpoint, trained, row.base)
+            record = self.executor.evaluate(info, tc, checkpoint)
         else:
             print(f'[table] {name}: evaluating {row.config} calibrated as '
-                  f'{seeded_name(row.calibration, seed)} at {dict(row.options)}')
-            record = self.evaluate_calibrated(row, name, model, tc, checkpoint, out_dir, calib_key)
-        record.update(config=osp.relpath(tc.path, self.table.config_root), plotted=row.plotted)
+                  f'{osp.basename(calibration.tc.work_dir)} at {row.ratios}')
+            record = self.executor.evaluate_calibrated(info, calibration, row.ratios, tc)
+        if record is None:  # a dry run
+            return None
+        self.describe(record, tc, model)
+        record.plotted = row.plotted
         if seed is not None:
-            record.update(row=row.name, seed=seed)
+            record.row, record.seed = row.name, seed
         return Outcome(record, key, False)
 
-    def evaluate_calibrated(self, row: Row, name: str, model: str, calib: TableConfig,
-                            checkpoint: str, out_dir: str, calib_key: Optional[str]) -> Dict:
-        """``row`` (as ``name``, on the training ``model``) calibrated at its
-        ``calib_options``, evaluated at its ``options``."""
-        if isinstance(self.executor, LocalExecutor):
-            options = dict(row.options)
-            backbone = self.executor.prepare(calib, checkpoint).val.backbone
-            candidate = _candidate(options, backbone.num_pairs)
-            record = self.executor.evaluate_at(name, calib, checkpoint, candidate, out_dir, model,
-                                               row.base)
-            evaluated = self.config(row.config, out_dir,
-                                    row.calib_options + row.options + self.row_options(out_dir))
-            record['commands'] = [
-                shlex.join(tool_command('test', test_args(calib, checkpoint), 1)),
-                shlex.join(
-                    tool_command('test',
-                                 test_args(evaluated, osp.join(calib.work_dir, 'calibrated.pth')),
-                                 1))
-            ]
-            return record
-        calibrated, command = self.executor.calibrate(calib, checkpoint, calib_key)
-        tc = self.config(row.config, out_dir,
-                         row.calib_options + row.options + self.row_options(out_dir))
-        record = self.executor.evaluate(name, tc, calibrated, model, row.base)
-        record['calib_images'] = calibration_images(calib.work_dir)
-        record['commands'].insert(0, command)
-        return record
+    def model_versions(self, versions: str, model: str) -> str:
+        """``versions`` with the code that trained ``model``: a model trained
+        again by other code changes the keys of its rows."""
+        return f'{versions}:{self.trained_code(osp.join(self.work_dir, model)) or "given"}'
+
+    def describe(self, record: RowRecord, tc: TableConfig, model: str) -> None:
+        """What the runner adds to a computed record: its config and whether
+        its model was trained by other code."""
+        record.config = osp.relpath(tc.path, self.table.config_root)
+        trained = self.trained_code(osp.join(self.work_dir, model))
+        record.trained_by_other_code = trained is not None and trained != self.training_code
 
     def run_search(self, search: Search, checkpoints: Dict[str, str],
                    versions: str) -> List[Outcome]:
         names = search.row_names()
-        checkpoint = checkpoints[seeded_name(search.model, self.table.seeds_of(search.model)[0])]
+        model = seeded_name(search.model, self.table.seeds_of(search.model)[0])
+        checkpoint = checkpoints[model]
+        versions = self.model_versions(versions, model)
         tc = self.config(search.config, osp.join(self.work_dir, search.folder),
-                         search.calib_options)
+                         tuple(calibration_options(search.calib_ratio).items()))
         settings = self.search_settings
         key = self.key(
             tc, checkpoint, f"{versions}:{self.data_version(('search', ))}:"
             f'{search.targets}:{self.table.search_tolerance}:{search.objective}:'
-            f'{search.prune}:{settings.images}:{settings.pop}:{settings.gens}')
+            f'{search.prune}:{settings.images}:{settings.pop}:{settings.gens}:{search.method}:'
+            f'{search.uniform_name}')
         results = [self.store.reuse(name, key, self.wanted) for name in names]
         if all(done for done, _ in results):
             return [Outcome(row, None, True) for _, row in results if row is not None]
         print(f'[table] {search.name}: searching {search.config} on {checkpoint}')
-        records = self.executor.search(search, tc, checkpoint, settings, key or 'dry-run',
-                                       {name: self.row_dir(name)
-                                        for name in names})
+        records = self.executor.search(search, Calibration(tc, checkpoint, key), settings, key
+                                       or 'dry-run', {name: self.row_dir(name)
+                                                      for name in names})
         for record in records:
-            record.update(config=osp.relpath(tc.path, self.table.config_root), plotted=True)
+            self.describe(record, tc, model)
         return [Outcome(record, key, False) for record in records]
 
-    def add(self, record: Dict, key: Optional[str]) -> None:
-        if self.dry_run:
-            self.store.rows.append(record)
-        else:
-            self.store.add(record, key)
-
-
-def _candidate(options: Dict, num_pairs: int) -> Candidate:
-    """The ratios a row's options set, as a search candidate."""
-
-    def per_pair(value) -> tuple:
-        return tuple(value) if isinstance(value, (list, tuple)) else (value, ) * num_pairs
-
-    unknown = sorted(
-        set(options) - {'model.backbone.low_bit_ratios', 'model.backbone.prune_ratios'})
-    if unknown:
-        raise ValueError(f'a row calibrated once and evaluated at other options can only '
-                         f'change the ratios, not {unknown}')
-    return Candidate(
-        per_pair(options.get('model.backbone.low_bit_ratios', 0.0)),
-        per_pair(options.get('model.backbone.prune_ratios', 0.0)))
+    def add(self, record: RowRecord, key: Optional[str]) -> None:
+        self.store.add(record, key)

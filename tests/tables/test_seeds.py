@@ -7,7 +7,7 @@ import os.path as osp
 import pytest
 
 from mixaq_mmdet.analysis import over_seeds, paired_difference
-from mixaq_mmdet.tables import BENCHMARK, Row, Table, TableRunner, Target, Training
+from mixaq_mmdet.tables import BENCHMARK, Row, RowRecord, Table, TableRunner, Target, Training
 
 QAT = 'qat/qat_uniform_w4a4_shapes.py'
 #: How many val images each (model, seed) detects perfectly.
@@ -42,9 +42,11 @@ class RecordingExecutor:
             f.write(osp.basename(tc.work_dir))
         return ['train']
 
-    def evaluate(self, name, tc, checkpoint, trained, base):
-        self.evaluated.append((name, trained))
-        hits = HITS[trained]
+    side_by_side = True
+
+    def evaluate(self, info, tc, checkpoint):
+        self.evaluated.append((info.name, info.model))
+        hits = HITS[info.model]
         detections = [
             dict(
                 image_id=i,
@@ -57,14 +59,27 @@ class RecordingExecutor:
         os.makedirs(osp.dirname(prefix), exist_ok=True)
         with open(prefix + '.bbox.json', 'w') as f:
             json.dump(detections, f)
-        return dict(
-            name=name,
+        return RowRecord(
+            info.name,
+            info.method,
             bbox_mAP=10.0 * hits,
             segm_mAP=hits,
             no_detections=False,
             bitops_G=1.0,
-            model=trained,
-            base=base,
+            w_bits=4,
+            act_bits=4.0,
+            a_bits=[4, 4],
+            low_bit_ratios=[0.0],
+            prune_ratios=[0.0],
+            window_score='l2',
+            window_order='importance',
+            calib_images=0,
+            execution='fake_quant',
+            backbone_ms=None,
+            scope='backbone',
+            model=info.model,
+            base=info.base,
+            img_shape=[320, 320],
             eval_seconds=1.0,
             commands=['test'])
 
@@ -82,9 +97,8 @@ def _table(root: str) -> Table:
                    Training('a', QAT, 'fp',
                             seeded=True), Training('b', QAT, 'a',
                                                    seeded=True), Training('c', QAT, 'a')),
-        rows=(Row('fp', QAT, 'fp', 'fp'), Row('a', QAT, 'a',
-                                              'fp'), Row('b', QAT, 'b',
-                                                         'fp'), Row('c', QAT, 'c', 'fp')),
+        rows=(Row('fp', QAT, 'fp', 'fp', 'QAT'), Row('a', QAT, 'a', 'fp', 'QAT'),
+              Row('b', QAT, 'b', 'fp', 'QAT'), Row('c', QAT, 'c', 'fp', 'QAT')),
         targets=(Target('a above fp', 'a', 'fp', 'gt'), Target('b above a', 'b', 'a', 'gt')))
 
 
@@ -104,14 +118,14 @@ def test_seeded_trainings_rows_and_claims(tiny_shapes, tmp_path):
     assert executor.trained == [('fp', None, 0)] + [
         (f'a@seed{s}', final['fp'], s) for s in range(3)
     ] + [(f'b@seed{s}', final[f'a@seed{s}'], s) for s in range(3)] + [('c', final['a@seed0'], 0)]
-    by_name = {r['name']: r for r in rows}
-    assert [r['name'] for r in rows] == [
+    by_name = {r.name: r for r in rows}
+    assert [r.name for r in rows] == [
         'fp', 'a', 'a@seed0', 'a@seed1', 'a@seed2', 'b', 'b@seed0', 'b@seed1', 'b@seed2', 'c'
     ]
-    assert by_name['a']['bbox_mAP'] == 30.0 and by_name['a']['bbox_mAP_seeds'] == [30, 40, 20]
-    assert by_name['a']['seeds'] == [0, 1, 2] and by_name['a']['bbox_mAP_std'] == 10.0
-    assert by_name['a']['model'] == 'a' and by_name['a@seed1']['model'] == 'a@seed1'
-    assert by_name['a@seed1']['row'] == 'a' and by_name['a@seed1']['seed'] == 1
+    assert by_name['a'].bbox_mAP == 30.0 and by_name['a'].bbox_mAP_seeds == [30, 40, 20]
+    assert by_name['a'].seeds == [0, 1, 2] and by_name['a'].bbox_mAP_std == 10.0
+    assert by_name['a'].model == 'a' and by_name['a@seed1'].model == 'a@seed1'
+    assert by_name['a@seed1'].row == 'a' and by_name['a@seed1'].seed == 1
     # a seeded row against a one-off row: each seed against it; two seeded rows:
     # seed by seed
     claims = {t['claim']: t for t in targets}
@@ -132,7 +146,7 @@ def test_seeded_trainings_rows_and_claims(tiny_shapes, tmp_path):
     assert claims['b above a']['status'] in ('met', 'within noise', 'MISSED')
     with open(osp.join(work, 'results.json')) as f:
         saved = json.load(f)
-    assert [r['name'] for r in saved['rows']] == [r['name'] for r in rows]
+    assert [r['name'] for r in saved['rows']] == [r.name for r in rows]
     assert sorted(saved['trainings']) == sorted(HITS)
     assert saved['seeds'] == [0, 1, 2] and saved['seeded_trainings'] == ['a', 'b']
     # a rerun trains and evaluates nothing, and gives the same table

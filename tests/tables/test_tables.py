@@ -10,9 +10,11 @@ import shutil
 import pytest
 from mmengine.config import Config, DictAction
 
-from mixaq_mmdet.tables import (BENCHMARK, COCO, ResultStore, Row, Search, Table, TableConfig,
-                                Target, Training, fingerprint, relocation_options, tool_command)
-from mixaq_mmdet.tables.executors import calibration_images, read_test_metrics
+from mixaq_mmdet.tables import (BENCHMARK, COCO, Ratios, ResultStore, Row, Search, Table,
+                                TableConfig, Target, Training, fingerprint, relocation_options,
+                                tool_command)
+from mixaq_mmdet.tables.executors import calibrated_images_in, read_test_metrics
+from mixaq_mmdet.tables.records import RowRecord, calibrated_images
 from ..conftest import REPO
 
 
@@ -25,15 +27,15 @@ def _table(**changes) -> Table:
         ann_files=dict(train='a', val='b'),
         img_shape=(32, 32),
         trainings=(Training('fp', 'fp.py'), Training('q', 'q.py', 'fp')),
-        rows=(Row('fp', 'fp.py', 'fp', 'fp'), Row('q', 'q.py', 'q', 'fp')))
+        rows=(Row('fp', 'fp.py', 'fp', 'fp', 'FP'), Row('q', 'q.py', 'q', 'fp', 'QAT')))
     fields.update(changes)
     return Table(**fields)
 
 
 @pytest.mark.parametrize('changes, message', [
-    (dict(rows=(Row('fp', 'fp.py', 'fp', 'fp'), Row('fp', 'q.py', 'q', 'fp'))),
+    (dict(rows=(Row('fp', 'fp.py', 'fp', 'fp', 'FP'), Row('fp', 'q.py', 'q', 'fp', 'QAT'))),
      "row names repeat: ['fp']"),
-    (dict(rows=(Row('x', 'x.py', 'qat', 'x'), )), "x uses model 'qat', not one of"),
+    (dict(rows=(Row('x', 'x.py', 'qat', 'x', 'QAT'), )), "x uses model 'qat', not one of"),
     (dict(trainings=(Training('q', 'q.py', 'fp'), Training('fp', 'fp.py'))),
      "training q continues 'fp', which is not a training listed before it"),
     (dict(targets=(Target('claim', 'fp', 'nope', 'gt'), )), "names row 'nope'"),
@@ -44,13 +46,85 @@ def _table(**changes) -> Table:
         trainings=(Training('fp', 'fp.py', checkpoint='fp.pth', seeded=True),
                    Training('q', 'q.py', 'fp'))), 'training fp is a given checkpoint'),
     (dict(
-        rows=(Row('a', 'x.py', 'fp', 'a', calibration='c'),
-              Row('b', 'x.py', 'q', 'a', calibration='c'))),
-     "rows a and b share calibration 'c' but not"),
+        rows=(
+            Row('a',
+                'x.py',
+                'fp',
+                'a',
+                'PTQ',
+                ratios=Ratios(0.2),
+                calibration='c',
+                calib_ratios=Ratios(0.5)),
+            Row('b',
+                'x.py',
+                'q',
+                'a',
+                'PTQ',
+                ratios=Ratios(0.4),
+                calibration='c',
+                calib_ratios=Ratios(0.5)))), "rows a and b share calibration 'c' but not"),
+    (dict(
+        rows=(
+            Row('a',
+                'x.py',
+                'fp',
+                'a',
+                'PTQ',
+                ratios=Ratios(0.2),
+                calibration='c',
+                calib_ratios=Ratios(0.5)),
+            Row('b',
+                'x.py',
+                'fp',
+                'a',
+                'PTQ',
+                ratios=Ratios(0.4),
+                calibration='c',
+                calib_ratios=Ratios(0.3)))), "rows a and b share calibration 'c' but not"),
 ])
 def test_a_table_that_does_not_hold_together_is_refused(changes, message):
     with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(']', r'\]')):
         _table(**changes)
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda: Row('r', 'c.py', 'fp', 'fp', 'QAT?'), r"r: method 'QAT\?' is not one of"),
+    (lambda: Row('r', 'c.py', 'fp', 'fp', 'PTQ',
+                 (('model.backbone.low_bit_ratios', 0.5), )), 'set the ratios as ratios=Ratios'),
+    (lambda: Row('r', 'c.py', 'fp', 'fp', 'PTQ', calibration='c'), 'a row of a calibration'),
+    (lambda: Row('r', 'c.py', 'fp', 'fp', 'PTQ', ratios=Ratios(0.2), calibration='c'),
+     'a row of a calibration'),
+    (lambda: Ratios(1.5), r'Ratios.low_bit must be a ratio in \[0, 1\]'),
+    (lambda: Ratios(0.5, (0.1, -0.1)), r'Ratios.prune must be a ratio in \[0, 1\]'),
+    (lambda: Ratios((0.1, 0.2)).candidate(3), 'gives 2 ratios; the backbone has 3 pairs'),
+    (lambda: Ratios(0.7, 0.4).candidate(2), 'low-bit plus prune ratio exceeds 1'),
+    (lambda: Search('s', 'c.py', 'fp', 'fp', (1.35, ), 'FP'), 'a search needs a quantized model'),
+])
+def test_rows_and_ratios_that_do_not_make_sense_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_ratios_are_typed_and_become_options_and_candidates():
+    ratios = Ratios(0.5, 0.2)
+    assert ratios.options() == (('model.backbone.low_bit_ratios', 0.5),
+                                ('model.backbone.prune_ratios', 0.2))
+    candidate = ratios.candidate(3)
+    assert candidate.low_bit_ratios == (0.5, ) * 3 and candidate.prune_ratios == (0.2, ) * 3
+    assert Ratios.of(candidate) == Ratios((0.5, ) * 3, (0.2, ) * 3)
+    per_pair = Row('r', 'c.py', 'fp', 'fp', 'PTQ', (('x', 1), ), ratios=Ratios((0.1, 0.3)))
+    assert per_pair.evaluated_options == (('x', 1), ('model.backbone.low_bit_ratios', (0.1, 0.3)),
+                                          ('model.backbone.prune_ratios', 0.0))
+
+
+def test_every_row_of_the_tables_states_its_method():
+    """The method comes from the table, not from a training's name."""
+    for table in (BENCHMARK, COCO):
+        for row in table.rows:
+            expected = 'FP' if row.name == 'fp' else 'PTQ' if row.model == 'fp' else 'QAT'
+            assert row.method == expected, row.name
+        for search in table.searches:
+            assert search.method == ('PTQ' if search.model == 'fp' else 'QAT'), search.name
 
 
 def test_a_target_with_an_unknown_test_is_refused():
@@ -132,14 +206,14 @@ def _from_command_line(tc: TableConfig) -> Config:
 
 
 @pytest.mark.parametrize(
-    'row', [r for r in COCO.rows if r.options or r.name == 'fp'][:4] + [COCO.rows[4]],
+    'row', [r for r in COCO.rows if r.ratios or r.name == 'fp'][:4] + [COCO.rows[4]],
     ids=lambda r: r.name)
 def test_a_launched_tool_loads_the_config_the_runner_keys_on(row, tmp_path):
     """The options a launched tool gets rebuild the runner's merged config."""
     out = str(tmp_path / row.name)
     tc = TableConfig(
         osp.join(COCO.config_root, row.config), out, str(tmp_path / 'coco'),
-        row.options + (('test_evaluator.outfile_prefix', out + '/preds'), ))
+        row.evaluated_options + (('test_evaluator.outfile_prefix', out + '/preds'), ))
     assert _from_command_line(tc).pretty_text == tc.cfg.pretty_text
     assert tc.cfg.test_dataloader.dataset.data_root == str(tmp_path / 'coco') + '/'
 
@@ -177,17 +251,23 @@ def test_keys_follow_checkpoint_content_not_file_times(tmp_path):
     assert fingerprint(cfg, 'https://host/model.pth', 'v') != key
 
 
+def _record(name: str) -> RowRecord:
+    return RowRecord(name, 'FP', 1.0, 1.0, False, 1.0, 32, 32.0, [32, 32], None, None, None, None,
+                     0, None, None, None, 'fp', 'fp', [32, 32], 1.0)
+
+
 def test_the_store_reuses_unchanged_rows_and_marks_stale_ones(tmp_path):
     path = str(tmp_path / 'results.json')
     store = ResultStore(path)
     assert store.reuse('a', 'k1', ['a']) == (False, None)
-    store.add(dict(name='a'), 'k1')
-    store.add(dict(name='b'), 'k2')
+    store.add(_record('a'), 'k1')
+    store.add(_record('b'), 'k2')
     store = ResultStore(path)
-    assert store.reuse('a', 'k1', ['a']) == (True, dict(name='a', fingerprint='k1'))
+    done, row = store.reuse('a', 'k1', ['a'])
+    assert done and row.name == 'a' and row.fingerprint == 'k1' and not row.stale
     assert store.reuse('a', 'k9', ['a']) == (False, None)  # asked for, inputs changed
     done, row = store.reuse('b', 'k9', ['a'])  # not asked for: kept, flagged
-    assert done and row['stale'] is True
+    assert done and row.stale is True
     assert store.reuse('c', 'k3', ['a']) == (True, None)
 
 
@@ -195,17 +275,56 @@ def test_metrics_are_read_from_the_newest_test_log(tmp_path):
     for stamp, value in (('20261203_100000', 0.1), ('20261203_110000', 0.2)):
         os.makedirs(tmp_path / stamp)
         (tmp_path / stamp / f'{stamp}.json').write_text(json.dumps({'coco/bbox_mAP': value}))
-        (tmp_path / stamp / f'{stamp}.log'
-         ).write_text(f'PTQ: calibrated 12 quantizers on {int(value * 10)} images (x) in 1.0 s')
     assert read_test_metrics(str(tmp_path)) == {'coco/bbox_mAP': 0.2}
-    assert calibration_images(str(tmp_path)) == 2
-    assert calibration_images(str(tmp_path / 'none')) == 0
     with pytest.raises(FileNotFoundError, match='no test log'):
         read_test_metrics(str(tmp_path / 'none'))
 
 
+def test_calibration_counts_are_read_from_the_checkpoint_meta(tmp_path):
+    """A launched row's calibration count is the one ``calibrated.pth``
+    records, not a number found in a log."""
+    import torch
+    torch.save(dict(meta=dict(calib_images=7), state_dict={}), tmp_path / 'calibrated.pth')
+    torch.save(dict(meta=dict(epoch=3), state_dict={}), tmp_path / 'qat.pth')
+    assert calibrated_images(str(tmp_path / 'calibrated.pth')) == 7
+    assert calibrated_images_in(str(tmp_path)) == 7
+    assert calibrated_images(str(tmp_path / 'qat.pth')) == 0
+    assert calibrated_images_in(str(tmp_path / 'none')) == 0
+
+
+def test_records_round_trip_and_refuse_another_layout():
+    record = dict(
+        name='r',
+        method='PTQ',
+        bbox_mAP=1.0,
+        segm_mAP=2.0,
+        no_detections=False,
+        bitops_G=1.5,
+        w_bits=4,
+        act_bits=6.0,
+        a_bits=[8, 4],
+        low_bit_ratios=[0.5],
+        prune_ratios=[0.0],
+        window_score='l2',
+        window_order='importance',
+        calib_images=4,
+        execution='fake_quant',
+        backbone_ms=None,
+        scope='backbone',
+        model='fp',
+        base='fp',
+        img_shape=[32, 32],
+        eval_seconds=1.0)
+    loaded = RowRecord.from_dict(record)
+    assert RowRecord.from_dict(loaded.to_dict()) == loaded
+    with pytest.raises(ValueError, match=r"unknown \['bbox'\], missing \['bbox_mAP'\]"):
+        RowRecord.from_dict({('bbox' if k == 'bbox_mAP' else k): v for k, v in record.items()})
+    with pytest.raises(ValueError, match="method 'ptq' is not one of"):
+        RowRecord.from_dict(dict(record, method='ptq'))
+
+
 def test_searches_name_their_rows_and_folder():
-    search = Search('s', 'c.py', 'fp', 'fp', (1.24, 1.35), uniform_name='u')
+    search = Search('s', 'c.py', 'fp', 'fp', (1.24, 1.35), 'PTQ', uniform_name='u')
     assert search.row_names() == ('s_1.24x', 's_1.35x', 'u_1.24x', 'u_1.35x')
     assert search.folder == 's_1.24x_1.35x'
     assert dataclasses.replace(search, targets=(1.35, )).folder == 's_1.35x'
@@ -223,14 +342,14 @@ def test_a_row_without_any_detection_has_map_zero():
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
 
-    from mixaq_mmdet.tables.report import row_record
+    from mixaq_mmdet.tables.records import row_record
     from ..conftest import FP_BENCH_CONFIG
     init_default_scope('mmdet')
     model = MODELS.build(Config.fromfile(FP_BENCH_CONFIG).model)
-    empty = row_record('fp', model, {}, 'fp', 'fp', False, 0, (320, 320), 1.0)
-    assert (empty['bbox_mAP'], empty['segm_mAP'], empty['no_detections']) == (0.0, 0.0, True)
-    found = row_record('fp', model, {
+    empty = row_record('fp', 'FP', model, {}, 'fp', 'fp', 0, (320, 320), 1.0)
+    assert (empty.bbox_mAP, empty.segm_mAP, empty.no_detections) == (0.0, 0.0, True)
+    found = row_record('fp', 'FP', model, {
         'coco/bbox_mAP': 0.5,
         'coco/segm_mAP': 0.25
-    }, 'fp', 'fp', False, 0, (320, 320), 1.0)
-    assert (found['bbox_mAP'], found['segm_mAP'], found['no_detections']) == (50.0, 25.0, False)
+    }, 'fp', 'fp', 0, (320, 320), 1.0)
+    assert (found.bbox_mAP, found.segm_mAP, found.no_detections) == (50.0, 25.0, False)
