@@ -3,12 +3,11 @@ fixture (``make smoke-coco``), and the parts it is made of."""
 import glob
 import json
 import os.path as osp
-import runpy
 import shutil
 
+from mixaq_mmdet.tables import smoke
 from ..conftest import REPO, run_tool
 
-SMOKE = runpy.run_path(osp.join(REPO, 'tools', 'smoke_coco.py'))
 CONFIGS = osp.join(REPO, 'configs', 'mixaq')
 
 
@@ -19,36 +18,36 @@ def _configs():
 
 def test_the_smoke_rows_and_steps_cover_every_config():
     from mixaq_mmdet.tables import COCO
-    rows = set(SMOKE['SMOKE_ROWS'])
+    rows = set(smoke.SMOKE_ROWS)
     assert rows <= set(COCO.row_names)
     used = {r.config for r in COCO.rows if r.name in rows}
     used |= {COCO.training(t).config for t in COCO.needed_trainings(sorted(rows))}
     used |= {s.config for s in COCO.searches if set(s.row_names()) & rows}
-    used |= {SMOKE['FP_1X'], COCO.training(SMOKE['RESUMED']).config, SMOKE['AMP_QAT']}
+    used |= {smoke.FP_1X, COCO.training(smoke.RESUMED).config, smoke.AMP_QAT}
     assert sorted(used) == _configs()
 
 
 def test_a_config_no_run_used_is_reported():
-    Result = SMOKE['Result']
+    Result = smoke.Result
     results = [
         Result(
             osp.splitext(rel)[0], osp.join('configs', 'mixaq', rel), '', True, 0, 0, 'image', 1,
             None, None, '') for rel in _configs()[1:]
     ]
-    assert SMOKE['configs_not_run'](results) == _configs()[:1]
+    assert smoke.configs_not_run(results) == _configs()[:1]
 
 
 def test_qatinithook_overrides_follow_its_position():
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(CONFIGS, 'qat', 'qat_saqa_w4a4a2_swin-t_coco.py'))
     cfg.custom_hooks.insert(0, dict(type='EMAHook'))
-    options = dict(SMOKE['smoke_options'](cfg))
+    options = dict(smoke.smoke_options(cfg))
     assert options['custom_hooks.1.calib_images'] == 1
     assert not any(key.startswith('custom_hooks.0.') for key in options)
     # a trained QAT model is evaluated on 1 val image, a PTQ config on both
     assert options['test_dataloader.dataset.indices'] == 1
     ptq = Config.fromfile(osp.join(CONFIGS, 'ptq', 'ptq_uniform_w4a8_swin-t_coco.py'))
-    assert 'test_dataloader.dataset.indices' not in dict(SMOKE['smoke_options'](ptq))
+    assert 'test_dataloader.dataset.indices' not in dict(smoke.smoke_options(ptq))
 
 
 def test_forked_step_reports_failure_and_peak_memory(tmp_path):
@@ -58,14 +57,14 @@ def test_forked_step_reports_failure_and_peak_memory(tmp_path):
         block[::4096] = b'x' * len(block[::4096])  # touch every page
         print('allocated')
 
-    ok, _, usage, error = SMOKE['run_forked'](allocate, str(tmp_path / 'a.log'), 60)
+    ok, _, usage, error = smoke.run_forked(allocate, str(tmp_path / 'a.log'), 60)
     assert ok and error == '' and 'allocated' in open(tmp_path / 'a.log').read()
     assert usage.ru_maxrss / 1024 >= 300
 
     def fail():
         raise RuntimeError('the step broke')
 
-    ok, _, _, error = SMOKE['run_forked'](fail, str(tmp_path / 'b.log'), 60)
+    ok, _, _, error = smoke.run_forked(fail, str(tmp_path / 'b.log'), 60)
     assert not ok and error == 'exit 1'
     assert 'RuntimeError: the step broke' in open(tmp_path / 'b.log').read()
 
@@ -75,13 +74,13 @@ def test_logged_times_are_read_from_mmengine_lines():
            'Epoch(train) [1][2/2]  lr: 1e-05  eta: 0:00:00  time: 10.2500  data_time: 0.5\n'
            'Epoch(val) [1][2/2]    coco/bbox_mAP: 0.0000  data_time: 0.1  time: 4.0000\n'
            'PTQ: calibrated 170 quantizers on 2 images (backbone scope, reparam=True) in 31.5 s\n')
-    assert SMOKE['logged_time'](log, 'train') == 10.25
-    assert SMOKE['logged_time'](log, 'val') == 4.0
-    assert SMOKE['logged_time'](log, 'test') is None
-    assert SMOKE['calibration_seconds'](log) == 31.5
-    assert SMOKE['logged_count'](log, 'train') == 2
-    assert SMOKE['logged_count']('Epoch(test) [1/2]  time: 4.3\n', 'test') == 2
-    assert SMOKE['logged_count'](log, 'test') is None
+    assert smoke.logged_time(log, 'train') == 10.25
+    assert smoke.logged_time(log, 'val') == 4.0
+    assert smoke.logged_time(log, 'test') is None
+    assert smoke.calibration_seconds(log) == 31.5
+    assert smoke.logged_count(log, 'train') == 2
+    assert smoke.logged_count('Epoch(test) [1/2]  time: 4.3\n', 'test') == 2
+    assert smoke.logged_count(log, 'test') is None
 
 
 def test_smoke_coco_runs_the_coco_table_and_every_config_at_full_size(tmp_path):
@@ -97,7 +96,7 @@ def test_smoke_coco_runs_the_coco_table_and_every_config_at_full_size(tmp_path):
     # the table: every smoke row computed, with the commands that computed it
     table = json.load(open(work / 'table' / 'results.json'))
     rows = {r['name']: r for r in table['rows']}
-    assert set(rows) == set(SMOKE['SMOKE_ROWS'])
+    assert set(rows) == set(smoke.SMOKE_ROWS)
     for row in rows.values():
         assert 0 <= row['bbox_mAP'] <= 100 and row['commands'], row['name']
     assert rows['qat_mixaq_w4a4a2_1.35x']['a_bits'] == [4, 2]
