@@ -56,7 +56,8 @@ class TableRunner:
     as their mean, and a search uses the first seed's model.
 
     The work is split into jobs: each training, each search, and the rows of
-    one calibration (or one row) at one seed. ``jobs`` > 1 runs up to that
+    one calibration (or one row) at one seed; a job of rows not asked for only
+    keeps their previous records (a light job, run in this process). ``jobs`` > 1 runs up to that
     many side by side in forked children (:func:`.scheduler.run_jobs`, logs
     in ``<work_dir>/logs``), where the executor allows it (``side_by_side``).
     """
@@ -197,7 +198,8 @@ class TableRunner:
             jobs.append(
                 Job(f'search {search.name}',
                     run, (model, ) if model in trained else (),
-                    work_dirs=folders))
+                    work_dirs=folders,
+                    light=not set(search.row_names()) & set(self.wanted)))
         return jobs
 
     def row_jobs(self, checkpoints: Dict[str, str], versions: str, trained: Set[str]) -> List[Job]:
@@ -216,7 +218,8 @@ class TableRunner:
                 Job(name,
                     partial(self.run_rows, members, checkpoints, versions),
                     tuple(sorted(models & trained)),
-                    work_dirs=tuple(self.row_folders(members))))
+                    work_dirs=tuple(self.row_folders(members)),
+                    light=not any(row.name in self.wanted for row, _ in members)))
         return jobs
 
     def row_folders(self, members: Sequence[Tuple[Row, Optional[int]]]) -> List[str]:

@@ -33,11 +33,14 @@ DURATIONS = 'durations.json'
 class Job:
     """``run`` (its result is handed to the scheduler's ``done``) once the
     jobs named in ``needs`` have finished; its mmengine runs log under
-    ``work_dirs`` (where the progress lines read how far it is)."""
+    ``work_dirs`` (where the progress lines read how far it is). A ``light``
+    job only looks results up (rows not asked for): it runs in this process
+    as soon as it can, without a worker, a log, a line or a duration."""
     name: str
     run: Callable[[], Any]
     needs: Tuple[str, ...] = ()
     work_dirs: Tuple[str, ...] = ()
+    light: bool = False
 
 
 def check_jobs(jobs: Sequence[Job]) -> None:
@@ -105,6 +108,12 @@ def run_jobs(jobs: Sequence[Job],
     last_progress = time.monotonic()
     while pending or running:
         ready = [j for j in pending if all(n in finished for n in j.needs)]
+        while failed is None and any(j.light for j in ready):
+            for job in [j for j in ready if j.light]:
+                pending.remove(job)
+                done(job, job.run())
+                finished.add(job.name)
+            ready = [j for j in pending if all(n in finished for n in j.needs)]
         while ready and len(running) < workers and failed is None:
             job = ready.pop(0)
             pending.remove(job)
@@ -140,7 +149,7 @@ def run_jobs(jobs: Sequence[Job],
         if progress_s is not None and running and \
                 time.monotonic() - last_progress >= progress_s:
             last_progress = time.monotonic()
-            waiting = [j.name for j in pending] if failed is None else []
+            waiting = [j.name for j in pending if not j.light] if failed is None else []
             print_progress([(j, starts[n]) for n, (j, _, _) in running.items()], waiting, previous,
                            workers)
     if failed is not None:
@@ -161,7 +170,7 @@ def print_progress(running: Sequence[Tuple[Job, float]], pending: Sequence[str],
     progresses = []
     for job, start in running:
         progress = job_progress(job.work_dirs, start)
-        progresses.append((start, progress))
+        progresses.append((start, progress, durations.get(job.name)))
         what = progress.text if progress is not None else 'no mmengine log yet'
         print(f'{PROGRESS} {job.name}: {(now - start) / 60:.1f} min, {what}', flush=True)
     estimate = estimate_left(progresses, pending, durations, workers, now)
@@ -222,8 +231,11 @@ def _run_here(jobs: Sequence[Job], done: Callable[[Job, Any], None], log_dir: Op
         reporter.start()
     try:
         for i, job in enumerate(jobs):
+            if job.light:
+                done(job, job.run())
+                continue
             start = time.perf_counter()
-            current[0] = (job, time.time(), [j.name for j in jobs[i + 1:]])
+            current[0] = (job, time.time(), [j.name for j in jobs[i + 1:] if not j.light])
             result = job.run()
             current[0] = None
             durations[job.name] = time.perf_counter() - start

@@ -219,3 +219,28 @@ def test_no_progress_lines_without_progress_s(tmp_path, capsys):
     jobs = [Job('train', _fake_mmengine_run(work_dir, never, TRAIN, wait_s=1.0), (), (work_dir, ))]
     run_jobs(jobs, lambda job, result: None, progress_s=None)
     assert '[table] progress:' not in capsys.readouterr().out
+
+
+def test_light_jobs_run_here_without_a_worker(tmp_path, capsys):
+    """Rows not asked for only keep their records: such a job runs in this
+    process, prints no line and takes no worker, so a training ready beside
+    it still gets every core."""
+    results = {}
+    jobs = [
+        Job('kept', _timed('kept'), light=True),
+        Job('train', _timed('train', 0.3)),
+        Job('kept after', _timed('kept after'), ('train', ), light=True),
+    ]
+    run_jobs(
+        jobs,
+        lambda job, result: results.setdefault(job.name, result),
+        workers=2,
+        log_dir=str(tmp_path),
+        cores=4,
+        progress_s=None)
+    out = capsys.readouterr().out
+    assert results['kept']['pid'] == results['kept after']['pid'] == os.getpid()
+    assert results['train']['pid'] != os.getpid() and results['train']['threads'] == 4
+    assert 'kept: started' not in out and 'train: started, torch threads 4' in out
+    assert results['kept after']['start'] >= results['train']['end']
+    assert not any(name.startswith('kept') for name in os.listdir(tmp_path))
