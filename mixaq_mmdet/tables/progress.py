@@ -134,25 +134,29 @@ def job_progress(job_work_dirs: Sequence[str], since: float) -> Optional[JobProg
     return JobProgress(f'{runs}test, {counts}{eta}', fraction, last.eta_s, run_start)
 
 
-def estimate_left(running: Sequence[Tuple[float, Optional[JobProgress]]],
+def estimate_left(running: Sequence[Tuple[float, Optional[JobProgress], Optional[float]]],
                   pending: Sequence[str],
                   durations: Mapping[str, float],
                   workers: int,
                   now: Optional[float] = None) -> Estimate:
-    """Seconds the table has left: ``running`` as (start, progress) of each
-    running job, ``pending`` the names of the jobs not started,
-    ``durations`` the seconds each job took in a previous run.
+    """Seconds the table has left: ``running`` as (start, progress, seconds
+    it took in a previous run or None) of each running job, ``pending`` the
+    names of the jobs not started, ``durations`` the seconds each job took in
+    a previous run.
 
     A running job has mmengine's eta left, else ``elapsed * (1 - f) / f``
-    from a fraction ``f`` done (elapsed since its run began), else no
-    estimate; a pending job its previous duration, else none. The work is
-    spread over ``workers``, but the table takes at least as long as its
-    longest running job: a rough guide, not a schedule."""
+    from a fraction ``f`` done (elapsed since its run began), else its
+    previous duration less the time it has run, else no estimate; a pending
+    job its previous duration, else none. The work is spread over
+    ``workers``, but the table takes at least as long as its longest running
+    job: a rough guide, not a schedule."""
     now = time.time() if now is None else now
     left: List[float] = []
     unknown = 0
-    for start, progress in running:
+    for start, progress, previous in running:
         seconds = _job_left(start, progress, now)
+        if seconds is None and previous is not None:
+            seconds = max(0.0, previous - (now - start))
         if seconds is None:
             unknown += 1
         else:

@@ -88,11 +88,11 @@ def test_job_progress_of_a_run_without_progress_lines_and_of_validation(tmp_path
 def test_estimate_left_from_etas_fractions_and_previous_durations():
     now = 1000.0
     running = [
-        (0.0, JobProgress('a', eta_s=600.0)),
+        (0.0, JobProgress('a', eta_s=600.0), None),
         # a quarter done in 100 s: 300 s left
-        (0.0, JobProgress('b', fraction=0.25, run_start=900.0)),
-        (0.0, JobProgress('c')),  # no fraction, no eta
-        (0.0, None),  # no log yet
+        (0.0, JobProgress('b', fraction=0.25, run_start=900.0), None),
+        (0.0, JobProgress('c'), None),  # no fraction, no eta
+        (0.0, None, None),  # no log yet
     ]
     estimate = estimate_left(running, ['d', 'e'], {'d': 300.0, 'x': 1.0}, workers=2, now=now)
     assert estimate == Estimate((600 + 300 + 300) / 2, 3)
@@ -101,7 +101,11 @@ def test_estimate_left_from_etas_fractions_and_previous_durations():
     # never less than the longest running job
     assert estimate_left(running[:1], [], {}, 4, now) == Estimate(600.0, 0)
     # a fraction without a run start: since the job's start
-    assert estimate_left([(500.0, JobProgress('f', fraction=0.5))], [], {}, 1, now).seconds == 500
+    assert estimate_left([(500.0, JobProgress('f', fraction=0.5), None)], [], {}, 1,
+                         now).seconds == 500
+    # nothing logged yet: its previous duration less the time it has run (never below 0)
+    assert estimate_left([(900.0, None, 250.0)], [], {}, 1, now) == Estimate(150.0, 0)
+    assert estimate_left([(0.0, JobProgress('g'), 250.0)], [], {}, 1, now) == Estimate(0.0, 0)
 
 
 def test_estimate_text_names_the_jobs_without_an_estimate():
