@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
-from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from mmdet.registry import MODELS
 from mmengine.registry import init_default_scope
@@ -30,6 +30,8 @@ from .records import RowRecord, calibrated_images, row_record
 from .rows import Ratios, Search, SearchSettings, Table
 
 TOOLS = ('train', 'test', 'search')
+#: What a search's row is evaluated at: a candidate (in process), a config (launched).
+T = TypeVar('T')
 #: Where a launched calibration records the key of its inputs.
 CALIBRATION_KEY_FILE = 'calibration_inputs.txt'
 
@@ -287,7 +289,7 @@ class LocalExecutor:
         return records
 
 
-def search_row_names(search: Search, target: float, searched, uniform) -> List[Tuple[str, object]]:
+def search_row_names(search: Search, target: float, searched: T, uniform: T) -> List[Tuple[str, T]]:
     """(row name, what it is evaluated at) of a search's rows at ``target``:
     the searched point, and the uniform ratio if the search reports it."""
     rows = [(f'{search.name}_{target:g}x', searched)]
