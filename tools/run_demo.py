@@ -26,7 +26,8 @@ demo`` runs 2 jobs, which gets about 1.5x the work through 2 CPU cores. With
 (``tools/dist_train.sh``, ``dist_test.sh``, torchrun for the search; N = 0 or
 1: one process). ``--dry-run`` prints them. Configs are logged and dumped
 unformatted (``MIXAQ_FORMAT_CONFIG=0``, a second or more a run) unless the
-environment sets it.
+environment sets it. Every minute a ``[table] progress:`` line per running job
+says how far its mmengine run is, and one line how long the table has left.
 
     python tools/run_demo.py [--work-dir work_dirs/demo] [--data-root data/shapes_coco] [--jobs 2]
     python tools/run_demo.py --table coco --data-root data/coco --gpus 8 \\
