@@ -247,7 +247,8 @@ def run_extras(executor: SmokeExecutor, work: str, data_root: str, checkpoint: s
         smoke_options)
     executor.launch('train', train_args(amp, checkpoint, resume=False), amp.work_dir)
     saqa = COCO.training('qat_saqa_w4a4a2')
-    proxy = Search('proxy', saqa.config, saqa.name, 'qat_uniform_w4a4', (1.35, ), objective='proxy')
+    proxy = Search(
+        'proxy', saqa.config, saqa.name, 'qat_uniform_w4a4', (1.35, ), 'QAT', objective='proxy')
     tc = TableConfig(
         osp.join(CONFIGS, saqa.config),
         osp.join(work, 'extra', 'search_proxy'),
