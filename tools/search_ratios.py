@@ -12,8 +12,9 @@ into the work dir: ``search_cache.json`` (every evaluation; a rerun resumes),
 ``searched_<target>x.py``, a config inheriting CONFIG with the searched
 ``low_bit_ratios`` / ``prune_ratios``, and ``uniform_<target>x.py`` with the one
 ratio on every pair of equal or lower speedup. The rules every search obeys
-(its grid, its images, its rows) are :mod:`mixaq_mmdet.search.rules`. Each target's point and a uniform ratio
-of equal or lower speedup are then evaluated on val (``--no-val`` skips it).
+(its grid, its images, its rows) are :mod:`mixaq_mmdet.search.rules`. Each
+target's point and its uniform ratio are then evaluated on val (``--no-val``
+skips it).
 ``--spearman N`` instead measures how well the proxy ranks N random
 candidates like mAP does. Distributed (the search images sharded over the
 ranks): ``torchrun --nproc_per_node N tools/search_ratios.py ... --launcher pytorch``.
