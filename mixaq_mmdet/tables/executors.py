@@ -21,8 +21,9 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 from ..engine import PTQLoop, prepare_test_loop, unwrap
-from ..search import (Candidate, RatioEvaluator, check_branches_calibrated, ratio_space, run_search,
-                      search_evaluator, searched_rows, write_searched_config)
+from ..search import (Candidate, RatioEvaluator, check_branches_calibrated, check_search_config,
+                      ratio_space, run_search, search_evaluator, searched_rows,
+                      write_searched_config)
 from ..utils import build_runner
 from .cache import fingerprint
 from .configs import TableConfig, format_option
@@ -246,6 +247,7 @@ class LocalExecutor:
         """NSGA-II on the search split, then the chosen points (and the uniform
         ratios) on val."""
         tc = calibration.tc
+        check_search_config(tc.cfg, tc.path)
         prepared = self.prepare(calibration)
         model = prepared.val.model
         evaluator = search_evaluator(prepared.loop, tc.cfg.search_dataloader, settings.images)

@@ -65,11 +65,6 @@ class Ratios:
             raise ValueError(f'low-bit plus prune ratio exceeds 1 on a pair: {low} + {prune}')
         return Candidate(low, prune)
 
-    @classmethod
-    def of(cls, candidate: Candidate) -> 'Ratios':
-        """A search's candidate as a row's ratios."""
-        return cls(tuple(candidate.low_bit_ratios), tuple(candidate.prune_ratios))
-
 
 def seeded_name(name: str, seed: Optional[int]) -> str:
     """The name of ``name``'s training or row at ``seed`` (None: not seeded)."""

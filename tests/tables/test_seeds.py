@@ -7,7 +7,8 @@ import os.path as osp
 import pytest
 
 from mixaq_mmdet.analysis import over_seeds, paired_difference
-from mixaq_mmdet.tables import BENCHMARK, Row, RowRecord, Table, TableRunner, Target, Training
+from mixaq_mmdet.tables import BENCHMARK, Row, Table, TableRunner, Target, Training
+from .test_tables import _record as record
 
 QAT = 'qat/qat_uniform_w4a4_shapes.py'
 #: How many val images each (model, seed) detects perfectly.
@@ -59,28 +60,13 @@ class RecordingExecutor:
         os.makedirs(osp.dirname(prefix), exist_ok=True)
         with open(prefix + '.bbox.json', 'w') as f:
             json.dump(detections, f)
-        return RowRecord(
+        return record(
             info.name,
-            info.method,
+            method=info.method,
             bbox_mAP=10.0 * hits,
             segm_mAP=hits,
-            no_detections=False,
-            bitops_G=1.0,
-            w_bits=4,
-            act_bits=4.0,
-            a_bits=[4, 4],
-            low_bit_ratios=[0.0],
-            prune_ratios=[0.0],
-            window_score='l2',
-            window_order='importance',
-            calib_images=0,
-            execution='fake_quant',
-            backbone_ms=None,
-            scope='backbone',
             model=info.model,
             base=info.base,
-            img_shape=[320, 320],
-            eval_seconds=1.0,
             commands=['test'])
 
 

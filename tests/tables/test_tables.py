@@ -32,6 +32,19 @@ def _table(**changes) -> Table:
     return Table(**fields)
 
 
+def _calibrated(name: str, model: str, ratio: float, calib_ratio: float) -> Row:
+    """A row of the calibration 'c' at ``calib_ratio``, evaluated at ``ratio``."""
+    return Row(
+        name,
+        'x.py',
+        model,
+        'a',
+        'PTQ',
+        ratios=Ratios(ratio),
+        calibration='c',
+        calib_ratios=Ratios(calib_ratio))
+
+
 @pytest.mark.parametrize('changes, message', [
     (dict(rows=(Row('fp', 'fp.py', 'fp', 'fp', 'FP'), Row('fp', 'q.py', 'q', 'fp', 'QAT'))),
      "row names repeat: ['fp']"),
@@ -45,42 +58,10 @@ def _table(**changes) -> Table:
     (dict(
         trainings=(Training('fp', 'fp.py', checkpoint='fp.pth', seeded=True),
                    Training('q', 'q.py', 'fp'))), 'training fp is a given checkpoint'),
-    (dict(
-        rows=(
-            Row('a',
-                'x.py',
-                'fp',
-                'a',
-                'PTQ',
-                ratios=Ratios(0.2),
-                calibration='c',
-                calib_ratios=Ratios(0.5)),
-            Row('b',
-                'x.py',
-                'q',
-                'a',
-                'PTQ',
-                ratios=Ratios(0.4),
-                calibration='c',
-                calib_ratios=Ratios(0.5)))), "rows a and b share calibration 'c' but not"),
-    (dict(
-        rows=(
-            Row('a',
-                'x.py',
-                'fp',
-                'a',
-                'PTQ',
-                ratios=Ratios(0.2),
-                calibration='c',
-                calib_ratios=Ratios(0.5)),
-            Row('b',
-                'x.py',
-                'fp',
-                'a',
-                'PTQ',
-                ratios=Ratios(0.4),
-                calibration='c',
-                calib_ratios=Ratios(0.3)))), "rows a and b share calibration 'c' but not"),
+    (dict(rows=(_calibrated('a', 'fp', 0.2, 0.5), _calibrated('b', 'q', 0.4, 0.5))),
+     "rows a and b share calibration 'c' but not"),
+    (dict(rows=(_calibrated('a', 'fp', 0.2, 0.5), _calibrated('b', 'fp', 0.4, 0.3))),
+     "rows a and b share calibration 'c' but not"),
 ])
 def test_a_table_that_does_not_hold_together_is_refused(changes, message):
     with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(']', r'\]')):
@@ -111,7 +92,6 @@ def test_ratios_are_typed_and_become_options_and_candidates():
                                 ('model.backbone.prune_ratios', 0.2))
     candidate = ratios.candidate(3)
     assert candidate.low_bit_ratios == (0.5, ) * 3 and candidate.prune_ratios == (0.2, ) * 3
-    assert Ratios.of(candidate) == Ratios((0.5, ) * 3, (0.2, ) * 3)
     per_pair = Row('r', 'c.py', 'fp', 'fp', 'PTQ', (('x', 1), ), ratios=Ratios((0.1, 0.3)))
     assert per_pair.evaluated_options == (('x', 1), ('model.backbone.low_bit_ratios', (0.1, 0.3)),
                                           ('model.backbone.prune_ratios', 0.0))
@@ -251,9 +231,32 @@ def test_keys_follow_checkpoint_content_not_file_times(tmp_path):
     assert fingerprint(cfg, 'https://host/model.pth', 'v') != key
 
 
-def _record(name: str) -> RowRecord:
-    return RowRecord(name, 'FP', 1.0, 1.0, False, 1.0, 32, 32.0, [32, 32], None, None, None, None,
-                     0, None, None, None, 'fp', 'fp', [32, 32], 1.0)
+def _record(name: str, **fields) -> RowRecord:
+    """A PTQ row's record with ``fields`` changed."""
+    record = dict(
+        name=name,
+        method='PTQ',
+        bbox_mAP=1.0,
+        segm_mAP=2.0,
+        no_detections=False,
+        bitops_G=1.5,
+        w_bits=4,
+        act_bits=6.0,
+        a_bits=[8, 4],
+        low_bit_ratios=[0.5],
+        prune_ratios=[0.0],
+        window_score='l2',
+        window_order='importance',
+        calib_images=4,
+        execution='fake_quant',
+        backbone_ms=None,
+        scope='backbone',
+        model='fp',
+        base='fp',
+        img_shape=[32, 32],
+        eval_seconds=1.0)
+    record.update(fields)
+    return RowRecord(**record)
 
 
 def test_the_store_reuses_unchanged_rows_and_marks_stale_ones(tmp_path):
@@ -293,28 +296,7 @@ def test_calibration_counts_are_read_from_the_checkpoint_meta(tmp_path):
 
 
 def test_records_round_trip_and_refuse_another_layout():
-    record = dict(
-        name='r',
-        method='PTQ',
-        bbox_mAP=1.0,
-        segm_mAP=2.0,
-        no_detections=False,
-        bitops_G=1.5,
-        w_bits=4,
-        act_bits=6.0,
-        a_bits=[8, 4],
-        low_bit_ratios=[0.5],
-        prune_ratios=[0.0],
-        window_score='l2',
-        window_order='importance',
-        calib_images=4,
-        execution='fake_quant',
-        backbone_ms=None,
-        scope='backbone',
-        model='fp',
-        base='fp',
-        img_shape=[32, 32],
-        eval_seconds=1.0)
+    record = _record('r').to_dict()
     loaded = RowRecord.from_dict(record)
     assert RowRecord.from_dict(loaded.to_dict()) == loaded
     with pytest.raises(ValueError, match=r"unknown \['bbox'\], missing \['bbox_mAP'\]"):
