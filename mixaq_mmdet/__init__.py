@@ -2,10 +2,10 @@
 attention, as an mmdet 3.x plugin.
 
 Importing the package registers everything a config can name (through
-``custom_imports=dict(imports=['mixaq_mmdet'])``) and applies the stack fixes in
-:mod:`mixaq_mmdet.compat`.
+``custom_imports=dict(imports=['mixaq_mmdet'])``) and changes nothing else: the
+stack fixes of :mod:`mixaq_mmdet.compat` apply where the plugin's runner
+(``runner_type = 'MixAQRunner'``) and tools call them.
 """
-from . import compat  # noqa: F401
 from . import engine, models, quantization  # noqa: F401
 
 __version__ = '0.1.0'

@@ -1,46 +1,67 @@
-"""Fixes the pinned stack needs, applied when the package is imported.
+"""What the pinned stack needs from the plugin, as functions its runner and
+tools call; importing the package applies none of it.
 
 1. torch >= 2.6 defaults ``torch.load(weights_only=True)``, while mmengine 0.10.7 calls
 ``torch.load`` without the argument: runner checkpoints (``--resume``, ``load_from``,
 ``tools/test.py``) then fail on the numpy arrays and ``HistoryBuffer`` objects kept by
-the message hub. Instead of turning the safety off, the local-file loader registered
-here keeps ``weights_only=True`` and allowlists exactly the types mmengine writes.
+the message hub. Instead of turning the safety off, :func:`checkpoint_safe_globals`
+allowlists exactly the types mmengine writes, for the duration of a load
+(:class:`~mixaq_mmdet.engine.MixAQRunner`, :func:`load_from_local_weights_only`).
 The unpickler calls only allowlisted functions, so ``getattr`` (which pickles
 ``HistoryBuffer``'s statistic methods) can only fetch attributes, never run code.
 
 2. mmengine's ``init_dist`` with the pytorch launcher (``tools/dist_*.sh``) calls
-``torch.cuda.set_device`` unconditionally, which fails on a CPU-only torch. On a
-machine without CUDA the process group is initialized without selecting a device
-(gloo), so distributed calibration and testing run on CPU.
+``torch.cuda.set_device`` unconditionally, which fails on a CPU-only torch:
+:func:`init_process_group_without_cuda` initializes the process group without
+selecting a device (gloo), so distributed calibration and testing run on CPU.
 """
+import contextlib
+import datetime
 import os.path as osp
-from typing import Any, Callable, Iterable, List, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Union
 
 import mmcv
-import mmengine.dist.utils as mmengine_dist_utils
 import numpy as np
 import torch
+import torch.multiprocessing as mp
 from mmengine.logging import HistoryBuffer
-from mmengine.runner import CheckpointLoader
 
 _EXTRA_SAFE_GLOBALS: List[Any] = []
 
 
 def checkpoint_safe_globals() -> List[Any]:
-    """Globals allowed when unpickling a local checkpoint."""
+    """Globals allowed when unpickling a local checkpoint: mmengine's message
+    hub (``HistoryBuffer``), numpy arrays, scalars and dtypes. numpy's array
+    and scalar reconstructors are taken from their public ``__reduce__``, as
+    pickle records them."""
     numpy_dtypes = [
         getattr(np.dtypes, name) for name in dir(np.dtypes)
         if name.endswith('DType') and isinstance(getattr(np.dtypes, name), type)
     ]
+    reconstruct, scalar = np.zeros(1).__reduce__()[0], np.float64(0).__reduce__()[0]
     return [
-        HistoryBuffer, getattr, np.ndarray, np.dtype, np._core.multiarray._reconstruct,
-        np._core.multiarray.scalar, *numpy_dtypes, *_EXTRA_SAFE_GLOBALS
+        HistoryBuffer, getattr, np.ndarray, np.dtype, reconstruct, scalar, *numpy_dtypes,
+        *_EXTRA_SAFE_GLOBALS
     ]
 
 
 def add_checkpoint_safe_globals(globals_: Iterable[Any]) -> None:
     """Allow more types in local checkpoints (e.g. a custom hook's state)."""
     _EXTRA_SAFE_GLOBALS.extend(globals_)
+
+
+@contextlib.contextmanager
+def checkpoint_types_allowed() -> Iterator[None]:
+    """Within the block, ``torch.load(weights_only=True)`` (torch >= 2.6's
+    default) also accepts :func:`checkpoint_safe_globals`; torch's own
+    allowlist is restored after it. A torch without weights-only defaults
+    (< 2.6) loads them anyway."""
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)
+    if safe_globals is None:
+        yield
+        return
+    with safe_globals(checkpoint_safe_globals()):
+        yield
 
 
 def load_from_local_weights_only(filename: str,
@@ -51,7 +72,7 @@ def load_from_local_weights_only(filename: str,
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint file {filename} can not be found')
     try:
-        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        with checkpoint_types_allowed():
             return torch.load(filename, map_location=map_location, weights_only=True)
     except torch.serialization.pickle.UnpicklingError as err:
         reason = next(
@@ -63,21 +84,24 @@ def load_from_local_weights_only(filename: str,
                            'mixaq_mmdet.compat.add_checkpoint_safe_globals([...]).') from err
 
 
-CheckpointLoader.register_scheme(prefixes='', loader=load_from_local_weights_only, force=True)
-
-_mmengine_init_dist_pytorch = mmengine_dist_utils._init_dist_pytorch
-
-
-def init_dist_pytorch_without_cuda(backend: str, init_backend: str = 'torch', **kwargs) -> None:
-    """mmengine's pytorch-launcher initialization, minus the CUDA device choice
-    when there is no CUDA."""
-    if torch.cuda.is_available() or init_backend != 'torch':
-        _mmengine_init_dist_pytorch(backend, init_backend=init_backend, **kwargs)
-        return
+def init_process_group_without_cuda(backend: str = 'nccl',
+                                    init_backend: str = 'torch',
+                                    timeout: Optional[float] = None,
+                                    **kwargs) -> None:
+    """The pytorch launcher's process group on a machine without CUDA: what
+    mmengine's ``init_dist`` does with ``env_cfg.dist_cfg``, minus its
+    ``torch.cuda.set_device``; ``backend`` must be one that runs on CPU."""
+    if backend == 'nccl':
+        raise ValueError("env_cfg.dist_cfg.backend='nccl' needs CUDA, which this machine "
+                         "lacks: use backend='gloo' (--cfg-options env_cfg.dist_cfg.backend=gloo)")
+    if init_backend != 'torch':
+        raise ValueError(f"env_cfg.dist_cfg.init_backend={init_backend!r} is not supported "
+                         "without CUDA; valid: 'torch'")
+    if timeout is not None:
+        kwargs['timeout'] = datetime.timedelta(seconds=timeout)
+    if mp.get_start_method(allow_none=True) is None:
+        mp.set_start_method('spawn')
     torch.distributed.init_process_group(backend=backend, **kwargs)
-
-
-mmengine_dist_utils._init_dist_pytorch = init_dist_pytorch_without_cuda
 
 
 def check_mmcv_ops(device: Union[str, torch.device]) -> None:

@@ -1,16 +1,22 @@
-"""Local checkpoint loading under torch >= 2.6 (weights_only) with mmengine."""
+"""The stack fixes (runner checkpoints under torch >= 2.6's weights-only
+loading, the pytorch launcher without CUDA) live in the plugin's runner and
+tools; importing the plugin changes nothing else in the process."""
+import os.path as osp
 import pickle
+import re
 
+import mmdet
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
-from mmengine.runner import CheckpointLoader, Runner, load_checkpoint
+from mmengine.runner import CheckpointLoader, load_checkpoint
 from torch.utils.data import Dataset
 
-import mixaq_mmdet  # noqa: F401
 from mixaq_mmdet.compat import load_from_local_weights_only
+from mixaq_mmdet.engine import MixAQRunner
+from .conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
 
 
 class ToyModel(BaseModel):
@@ -37,7 +43,7 @@ class ToyData(Dataset):
 
 
 def _runner(work_dir, max_epochs, resume=False):
-    return Runner(
+    return MixAQRunner(
         model=ToyModel(),
         work_dir=str(work_dir),
         train_dataloader=dict(
@@ -56,13 +62,18 @@ def _runner(work_dir, max_epochs, resume=False):
 def test_runner_checkpoint_needs_the_fix_and_loads(tmp_path):
     _runner(tmp_path, max_epochs=1).train()
     ckpt = tmp_path / 'epoch_1.pth'
-    # What mmengine 0.10.7 does by itself under torch 2.13: fails.
+    # What mmengine 0.10.7 does by itself under torch 2.13, the plugin imported: fails.
     with pytest.raises(pickle.UnpicklingError):
         torch.load(ckpt, map_location='cpu')
-    loaded = CheckpointLoader.load_checkpoint(str(ckpt), map_location='cpu')
+    with pytest.raises(pickle.UnpicklingError):
+        CheckpointLoader.load_checkpoint(str(ckpt), map_location='cpu')
+    loaded = load_from_local_weights_only(str(ckpt), map_location='cpu')
     assert loaded['meta']['epoch'] == 1
     hub = loaded['message_hub']['log_scalars']
     assert 'train/loss' in hub and len(hub['train/loss'].data[0]) > 0
+    # the allowlist holds within the load only
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(ckpt, map_location='cpu')
 
 
 def test_resume_continues_from_runner_checkpoint(tmp_path):
@@ -110,3 +121,104 @@ def test_untrusted_type_is_refused_with_a_clear_error(tmp_path, capsys):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.pth'):
         CheckpointLoader.load_checkpoint(str(tmp_path / 'nope.pth'))
+
+
+SNAPSHOT = r"""
+import inspect, json, os, pkgutil, sys, warnings
+import numpy, torch, mmcv, mmdet, mmengine
+import mmengine.dist, mmengine.runner, mmdet.models, mmdet.registry
+
+PREFIXES = ('torch', 'numpy', 'mmengine', 'mmcv', 'mmdet', 'pycocotools')
+
+def snapshot():
+    state = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.split('.')[0] in PREFIXES:
+            continue
+        for attr, value in list(vars(module).items()):
+            if inspect.ismodule(value):
+                continue
+            state[f'{name}.{attr}'] = id(value)
+            if inspect.isclass(value) and value.__module__ == name:
+                for key, member in list(vars(value).items()):
+                    state[f'{name}.{attr}.{key}'] = id(member)
+                    if type(member) is dict:
+                        for k, v in list(member.items()):
+                            state[f'{name}.{attr}.{key}[{k!r}]'] = id(v)
+    state['os.environ'] = hash(tuple(sorted(os.environ.items())))
+    state['torch threads'] = torch.get_num_threads()
+    state['warnings.filters'] = hash(tuple(map(repr, warnings.filters)))
+    state['torch safe globals'] = hash(tuple(map(repr, torch.serialization.get_safe_globals())))
+    return state
+
+before = snapshot()
+import mixaq_mmdet
+for info in pkgutil.walk_packages(mixaq_mmdet.__path__, 'mixaq_mmdet.'):
+    __import__(info.name)
+after = snapshot()
+changed = sorted(k for k in before if k in after and before[k] != after[k])
+added = sorted(k for k in after if k not in before and k.rsplit('.', 1)[0] in before)
+print(json.dumps(dict(changed=changed, added=added)))
+"""
+
+
+def test_importing_the_plugin_changes_nothing_else():
+    """Every module of the plugin imported: no function, class member or
+    registered scheme of torch, numpy, mmengine, mmcv or mmdet is replaced,
+    and the environment, thread count, warning filters and torch's
+    weights-only allowlist are as before."""
+    import json
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, '-c', SNAPSHOT],
+                          cwd=REPO,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == dict(changed=[], added=[])
+
+
+def test_the_pytorch_launcher_without_cuda_refuses_nccl_by_name(monkeypatch):
+    from mixaq_mmdet.compat import init_process_group_without_cuda
+    with pytest.raises(ValueError, match=r"backend='nccl' needs CUDA.*backend='gloo'"):
+        init_process_group_without_cuda(backend='nccl')
+    with pytest.raises(ValueError, match=r"init_backend='deepspeed'.*valid: 'torch'"):
+        init_process_group_without_cuda(backend='gloo', init_backend='deepspeed')
+
+
+MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
+
+
+def test_mmdets_own_tools_run_the_plugin_through_custom_imports(tiny_shapes, tmp_path):
+    """mmdet 3.3.0's tools/train.py and tools/test.py (as installed with mmdet)
+    on the benchmark config, which names the plugin in ``custom_imports`` and
+    its runner in ``runner_type``: a training, its resume from the runner
+    checkpoint (numpy and message-hub state, weights-only loading under torch
+    >= 2.6) and a COCO evaluation of it."""
+    work_dir = str(tmp_path / 'work')
+    options = [
+        *data_root_options(tiny_shapes), 'train_dataloader.batch_size=4',
+        'default_hooks.logger.interval=1', 'param_scheduler.0.end=2'
+    ]
+
+    def epochs(n):
+        return [
+            f'train_cfg.max_epochs={n}', f'train_cfg.val_interval={n}', f'param_scheduler.1.end={n}'
+        ]
+
+    train = osp.join(MMDET_TOOLS, 'train.py')
+    run_tool(
+        [train, FP_BENCH_CONFIG, '--work-dir', work_dir, '--cfg-options', *options, *epochs(1)])
+    proc = run_tool([
+        train, FP_BENCH_CONFIG, '--work-dir', work_dir, '--resume', '--cfg-options', *options,
+        *epochs(2)
+    ])
+    assert 'resumed epoch: 1, iter: 2' in proc.stdout + proc.stderr
+    proc = run_tool([
+        osp.join(MMDET_TOOLS, 'test.py'), FP_BENCH_CONFIG,
+        osp.join(work_dir, 'epoch_2.pth'), '--work-dir', work_dir, '--cfg-options',
+        *data_root_options(tiny_shapes)
+    ])
+    assert re.search(r'coco/bbox_mAP: -?[0-9.]+', proc.stdout + proc.stderr)

@@ -3,6 +3,10 @@
 # trained from scratch. Every quantized benchmark config inherits this one.
 _base_ = '../_base_/datasets/shapes_coco_instance.py'
 
+custom_imports = dict(imports=['mixaq_mmdet'], allow_failed_imports=False)
+# checkpoints and the pytorch launcher as the stack needs them (mixaq_mmdet.compat)
+runner_type = 'MixAQRunner'
+
 num_classes = 4
 model = dict(
     backbone=dict(

@@ -9,6 +9,8 @@
 _base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco.py'
 
 custom_imports = dict(imports=['mixaq_mmdet'], allow_failed_imports=False)
+# checkpoints and the pytorch launcher as the stack needs them (mixaq_mmdet.compat)
+runner_type = 'MixAQRunner'
 
 # The backbone's measured time per image, reported with the test metrics.
 custom_hooks = [dict(type='BackboneLatencyHook')]

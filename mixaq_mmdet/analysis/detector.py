@@ -9,6 +9,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
+from mixaq_mmdet.compat import checkpoint_types_allowed
 from mixaq_mmdet.quantization import disable_quantization
 from .window_maps import check_swin
 
@@ -37,7 +38,8 @@ def load_detector(config: str,
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
     check_swin(getattr(model, 'backbone', model))
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
+    with checkpoint_types_allowed():
+        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', logger='silent')
     state = ckpt.get('state_dict', ckpt)
     if not set(state) & set(model.state_dict()):
         raise ValueError(f'checkpoint {checkpoint} has no parameter of the '

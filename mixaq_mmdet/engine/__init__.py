@@ -8,9 +8,10 @@ from .loops import PTQLoop, prepare_test_loop
 from .model_wrappers import unwrap
 from .optim_constructor import QATOptimWrapperConstructor
 from .ratio_sampling import sample_uniform_sum_ratios
+from .runner import MixAQRunner
 
 __all__ = [
-    'CPUAmpOptimWrapper', 'PTQLoop', 'prepare_test_loop', 'BitOpsHook',
+    'CPUAmpOptimWrapper', 'MixAQRunner', 'PTQLoop', 'prepare_test_loop', 'BitOpsHook',
     'ConfidenceGuidedAnnealingHook', 'OscillationHook', 'QATInitHook', 'RandomStateHook',
     'SAQAHook', 'QATOptimWrapperConstructor', 'calibrate_model', 'sample_uniform_sum_ratios',
     'unwrap'

@@ -13,6 +13,7 @@ from mmengine.runner.checkpoint import get_state_dict, weights_to_cpu
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mixaq_mmdet.compat import checkpoint_types_allowed
 from mixaq_mmdet.models import quant_setting
 from mixaq_mmdet.quantization import enable_fake_quant, integer_kernels, quantizers_of, to_integer
 from .calibration import all_reduce_sum, build_calib_dataloader, calibrate_model, check_calib_images
@@ -184,7 +185,8 @@ class PTQLoop(TestLoop):
             raise ValueError('PTQ needs a checkpoint: run tools/test.py CONFIG '
                              'CHECKPOINT (load_from is not set)')
         model = self.model
-        state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+        with checkpoint_types_allowed():
+            state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
         calibrated = any(q.is_calibrated for q in quantizers_of(model))
         if calibrated:
             check_calibrated_checkpoint(model, state, checkpoint, self.setting())

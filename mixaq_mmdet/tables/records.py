@@ -8,6 +8,7 @@ import torch.nn as nn
 from mmengine.runner import CheckpointLoader
 
 from ..analysis import count_bitops
+from ..compat import checkpoint_types_allowed
 from ..models import quant_scope
 from .rows import METHODS
 
@@ -132,7 +133,8 @@ def calibrated_images(checkpoint: str) -> int:
     """The images ``checkpoint`` was calibrated on, as its meta records
     (``PTQLoop`` writes it into ``calibrated.pth``); 0 for a checkpoint that
     records none (an FP or QAT checkpoint)."""
-    state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+    with checkpoint_types_allowed():
+        state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
     return int((state.get('meta') or {}).get('calib_images', 0))
 
 

@@ -13,6 +13,7 @@ from mmengine.runner import Runner
 
 from mixaq_mmdet.compat import check_mmcv_ops
 from mixaq_mmdet.datasets.layout import check_dataset_files
+from mixaq_mmdet.engine.runner import MixAQRunner
 
 #: mmdet 3.3.0's defaults for ``tools/test.py --tta`` when a config has none.
 DEFAULT_TTA_MODEL = dict(
@@ -100,8 +101,8 @@ def with_test_time_aug(cfg: Config) -> Config:
 
 
 def build_runner(cfg: Config, dataloaders: Sequence[str] = ()) -> Runner:
-    """Build the default runner, or the one named by ``runner_type`` in mmdet's
-    ``RUNNERS`` (which falls back to mmengine's), after checking that mmcv's
+    """Build the runner named by ``runner_type`` in mmdet's ``RUNNERS`` (which
+    falls back to mmengine's), by default :class:`MixAQRunner`, after checking that mmcv's
     ops run on the device the runner will use and that the files of the
     ``dataloaders`` the run reads (e.g. ``'test_dataloader'``) exist."""
     check_mmcv_ops(get_device())
@@ -110,4 +111,4 @@ def build_runner(cfg: Config, dataloaders: Sequence[str] = ()) -> Runner:
             check_dataset_files(cfg[name].dataset, f'{name}.dataset')
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    return MixAQRunner.from_cfg(cfg)

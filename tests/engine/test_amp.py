@@ -7,10 +7,9 @@ import pytest
 import torch
 from mmdet.registry import HOOKS, OPTIM_WRAPPERS
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
 from torch import nn
 
-from mixaq_mmdet.engine import CPUAmpOptimWrapper
+from mixaq_mmdet.engine import CPUAmpOptimWrapper, MixAQRunner
 from mixaq_mmdet.quantization import LSQQuantizer
 from mixaq_mmdet.registry import QUANTIZERS
 from .test_qat import _config
@@ -64,7 +63,7 @@ def amp_runs(tiny_shapes, fp_checkpoint, tmp_path_factory):
     for name, config in (('qat', 'qat_uniform_w4a4_shapes.py'), ('saqa',
                                                                  'qat_saqa_w4a4a2_shapes.py')):
         work_dir = tmp_path_factory.mktemp(f'amp_{name}')
-        runner = Runner.from_cfg(_amp_config(tiny_shapes, work_dir, load_from, config))
+        runner = MixAQRunner.from_cfg(_amp_config(tiny_shapes, work_dir, load_from, config))
         runner.train()
         runs[name] = runner, dict(_RecordAmp.records)
         load_from = osp.join(work_dir, 'epoch_1.pth')

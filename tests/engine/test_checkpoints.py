@@ -3,8 +3,8 @@ Mask R-CNN under the 3x configs) and the refusal to download initial weights
 that a loaded detector replaces."""
 import pytest
 import torch
-from mmengine.runner import Runner
 
+from mixaq_mmdet.engine import MixAQRunner
 from mixaq_mmdet.engine.checkpoints import (check_base_model, checkpoint_model_name,
                                             normalize_model_name, remote_init_checkpoints)
 from .test_qat import _config
@@ -68,7 +68,7 @@ def test_qat_with_load_from_refuses_to_download_initial_weights(tiny_shapes, fp_
     url = 'https://download.invalid/swin_tiny_patch4_window7_224.pth'
     cfg = _config(tiny_shapes, tmp_path, fp_checkpoint)
     cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=url)
-    runner = Runner.from_cfg(cfg)
+    runner = MixAQRunner.from_cfg(cfg)
     assert remote_init_checkpoints(runner.model) == [('backbone', url)]
     before = {k: v.clone() for k, v in runner.model.state_dict().items()}
     with pytest.raises(
@@ -89,7 +89,7 @@ def test_qat_of_a_1x_checkpoint_under_a_3x_base_model_is_refused(tiny_shapes, fp
     cfg = _config(tiny_shapes, tmp_path / 'run', path)
     cfg.base_model = THREE_X
     with pytest.raises(ValueError, match=r'fp_1x.pth is .*1x_coco.*base_model'):
-        Runner.from_cfg(cfg).train()
+        MixAQRunner.from_cfg(cfg).train()
 
 
 def test_ptq_of_a_1x_checkpoint_under_a_3x_base_model_is_refused(tiny_shapes, fp_checkpoint,
@@ -103,7 +103,7 @@ def test_ptq_of_a_1x_checkpoint_under_a_3x_base_model_is_refused(tiny_shapes, fp
     with pytest.raises(
             ValueError, match=r"is 'mask_rcnn_swin-t-p4-w7_fpn_1x_coco' \(its file "
             r"name\)"):
-        Runner.from_cfg(cfg).test()
+        MixAQRunner.from_cfg(cfg).test()
     cfg = ptq_config(tiny_shapes, tmp_path / 'run3x', str(tmp_path / RELEASE_1X))
     cfg.base_model = 'mask-rcnn_swin-t-p4-w7_fpn_1x_coco'  # what the 1x config's header says
-    assert 'coco/bbox_mAP' in Runner.from_cfg(cfg).test()
+    assert 'coco/bbox_mAP' in MixAQRunner.from_cfg(cfg).test()

@@ -7,9 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from mmengine.logging import MessageHub
-from mmengine.runner import Runner
 
-from mixaq_mmdet.engine import ConfidenceGuidedAnnealingHook, OscillationHook
+from mixaq_mmdet.engine import ConfidenceGuidedAnnealingHook, MixAQRunner, OscillationHook
 from mixaq_mmdet.quantization import QuantLinear, StatsQQuantizer, quantizers_of
 from .test_qat import _config
 
@@ -126,7 +125,7 @@ def test_ofq_config_trains_with_statsq_cga_and_logs_oscillation(tiny_shapes, fp_
     for hook in cfg.custom_hooks:
         if hook.type == 'OscillationHook':
             hook.interval = 1
-    runner = Runner.from_cfg(cfg)
+    runner = MixAQRunner.from_cfg(cfg)
     runner.train()
     weights = [q for q in quantizers_of(runner.model) if isinstance(q, StatsQQuantizer)]
     assert weights and all(q.is_calibrated for q in weights)

@@ -161,11 +161,11 @@ def _runner(data_root,
             config='ptq_uniform_w4a8_shapes.py',
             model=None,
             **test_cfg):
-    from mmengine.runner import Runner
+    from mixaq_mmdet.engine import MixAQRunner
     cfg = _config(data_root, config, model, **test_cfg)
     cfg.work_dir = str(work_dir)
     cfg.load_from = load_from
-    return Runner.from_cfg(cfg)
+    return MixAQRunner.from_cfg(cfg)
 
 
 def test_ptq_without_checkpoint_is_an_error(tiny_shapes, tmp_path):
@@ -211,7 +211,7 @@ def test_bad_loop_settings(tiny_shapes, fp_checkpoint, tmp_path, kwargs, match):
 
 
 def test_float_model_cannot_run_ptq(tiny_shapes, fp_checkpoint, tmp_path):
-    from mmengine.runner import Runner
+    from mixaq_mmdet.engine import MixAQRunner
     cfg = _config(tiny_shapes)
     cfg.model.type = 'MaskRCNN'
     for key in ('detector', 'quant_scope'):
@@ -223,7 +223,7 @@ def test_float_model_cannot_run_ptq(tiny_shapes, fp_checkpoint, tmp_path):
     cfg.work_dir = str(tmp_path)
     cfg.load_from = fp_checkpoint
     with pytest.raises(ValueError, match='MaskRCNN has no quantizers'):
-        Runner.from_cfg(cfg).test()
+        MixAQRunner.from_cfg(cfg).test()
 
 
 def test_quant_scope_must_be_known():
@@ -437,13 +437,13 @@ class _RecordCalibrationState(Hook):
 
 def test_calibration_runs_after_the_before_test_hooks(tiny_shapes, fp_checkpoint, tmp_path):
     """A hook that swaps weights before testing (EMA) acts before the fold."""
-    from mmengine.runner import Runner
+    from mixaq_mmdet.engine import MixAQRunner
     cfg = _config(tiny_shapes, calib_images=4)
     cfg.custom_hooks = cfg.custom_hooks + [dict(type='_RecordCalibrationState')]
     cfg.work_dir = str(tmp_path)
     cfg.load_from = fp_checkpoint
     _RecordCalibrationState.seen.clear()
-    Runner.from_cfg(cfg).test()
+    MixAQRunner.from_cfg(cfg).test()
     assert _RecordCalibrationState.seen == [False]
 
 
@@ -538,13 +538,13 @@ def test_w8a8_ptq_stays_close_to_fp(trained_small, tmp_path):
     assert abs(diff.mean) <= bound, (fp_map, q_map, diff, bound)
 
     # fidelity: the calibrated W8A8 model, loaded as tools/test.py loads it
-    from mmengine.runner import Runner, load_checkpoint
+    from mmengine.runner import load_checkpoint
 
-    from mixaq_mmdet.engine import prepare_test_loop
+    from mixaq_mmdet.engine import MixAQRunner, prepare_test_loop
     cfg = _config(root, 'ptq_uniform_w8a8_shapes.py')
     cfg.work_dir, cfg.load_from = str(tmp_path / 'fidelity'), str(tmp_path / 'w8a8' /
                                                                   'calibrated.pth')
-    loop = prepare_test_loop(Runner.from_cfg(cfg))
+    loop = prepare_test_loop(MixAQRunner.from_cfg(cfg))
     quantized = loop.model.eval()
     init_default_scope('mmdet')
     float_model = MODELS.build(Config.fromfile(FP_BENCH_CONFIG).model)

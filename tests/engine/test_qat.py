@@ -8,9 +8,8 @@ import torch
 from mmdet.registry import HOOKS
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
 
-from mixaq_mmdet.engine import SAQAHook
+from mixaq_mmdet.engine import MixAQRunner, SAQAHook
 from mixaq_mmdet.quantization import LSQQuantizer, quantizers_of
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
 from ..multiprocess import free_port
@@ -78,7 +77,7 @@ def qat_run(tiny_shapes, fp_checkpoint, tmp_path_factory):
     work_dir = tmp_path_factory.mktemp('qat')
     cfg = _config(tiny_shapes, work_dir, fp_checkpoint)
     cfg.custom_hooks.append(dict(type='_RecordState'))
-    runner = Runner.from_cfg(cfg)
+    runner = MixAQRunner.from_cfg(cfg)
     runner.train()
     return runner, dict(_RecordState.records)
 
@@ -150,7 +149,7 @@ def test_saqa_from_the_qat_checkpoint(qat_run, tiny_shapes, tmp_path):
     w4a4 = osp.join(qat_runner.work_dir, 'epoch_1.pth')
     cfg = _config(tiny_shapes, tmp_path, w4a4, 'qat_saqa_w4a4a2_shapes.py')
     cfg.custom_hooks.append(dict(type='_RecordState'))
-    runner = Runner.from_cfg(cfg)
+    runner = MixAQRunner.from_cfg(cfg)
     runner.train()
     init = _RecordState.records['init']
     loaded = torch.load(w4a4, weights_only=False)['state_dict']
@@ -195,15 +194,15 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(qat_run, tiny_shape
     def config(work_dir):
         return _config(tiny_shapes, work_dir, w4a4, 'qat_saqa_w4a4a2_shapes.py', epochs=2)
 
-    straight = Runner.from_cfg(config(tmp_path / 'a'))
+    straight = MixAQRunner.from_cfg(config(tmp_path / 'a'))
     straight.train()
     cfg = config(tmp_path / 'b')
     cfg.custom_hooks.append(dict(type='_InterruptAfterFirstEpoch'))
     with pytest.raises(_Interrupted):
-        Runner.from_cfg(cfg).train()
+        MixAQRunner.from_cfg(cfg).train()
     cfg = config(tmp_path / 'b')
     cfg.resume, cfg.load_from = True, None  # tools/train.py --resume
-    resumed = Runner.from_cfg(cfg)
+    resumed = MixAQRunner.from_cfg(cfg)
     resumed.train()
     log = open(osp.join(resumed.log_dir, f'{resumed.timestamp}.log')).read()
     assert 'resumed epoch: 1, iter: 2' in log and 'random generators restored' in log
@@ -250,14 +249,14 @@ def test_non_learnable_quantizers_and_float_models_are_refused(tiny_shapes, fp_c
             ValueError,
             match=r"quantizers cannot learn their step size \(e.g. "
             r"UniformQuantizer 'backbone.*' is a UniformQuantizer\): QAT needs"):
-        Runner.from_cfg(cfg).train()
+        MixAQRunner.from_cfg(cfg).train()
     cfg = _config(tiny_shapes, tmp_path / 'f', fp_checkpoint)
     cfg.model.backbone.quant = False
     with pytest.raises(
             ValueError,
             match='fake quantization off .* QAT would train the '
             'float model; build the backbone with quant=True'):
-        Runner.from_cfg(cfg).train()
+        MixAQRunner.from_cfg(cfg).train()
 
 
 def test_load_from_another_model_is_refused(tiny_shapes, tmp_path):
@@ -268,7 +267,7 @@ def test_load_from_another_model_is_refused(tiny_shapes, tmp_path):
             ValueError,
             match=r'resnet\.pth does not fit MaskRCNN: \d+ of its '
             r'\d+ float weights are missing'):
-        Runner.from_cfg(cfg).train()
+        MixAQRunner.from_cfg(cfg).train()
 
 
 def test_saqa_needs_two_branch_blocks_and_a_calibrated_low_branch(tiny_shapes, qat_run,
@@ -279,14 +278,14 @@ def test_saqa_needs_two_branch_blocks_and_a_calibrated_low_branch(tiny_shapes, q
             ValueError,
             match=r'quantizers are not calibrated \(e.g. '
             r".*branches.low.*\): set QATInitHook.calib_low_bit_ratios"):
-        Runner.from_cfg(cfg).train()
+        MixAQRunner.from_cfg(cfg).train()
     cfg = Config.fromfile(FP_BENCH_CONFIG)
     root = tiny_shapes.rstrip('/') + '/'
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
         loader.dataset.data_root = root
     cfg.work_dir = str(tmp_path / 'fp')
     cfg.custom_hooks = [dict(type='SAQAHook')]
-    runner = Runner.from_cfg(cfg)
+    runner = MixAQRunner.from_cfg(cfg)
     with pytest.raises(
             ValueError,
             match="SAQAHook needs a backbone with Two-Branch blocks "
