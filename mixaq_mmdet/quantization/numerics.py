@@ -4,9 +4,11 @@ Kept apart from the quantizers (state, calibration, switches) as torchao keeps
 its numerics apart from its modules: a function here takes tensors and integer
 ranges and knows nothing of observers or checkpoints.
 """
+import contextlib
+import contextvars
 import math
-import os
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+import warnings
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -14,61 +16,126 @@ from torch import Tensor
 from .observers import pow2_exact
 from .recompute import register_recomputable
 
-#: Set to 0 to run the fake-quantization kernels eagerly (same numbers, several
-#: passes over the activation instead of one each way).
-COMPILE_ENV = 'MIXAQ_COMPILE_FAKE_QUANT'
-#: inductor's number of compile workers, read when it is first imported.
-COMPILE_THREADS_ENV = 'TORCHINDUCTOR_COMPILE_THREADS'
+FusedKernels = Union[bool, str]
+#: How fake quantization computes: ``True``, kernels fused and compiled by
+#: inductor (an error where they cannot compile); ``False``, eager torch ops
+#: (the same numbers, several passes over an activation instead of one each
+#: way); ``'auto'``, fused, falling back to eager with one warning that names
+#: the compiler's error.
+FUSED_KERNEL_MODES: Tuple[FusedKernels, ...] = (True, False, 'auto')
+_MODE: contextvars.ContextVar = contextvars.ContextVar('mixaq_fused_kernels', default='auto')
 _COMPILED: Dict[Callable, Callable] = {}
+#: Why 'auto' runs eagerly in this process: the first compilation error, or None.
+_FALLBACK: Dict[str, str] = {}
 
 
-def run_kernel(fn: Callable, tensors: Sequence[Tensor], *args: Any) -> Any:
-    """``fn(*tensors, *args)``, compiled by inductor into fused loops. Each
-    tensor is passed contiguous and plain (no parameter, no gradient, no view
-    of another tensor, on whose shapes dynamo would guard), so with the
-    callers' canonical layouts one compilation per dtype serves every
-    activation. Eager on devices inductor does not generate code for
-    (``meta``), inside an enclosing ``torch.compile`` (which fuses it anyway),
-    and with ``MIXAQ_COMPILE_FAKE_QUANT=0``."""
-    if (tensors[0].device.type not in ('cpu', 'cuda') or torch.compiler.is_compiling()
-            or os.environ.get(COMPILE_ENV, '1') == '0'):
+def check_fused_kernels(mode: Any, name: str = 'fused_kernels') -> FusedKernels:
+    """``mode`` if it is one of :data:`FUSED_KERNEL_MODES`, else a ValueError."""
+    if not any(mode is m or (isinstance(m, str) and mode == m) for m in FUSED_KERNEL_MODES):
+        raise ValueError(f"{name} must be True, False or 'auto', got {mode!r}")
+    return mode
+
+
+@contextlib.contextmanager
+def fused_kernels(mode: FusedKernels) -> Iterator[None]:
+    """Compute fake quantization within the block as ``mode`` says (see
+    :data:`FUSED_KERNEL_MODES`); a quantized backbone enters its config's
+    ``fused_kernels`` around each forward. Backward passes and recomputations
+    use the mode of the forward that recorded them."""
+    token = _MODE.set(check_fused_kernels(mode))
+    try:
+        yield
+    finally:
+        _MODE.reset(token)
+
+
+def fused_kernels_mode() -> FusedKernels:
+    """The mode the next fake quantization computes in."""
+    return _MODE.get()
+
+
+def fused_kernels_fallback() -> Optional[str]:
+    """The compilation error that made 'auto' fall back to eager in this
+    process, or None while the fused kernels compile."""
+    return _FALLBACK.get('error')
+
+
+def run_kernel(fn: Callable,
+               tensors: Sequence[Tensor],
+               *args: Any,
+               mode: Optional[FusedKernels] = None) -> Any:
+    """``fn(*tensors, *args)``, compiled by inductor into fused loops where
+    ``mode`` (default: :func:`fused_kernels_mode`) asks for it. Each tensor
+    is passed contiguous and plain (no parameter, no gradient, no view of
+    another tensor, on whose shapes dynamo would guard), so with the callers'
+    canonical layouts one compilation per dtype serves every activation. Eager
+    on devices inductor does not generate code for (``meta``) and inside an
+    enclosing ``torch.compile`` (which fuses it anyway)."""
+    mode = fused_kernels_mode() if mode is None else mode
+    if (mode is False or (mode == 'auto' and _FALLBACK)
+            or tensors[0].device.type not in ('cpu', 'cuda') or torch.compiler.is_compiling()):
         return fn(*tensors, *args)
     if fn not in _COMPILED:
         # dynamic_threads: every kernel gets a parallel loop, whatever the size
         # it was first compiled for (inductor would otherwise leave the loops of
         # a first, small activation serial for all later sizes)
         _COMPILED[fn] = torch.compile(fn, dynamic=True, options={'cpp.dynamic_threads': True})
-    return _COMPILED[fn](*map(_plain, tensors), *args)
+    try:
+        return _COMPILED[fn](*map(_plain, tensors), *args)
+    except Exception as err:
+        if mode is True:
+            raise
+        out = fn(*tensors, *args)  # an error of the inputs raises here too, as it would eagerly
+        _fall_back(err)
+        return out
+
+
+def _fall_back(err: Exception) -> None:
+    """Run 'auto' eagerly from now on, saying why once."""
+    if _FALLBACK:
+        return
+    first = (str(err).strip().splitlines() or [''])[0]
+    _FALLBACK['error'] = f'{type(err).__name__}: {first}'
+    warnings.warn(
+        'mixaq_mmdet: the fused fake-quantization kernels could not be compiled '
+        f"({_FALLBACK['error']}); fused_kernels='auto' runs them eagerly from now on, with "
+        "the same numbers (set model.backbone.fused_kernels=False to choose that, or True to "
+        'make this an error)',
+        RuntimeWarning,
+        stacklevel=3)
 
 
 def compile_kernels(device: str = 'cpu') -> None:
     """Compile every fused fake-quantization kernel now, on tiny float32
     inputs (forward, backward, the log-sqrt(2) tables with and without a top,
-    and integer execution's codes): a process that forks workers afterwards
-    (``make smoke-coco``, ``make demo``) hands them the compiled kernels
-    instead of each compiling or loading them. Two things a fork does not
-    survive are kept out: the kernels run on one thread here (a child of a
-    process that ran a GNU OpenMP parallel region hangs), and inductor
-    compiles in this process (a child that compiles another kernel, e.g. per
-    channel, through the parent's pool of compile workers hangs), unless
-    ``TORCHINDUCTOR_COMPILE_THREADS`` was set or inductor was imported
-    before."""
-    os.environ.setdefault(COMPILE_THREADS_ENV, '1')
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        x = torch.rand(64, device=device)
-        scale = torch.full((1, ), 0.1, device=device, requires_grad=True)
-        zero_point = torch.full((1, ), 3.0, device=device, requires_grad=True)
-        fake_quantize(x.requires_grad_(), scale, zero_point, 0, 15).sum().backward()
-        for bits in (2, MAX_BIT_FIELD_BITS):  # without and with subnormal boundaries
-            boundaries, levels = (t.float().to(device) for t in log_sqrt2_tables(bits))
-            for top in (None, torch.ones(1, device=device)):
-                log_sqrt2_values(x.detach(), boundaries, levels, top)
-        from .codes import IntegerGrid, quantize_codes  # integer execution's codes
-        quantize_codes(x.detach(), IntegerGrid.create(scale.detach(), 3, 0, 15))
-    finally:
-        torch.set_num_threads(threads)
+    and integer execution's codes), in the current mode: a process that forks
+    workers afterwards (``make smoke-coco``, ``make demo``) hands them the
+    compiled kernels instead of each compiling or loading them. Such a
+    process keeps itself on one torch thread while it does (a child of a
+    process that ran a GNU OpenMP parallel region hangs) and sets
+    ``TORCHINDUCTOR_COMPILE_THREADS=1`` before inductor is imported (a child
+    that compiles another kernel through the parent's pool of compile workers
+    hangs); this function changes neither."""
+    x = torch.rand(64, device=device)
+    scale = torch.full((1, ), 0.1, device=device, requires_grad=True)
+    zero_point = torch.full((1, ), 3.0, device=device, requires_grad=True)
+    fake_quantize(x.requires_grad_(), scale, zero_point, 0, 15).sum().backward()
+    for bits in (2, MAX_BIT_FIELD_BITS):  # without and with subnormal boundaries
+        boundaries, levels = (t.float().to(device) for t in log_sqrt2_tables(bits))
+        for top in (None, torch.ones(1, device=device)):
+            log_sqrt2_values(x.detach(), boundaries, levels, top)
+    from .codes import IntegerGrid, quantize_codes  # integer execution's codes
+    quantize_codes(x.detach(), IntegerGrid.create(scale.detach(), 3, 0, 15))
+
+
+def in_mode(mode: FusedKernels, compute: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """``compute`` run in ``mode`` (a recomputation outlives its forward's block)."""
+
+    def run() -> Tensor:
+        with fused_kernels(mode):
+            return compute()
+
+    return run
 
 
 def _plain(t: Tensor) -> Tensor:
@@ -96,7 +163,8 @@ class LogSqrt2(torch.autograd.Function):
                 top: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(top)
         y = log_sqrt2_values(x, boundaries, levels, top)
-        register_recomputable(y, lambda: log_sqrt2_values(x, boundaries, levels, top))
+        register_recomputable(
+            y, in_mode(fused_kernels_mode(), lambda: log_sqrt2_values(x, boundaries, levels, top)))
         return y
 
     @staticmethod
@@ -271,11 +339,13 @@ class _LearnableFakeQuantize(torch.autograd.Function):
         ctx.save_for_backward(x, *qparams)
         ctx.ch_axis = ch_axis
         ctx.grad_factor = grad_factor
+        ctx.mode = fused_kernels_mode()
         ctx.param_shapes = (scale.shape, zero_point.shape)
         if x.numel() == 0:
             return x * s.reshape(-1)[0]
         y = fake_quantize_values(x, qparams, ch_axis)
-        register_recomputable(y, lambda: fake_quantize_values(x, qparams, ch_axis))
+        register_recomputable(
+            y, in_mode(ctx.mode, lambda: fake_quantize_values(x, qparams, ch_axis)))
         return y
 
     @staticmethod
@@ -286,8 +356,8 @@ class _LearnableFakeQuantize(torch.autograd.Function):
             grad_x, grad_scale, grad_outside = grad, s.new_zeros(s.shape), s.new_zeros(s.shape)
         else:
             rows = _channel_rows(grad.to(x.dtype), ctx.ch_axis), _channel_rows(x, ctx.ch_axis)
-            grad_x, grad_scale, grad_outside = run_kernel(_lsq_backward, (*rows, inv_s, low, high),
-                                                          (1, ))
+            grad_x, grad_scale, grad_outside = run_kernel(
+                _lsq_backward, (*rows, inv_s, low, high), (1, ), mode=ctx.mode)
             grad_x = _from_channel_rows(grad_x, x, ctx.ch_axis)
         grad_zero_point = None
         if ctx.needs_input_grad[2]:

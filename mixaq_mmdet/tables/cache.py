@@ -105,7 +105,7 @@ def fingerprint(cfg: Config,
     the table's folder, written as a placeholder: a moved folder keeps its
     keys), the checkpoint it starts from and the code and data ``versions``."""
     # the merged settings as text, unformatted: yapf would cost a second a key
-    # and its output would depend on MIXAQ_FORMAT_CONFIG
+    # and its output would depend on the format_config setting
     text = Config(cfg.to_dict(), format_python_code=False).pretty_text
     if work_dir:
         text = text.replace(work_dir.rstrip('/'), '{work_dir}')

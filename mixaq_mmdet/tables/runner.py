@@ -10,6 +10,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 from ..engine.hooks.qat_init_hook import INIT_CHECKPOINT
 from ..quantization.numerics import compile_kernels
 from ..search import calibration_options
+from ..utils.forking import torch_threads
 from .cache import ROW_CODE, TRAINING_CODE, ResultStore, code_digest, files_digest, fingerprint
 from .configs import ConfigOptions, TableConfig
 from .executors import Calibration, Executor, RowInfo
@@ -121,7 +122,8 @@ class TableRunner:
         jobs += self.search_jobs(checkpoints, versions, trained)
         jobs += self.row_jobs(checkpoints, versions, trained)
         if self.jobs > 1:
-            compile_kernels()  # once here, not in every forked job
+            with torch_threads(1):  # a parallel region here would hang the forked jobs
+                compile_kernels()  # once here, not in every forked job
         run_jobs(jobs, self.store_outcomes, self.jobs, osp.join(self.work_dir, 'logs'))
         if self.dry_run:
             return self.store.rows, []

@@ -105,13 +105,14 @@ def smoke_options(cfg: Config) -> Options:
     evaluate every model, the resumed run's second epoch validates on
     ``QAT_VAL_IMAGES``); PTQ and QAT calibrate on the
     written train images; a QAT config is evaluated on ``QAT_TEST_IMAGES``;
-    the search takes its images from the train images."""
+    the search takes its images from the train images; configs are logged
+    unformatted."""
     resumed = osp.samefile(cfg.filename, osp.join(CONFIGS, COCO.training(RESUMED).config))
     options = [('randomness.seed', 0), ('default_hooks.checkpoint.save_optimizer', resumed),
                ('train_dataloader.batch_size', 1),
                ('train_dataloader.dataset.indices', TRAIN_IMAGES), ('train_cfg.max_epochs', 1),
                ('train_cfg.val_begin', 2), ('val_dataloader.dataset.indices', QAT_VAL_IMAGES),
-               ('default_hooks.logger.interval', 1)]
+               ('default_hooks.logger.interval', 1), ('format_config', False)]
     if cfg.get('test_cfg', {}).get('type') == 'PTQLoop':
         options += [('test_cfg.calib_images', CALIB_IMAGES),
                     ('test_cfg.calib_dataloader.dataset.indices', NUM_TRAIN_FILES)]

@@ -37,10 +37,10 @@ def parse_runner_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
-#: Set to 0 to log and dump configs as they are instead of formatted by yapf
-#: (about a second a run for a COCO config: mmengine formats it once to log it
-#: and once to save it).
-FORMAT_CONFIG_ENV = 'MIXAQ_FORMAT_CONFIG'
+#: A config's ``format_config = False`` logs and dumps it as it is instead of
+#: formatted by yapf (about a second a run for a COCO config: mmengine formats
+#: it once to log it and once to save it); the table runner's runs set it.
+FORMAT_CONFIG_KEY = 'format_config'
 
 
 def load_runner_config(config: str,
@@ -55,7 +55,12 @@ def load_runner_config(config: str,
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file {config} does not exist')
     cfg = Config.fromfile(config)
-    if os.environ.get(FORMAT_CONFIG_ENV, '1') == '0':
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if cfg.get(FORMAT_CONFIG_KEY, True) not in (True, False):
+        raise ValueError(f'{FORMAT_CONFIG_KEY} must be True or False, got '
+                         f'{cfg[FORMAT_CONFIG_KEY]!r}')
+    if not cfg.get(FORMAT_CONFIG_KEY, True):
         # mmengine 0.10.7's fromfile passes format_python_code on for lazy-import
         # configs only: rebuild the config with it
         cfg = Config(
@@ -65,8 +70,6 @@ def load_runner_config(config: str,
             env_variables=cfg.env_variables,
             format_python_code=False)
     cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:

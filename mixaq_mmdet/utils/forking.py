@@ -1,15 +1,32 @@
 """Runs in forked children of this process: the imports (seconds for mmdet)
 are paid once, and the children run side by side on a machine's cores.
 
-GNU OpenMP's thread pool does not survive a fork: a parent that forks must
-not have run a parallel region (keep it on one torch thread, see
-:func:`~mixaq_mmdet.quantization.numerics.compile_kernels`)."""
+Two things do not survive a fork, and a process that forks keeps out of them:
+GNU OpenMP's thread pool (the parent must not have run a parallel region: it
+computes on one torch thread, :func:`torch_threads`) and inductor's pool of
+compile workers (the tool that starts the process sets
+``TORCHINDUCTOR_COMPILE_THREADS=1`` before anything compiles); see
+:func:`~mixaq_mmdet.quantization.numerics.compile_kernels`."""
+import contextlib
 import os
 import signal
 import sys
 import time
 import traceback
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Compute on ``threads`` torch threads within the block, then on as many
+    as before."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Child(NamedTuple):

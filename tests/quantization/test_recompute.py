@@ -9,8 +9,8 @@ import torch
 from mixaq_mmdet.models import MixAQSwinTransformer
 from mixaq_mmdet.quantization import (LogSqrt2Quantizer, LSQQuantizer, enable_calibration,
                                       finish_calibration)
-from mixaq_mmdet.quantization.numerics import (COMPILE_ENV, MAX_BIT_FIELD_BITS, LogSqrt2,
-                                               fake_quantize, log_sqrt2_tables)
+from mixaq_mmdet.quantization.numerics import (MAX_BIT_FIELD_BITS, LogSqrt2, fake_quantize,
+                                               fused_kernels, log_sqrt2_tables)
 from mixaq_mmdet.quantization.recompute import MIN_ELEMENTS, recomputed_quantized_activations
 
 NANO = dict(
@@ -123,8 +123,8 @@ def test_log_sqrt2_bit_fields_give_the_table(bits):
 
 
 @pytest.mark.parametrize('per_channel', [False, True])
-def test_compiled_and_eager_kernels_agree(per_channel, monkeypatch):
-    """``MIXAQ_COMPILE_FAKE_QUANT=0`` runs the same formulas eagerly: values
+def test_compiled_and_eager_kernels_agree(per_channel):
+    """``fused_kernels(False)`` runs the same formulas eagerly: values
     and input gradients bit for bit, scale and zero-point gradients (sums in
     another order) within 1e-5 of the sum of their terms' magnitudes."""
     torch.manual_seed(0)
@@ -134,12 +134,12 @@ def test_compiled_and_eager_kernels_agree(per_channel, monkeypatch):
     weight = torch.randn_like(x)
     factor = 1.0 / math.sqrt(x.numel() // scale.numel() * 15)
     results = []
-    for compiled in ('1', '0'):
-        monkeypatch.setenv(COMPILE_ENV, compiled)
+    for compiled in (True, False):
         scale.grad = zero_point.grad = None
         x_in = x.clone().requires_grad_()
-        y = fake_quantize(x_in, scale, zero_point, 0, 15, -1 if per_channel else None, factor)
-        (y * weight).sum().backward()
+        with fused_kernels(compiled):
+            y = fake_quantize(x_in, scale, zero_point, 0, 15, -1 if per_channel else None, factor)
+        (y * weight).sum().backward()  # in the forward's mode
         results.append((y, x_in.grad, scale.grad.clone(), zero_point.grad.clone()))
     (y_c, gx_c, gs_c, gz_c), (y_e, gx_e, gs_e, gz_e) = results
     assert torch.equal(y_c, y_e) and torch.equal(gx_c, gx_e)

@@ -7,14 +7,16 @@ from ..conftest import run_tool
 #: A parent that compiles the kernels, then forks a child that needs a kernel
 #: the parent did not compile (per channel) with an empty inductor cache: the
 #: child compiles it. Through inductor's pool of compile workers, which lives
-#: in the parent, the child hung (``make demo --jobs 2``'s first QAT trainings).
+#: in the parent, the child hung (``make demo --jobs 2``'s first QAT trainings):
+#: the parent is started as the tools start it, with ``TORCHINDUCTOR_COMPILE_THREADS=1``.
 SCRIPT = textwrap.dedent('''
     import sys, time
     import torch
     from mixaq_mmdet.quantization.numerics import compile_kernels, fake_quantize
-    from mixaq_mmdet.utils.forking import fork_child, kill_child, poll_child
+    from mixaq_mmdet.utils.forking import fork_child, kill_child, poll_child, torch_threads
 
-    compile_kernels()
+    with torch_threads(1):
+        compile_kernels()
 
     def per_channel():
         x = torch.rand(8, 16, requires_grad=True)
@@ -44,6 +46,6 @@ def test_a_forked_child_compiles_a_kernel_of_its_own(tmp_path):
                     timeout=400,
                     env={
                         'TORCHINDUCTOR_CACHE_DIR': str(tmp_path / 'inductor'),
-                        'TORCHINDUCTOR_COMPILE_THREADS': None
+                        'TORCHINDUCTOR_COMPILE_THREADS': '1'
                     })
     assert proc.returncode == 0, proc.stderr[-3000:] + log.read_text()[-3000:]

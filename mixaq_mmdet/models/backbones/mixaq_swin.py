@@ -11,6 +11,8 @@ from torch import Tensor
 from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER, MAX_BITS,
                                       MIN_BITS, QuantConv2d, QuantLinear, disable_quantization,
                                       enable_fake_quant, quantizers_of)
+from mixaq_mmdet.quantization import numerics
+from mixaq_mmdet.quantization.numerics import FusedKernels, check_fused_kernels
 from mixaq_mmdet.quantization.recompute import recomputed_quantized_activations
 from mixaq_mmdet.quantization.reparam import ReparamTarget
 from mixaq_mmdet.utils.tensor_cache import TensorCache
@@ -105,6 +107,11 @@ class MixAQSwinTransformer(SwinTransformer):
             fc2); a position not named takes ``act_quantizer`` (``softmax``:
             ``softmax_quantizer``). Both branches take the same configs, at
             their own bits.
+        fused_kernels: how the quantizers compute (numbers the same either
+            way): True, fused kernels compiled by inductor, an error where they
+            cannot compile; False, eager torch ops; 'auto', fused, falling back
+            to eager with one warning naming the compiler's error (a machine
+            without a C++ compiler or Triton).
         **kwargs: mmdet SwinTransformer's arguments.
     """
 
@@ -122,8 +129,10 @@ class MixAQSwinTransformer(SwinTransformer):
                  act_quantizer: Optional[dict] = None,
                  softmax_quantizer: Optional[dict] = None,
                  branch_quantizers: Optional[Mapping[str, dict]] = None,
+                 fused_kernels: FusedKernels = 'auto',
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fused_kernels = check_fused_kernels(fused_kernels, 'fused_kernels')
         self.w_bits = _check_bits(w_bits, 'w_bits')
         if not isinstance(a_bits, (list, tuple)) or len(a_bits) != 2:
             raise ValueError('a_bits must be a (high, low) pair of ints in '
@@ -198,11 +207,12 @@ class MixAQSwinTransformer(SwinTransformer):
         return self
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        if not torch.is_grad_enabled():
-            return self._forward(x)
-        # the fused quantizers' outputs are recomputed in the backward, not kept
-        with recomputed_quantized_activations():
-            return self._forward(x)
+        with numerics.fused_kernels(self.fused_kernels):
+            if not torch.is_grad_enabled():
+                return self._forward(x)
+            # the fused quantizers' outputs are recomputed in the backward, not kept
+            with recomputed_quantized_activations():
+                return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         x, hw_shape = self.patch_embed(x)
