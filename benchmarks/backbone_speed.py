@@ -51,6 +51,12 @@ cuda, batch 1 and 8, eager: ``mixaq_float`` and ``mixaq_float_low0.5`` <=
 1.05x, ``mixaq_fq_low0.5`` <= 1.5x; batch 1: ``mixaq_float_prune0.5`` < 1.0x,
 ``mixaq_fq_low0.5+compile`` <= 1.3x of ``mmdet_fp+compile``.
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import contextlib
 import copy

@@ -44,6 +44,12 @@ On x86 CPUs without one (AVX2 only) oneDNN's int8 products are only about 1.3x
 faster than fp32 and bf16 is emulated (several times slower than fp32): they
 get targets of their own. The script prints which apply.
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import contextlib
 import copy

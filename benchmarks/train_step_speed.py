@@ -34,6 +34,12 @@ set during a step, measured in a fresh process per variant (see
 1.25x of ``fp`` on ``benchmark`` and <= 1.3x on ``full``, ``saqa`` <= 1.35x on
 both; peak memory <= 1.3x of ``fp`` for both variants.
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import copy
 import gc

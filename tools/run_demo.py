@@ -25,14 +25,20 @@ demo`` runs 2 jobs, which gets about 1.5x the work through 2 CPU cores. With
 ``--gpus N`` each run is the project's tool, launched on N GPUs
 (``tools/dist_train.sh``, ``dist_test.sh``, torchrun for the search; N = 0 or
 1: one process). ``--dry-run`` prints them. Configs are logged and dumped
-unformatted (``MIXAQ_FORMAT_CONFIG=0``, a second or more a run) unless the
-environment sets it. Every minute a ``[table] progress:`` line per running job
+unformatted (``format_config=False``, a second or more a run) unless
+``--cfg-options format_config=True``. Every minute a ``[table] progress:`` line per running job
 says how far its mmengine run is, and one line how long the table has left.
 
     python tools/run_demo.py [--work-dir work_dirs/demo] [--data-root data/shapes_coco] [--jobs 2]
     python tools/run_demo.py --table coco --data-root data/coco --gpus 8 \\
         [--checkpoint mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth]
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import dataclasses
 import os
@@ -41,12 +47,12 @@ from typing import Optional
 
 from mmengine.config import DictAction
 
-import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
+import mixaq_mmdet  # noqa: F401  (registries)
 from mixaq_mmdet.tables import (TABLES, LaunchExecutor, LocalExecutor, SearchSettings, TableRunner,
                                 format_table, format_targets)
 from mixaq_mmdet.tables.configs import quick_options
 from mixaq_mmdet.tables.report import plot_table
-from mixaq_mmdet.utils.config import FORMAT_CONFIG_ENV
+from mixaq_mmdet.utils.config import FORMAT_CONFIG_KEY
 
 
 def parse_args() -> argparse.Namespace:
@@ -137,7 +143,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    os.environ.setdefault(FORMAT_CONFIG_ENV, '0')
+    # the forked jobs compile kernels of their own: inductor must compile in
+    # their process, not through a pool of compile workers of this one
+    os.environ.setdefault('TORCHINDUCTOR_COMPILE_THREADS', '1')
     table = TABLES[args.table]
     if args.seeds is not None:
         table = dataclasses.replace(table, seeds=tuple(args.seeds))
@@ -152,7 +160,10 @@ def main() -> None:
     search = SearchSettings(args.search_pop or defaults.pop, args.search_gens or defaults.gens,
                             args.search_images or defaults.images)
     given: Optional[dict] = {'fp': args.checkpoint} if args.checkpoint else None
-    options = quick_options(args.max_epochs, args.qat_epochs, args.calib_images, args.cfg_options)
+    options = quick_options(args.max_epochs, args.qat_epochs, args.calib_images, {
+        FORMAT_CONFIG_KEY: False,
+        **args.cfg_options
+    })
     runner = TableRunner(table, work_dir, executor, args.data_root, args.rows, options, given,
                          search, args.jobs, args.retrain_changed_code)
     rows, targets = runner.run()

@@ -19,6 +19,12 @@ skips it).
 candidates like mAP does. Distributed (the search images sharded over the
 ranks): ``torchrun --nproc_per_node N tools/search_ratios.py ... --launcher pytorch``.
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import os.path as osp
 from typing import Dict, List
@@ -29,7 +35,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmengine.utils import ProgressBar
 
-import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
+import mixaq_mmdet  # noqa: F401  (registries)
 from mixaq_mmdet.analysis.plots import plot_search
 from mixaq_mmdet.engine import prepare_test_loop
 from mixaq_mmdet.search import (CALIB_LOW_BIT_RATIO, DEFAULT_SEARCH_IMAGES, OBJECTIVES,

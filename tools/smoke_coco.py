@@ -3,6 +3,12 @@
 
     python tools/smoke_coco.py [--work-dir work_dirs/smoke_coco] [--rows ROW ...]
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import os
 import sys
@@ -13,11 +19,11 @@ import mmdet.evaluation  # noqa: F401
 import mmdet.models  # noqa: F401
 import mmdet.utils  # noqa: F401
 
-import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
+import mixaq_mmdet  # noqa: F401  (registries)
 import mixaq_mmdet.search  # noqa: F401
 from mixaq_mmdet.quantization.numerics import compile_kernels
 from mixaq_mmdet.tables.smoke import run_smoke
-from mixaq_mmdet.utils.config import FORMAT_CONFIG_ENV
+from mixaq_mmdet.utils.forking import torch_threads
 
 
 def parse_args() -> argparse.Namespace:
@@ -36,10 +42,12 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    # what every forked run would pay again: configs logged and dumped unformatted,
-    # the fused fake-quantization kernels compiled once
-    os.environ[FORMAT_CONFIG_ENV] = '0'
-    compile_kernels()
+    # what every forked run would pay again: the fused fake-quantization kernels
+    # compiled once, in this process (the runs compile more of their own), on one
+    # thread (a parallel region here would hang the forked runs)
+    os.environ.setdefault('TORCHINDUCTOR_COMPILE_THREADS', '1')
+    with torch_threads(1):
+        compile_kernels()
     sys.exit(0 if run_smoke(args.work_dir, args.rows) else 1)
 
 

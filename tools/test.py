@@ -4,6 +4,12 @@ Prints the COCO metrics (``coco/bbox_mAP``, ``coco/segm_mAP``, ...) of the test
 split through the config's ``test_cfg`` loop. CHECKPOINT is a local file or a URL
 (as in mmdet); ``--tta`` wraps the model in mmdet's test-time augmentation.
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import os
 
@@ -11,7 +17,7 @@ from mmdet.engine.hooks.utils import trigger_visualization_hook
 from mmdet.evaluation import DumpDetResults
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 
-import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
+import mixaq_mmdet  # noqa: F401  (registries)
 from mixaq_mmdet.utils import (build_runner, close_process_group, load_runner_config,
                                parse_runner_args, with_test_time_aug)
 

@@ -1,9 +1,15 @@
 """Train a detector: ``python tools/train.py CONFIG [options]`` (mmdet's CLI)."""
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 
 from mmdet.utils import setup_cache_size_limit_of_dynamo
 
-import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
+import mixaq_mmdet  # noqa: F401  (registries)
 from mixaq_mmdet.utils import (build_runner, close_process_group, load_runner_config,
                                parse_runner_args)
 

@@ -15,6 +15,12 @@ totals with the speedup and the effective activation bits. H W is the network
 input (after resize and padding). Ratios can be changed on the command line,
 e.g. ``--cfg-options model.backbone.low_bit_ratios=0.5``.
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 
 from mmdet.registry import MODELS

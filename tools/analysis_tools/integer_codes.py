@@ -11,6 +11,12 @@ every activation each quantizer quantizes is compared, and the share of
 values that differ is reported per position (branch and place in the
 Two-Branch blocks, the patch embedding, the patch mergings' reductions).
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import copy
 import json
@@ -18,7 +24,7 @@ from typing import List
 
 import torch
 
-import mixaq_mmdet  # noqa: F401  (stack fixes, registries)
+import mixaq_mmdet  # noqa: F401  (registries)
 from mixaq_mmdet.analysis import CodeDifference, code_differences
 from mixaq_mmdet.engine import prepare_test_loop
 from mixaq_mmdet.quantization import to_integer

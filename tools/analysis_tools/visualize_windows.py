@@ -9,6 +9,12 @@ MixAQSwinTransformer backbone uses its own policy and per-pair ratios unless a
 flag overrides them (one ratio for every stage); a plain mmdet Swin uses the
 flags, by default low 0.5, prune 0.0, score 'l2'.
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import os.path as osp
 

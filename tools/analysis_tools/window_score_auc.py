@@ -11,6 +11,12 @@ if it holds a pixel of an annotated mask. Reports per score, stage and
 partition the ROC-AUC pooled over all windows of the evaluated images, and the
 mean of the per-image AUCs (what the per-image ranking actually sees).
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import json
 from collections import defaultdict

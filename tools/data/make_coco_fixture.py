@@ -9,6 +9,12 @@ Only the first --num-train-files train2017 entries have files: give every
 train2017 dataloader ``indices=<num-train-files>`` (printed at the end).
 Refuses to write over a real COCO.
 """
+import warnings
+
+# Before anything imports it: the pinned stack's deprecation of setuptools'
+# pkg_resources (mmengine's package checks); every other warning still shows.
+warnings.filterwarnings('ignore', 'pkg_resources is deprecated as an API', UserWarning)
+
 import argparse
 import time
 
