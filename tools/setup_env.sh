@@ -10,7 +10,7 @@
 # pip's own cache would hand back a CPU build), then runs mmcv's ops on the GPU.
 # MIXAQ_CUDA=0 forces the CPU environment.
 #
-# The pins and their reasons are in README.md ("Environment"). mmcv 2.1.0 ships as a
+# The pins and their reasons are in docs/environment.md. mmcv 2.1.0 ships as a
 # source distribution only; it is built here with its compiled ops (about 20 minutes
 # on 2 cores the first time, then pip reuses the cached wheel).
 set -euo pipefail

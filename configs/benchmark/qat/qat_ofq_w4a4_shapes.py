@@ -4,7 +4,7 @@
 # confidence-guided annealing (CGA) over the last third of the iterations, where
 # only the weights within 0.005 of a rounding boundary train. The weights'
 # oscillation is logged (train/weight_flip_rate, train/weight_oscillation_rate).
-# OFQ's query-key reparameterization is not implemented (README, OFQ).
+# OFQ's query-key reparameterization is not implemented (docs/qat.md, OFQ).
 #   python tools/train.py THIS_CONFIG --cfg-options load_from=work_dirs/demo/fp/epoch_7.pth
 _base_ = './qat_uniform_w4a4_shapes.py'
 

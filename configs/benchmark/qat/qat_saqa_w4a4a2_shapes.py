@@ -5,7 +5,7 @@
 # high branch's LayerNorms and is calibrated at ratio 0.5 on training images;
 # the high branch keeps its learned step sizes. Windows are ranked by the
 # 'contrast' score: on this benchmark the paper's 'l2' score ranks object windows
-# below background ones at stage 1 (README, window analysis).
+# below background ones at stage 1 (docs/window_analysis.md).
 #   python tools/train.py THIS_CONFIG \
 #       --cfg-options load_from=work_dirs/qat_uniform_w4a4_shapes/epoch_1.pth
 # Evaluate at any ratios (e.g. 1.35x over W4A4):

@@ -3,7 +3,7 @@
 # channel's scale 2 * mean|w|, not learned), LSQ activations, and
 # confidence-guided annealing over the last sixth of the iterations (only the
 # weights within 0.005 of a rounding boundary train); the weights' oscillation
-# is logged. OFQ's query-key reparameterization is not implemented (README).
+# is logged. OFQ's query-key reparameterization is not implemented (docs/qat.md).
 # Starts from the trained FP detector (no ImageNet download: the PTQ base sets
 # backbone.init_cfg=None, and QATInitHook refuses a run that would download);
 # the QATInitHook calibrates every quantizer on 32 train2017 images before the
