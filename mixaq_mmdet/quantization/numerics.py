@@ -50,7 +50,10 @@ def fused_kernels(mode: FusedKernels) -> Iterator[None]:
 
 
 def fused_kernels_mode() -> FusedKernels:
-    """The mode the next fake quantization computes in."""
+    """The mode the next fake quantization computes in; within an enclosing
+    ``torch.compile``, False (the eager formulas, which it fuses itself)."""
+    if torch.compiler.is_compiling():
+        return False
     return _MODE.get()
 
 
@@ -72,8 +75,8 @@ def run_kernel(fn: Callable,
     on devices inductor does not generate code for (``meta``) and inside an
     enclosing ``torch.compile`` (which fuses it anyway)."""
     mode = fused_kernels_mode() if mode is None else mode
-    if (mode is False or (mode == 'auto' and _FALLBACK)
-            or tensors[0].device.type not in ('cpu', 'cuda') or torch.compiler.is_compiling()):
+    if (mode is False or torch.compiler.is_compiling() or (mode == 'auto' and _FALLBACK)
+            or tensors[0].device.type not in ('cpu', 'cuda')):
         return fn(*tensors, *args)
     if fn not in _COMPILED:
         # dynamic_threads: every kernel gets a parallel loop, whatever the size
@@ -132,6 +135,8 @@ def in_mode(mode: FusedKernels, compute: Callable[[], Tensor]) -> Callable[[], T
     """``compute`` run in ``mode`` (a recomputation outlives its forward's block)."""
 
     def run() -> Tensor:
+        if torch.compiler.is_compiling():
+            return compute()
         with fused_kernels(mode):
             return compute()
 
@@ -344,8 +349,8 @@ class _LearnableFakeQuantize(torch.autograd.Function):
         if x.numel() == 0:
             return x * s.reshape(-1)[0]
         y = fake_quantize_values(x, qparams, ch_axis)
-        register_recomputable(
-            y, in_mode(ctx.mode, lambda: fake_quantize_values(x, qparams, ch_axis)))
+        register_recomputable(y, in_mode(ctx.mode,
+                                         lambda: fake_quantize_values(x, qparams, ch_axis)))
         return y
 
     @staticmethod

@@ -540,6 +540,7 @@ def test_w8a8_ptq_stays_close_to_fp(trained_small, tmp_path):
     # fidelity: the calibrated W8A8 model, loaded as tools/test.py loads it
     from mmengine.runner import load_checkpoint
 
+    from mixaq_mmdet.compat import checkpoint_types_allowed
     from mixaq_mmdet.engine import MixAQRunner, prepare_test_loop
     cfg = _config(root, 'ptq_uniform_w8a8_shapes.py')
     cfg.work_dir, cfg.load_from = str(tmp_path / 'fidelity'), str(tmp_path / 'w8a8' /
@@ -548,7 +549,8 @@ def test_w8a8_ptq_stays_close_to_fp(trained_small, tmp_path):
     quantized = loop.model.eval()
     init_default_scope('mmdet')
     float_model = MODELS.build(Config.fromfile(FP_BENCH_CONFIG).model)
-    load_checkpoint(float_model, checkpoint, map_location='cpu')
+    with checkpoint_types_allowed():  # a runner checkpoint, loaded outside the runner
+        load_checkpoint(float_model, checkpoint, map_location='cpu')
     float_model.eval()
     ratios = []
     for batch in loop.dataloader:

@@ -207,12 +207,17 @@ class MixAQSwinTransformer(SwinTransformer):
         return self
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
+        if torch.compiler.is_compiling():  # compiled, the quantizers' formulas fuse into the graph
+            return self._forward_saving_memory(x)
         with numerics.fused_kernels(self.fused_kernels):
-            if not torch.is_grad_enabled():
-                return self._forward(x)
-            # the fused quantizers' outputs are recomputed in the backward, not kept
-            with recomputed_quantized_activations():
-                return self._forward(x)
+            return self._forward_saving_memory(x)
+
+    def _forward_saving_memory(self, x: Tensor) -> Tuple[Tensor, ...]:
+        if not torch.is_grad_enabled():
+            return self._forward(x)
+        # the fused quantizers' outputs are recomputed in the backward, not kept
+        with recomputed_quantized_activations():
+            return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         x, hw_shape = self.patch_embed(x)
