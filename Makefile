@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env test lint format demo smoke-coco clean
+.PHONY: env test lint format demo smoke-coco gpu-bundle clean
 
 env:
 	@PYTHON=$(PYTHON) tools/setup_env.sh $(VENV)
@@ -33,6 +33,12 @@ demo: env
 # The COCO table and every configs/mixaq/ config at full size on a COCO-layout fixture (CPU).
 smoke-coco: env
 	$(PY) tools/smoke_coco.py
+
+# What tools/gpu_check.sh needs on a borrowed GPU machine without network: the
+# wheels its image lacks, mmcv's sdist, this project; under 60 MiB (downloads).
+BUNDLE ?= work_dirs/gpu_bundle
+gpu-bundle: env
+	PYTHON=$(PY) tools/make_gpu_bundle.sh $(BUNDLE)
 
 clean:
 	rm -rf work_dirs/demo

@@ -10,8 +10,7 @@ from torch import Tensor
 
 from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER, MAX_BITS,
                                       MIN_BITS, QuantConv2d, QuantLinear, disable_quantization,
-                                      enable_fake_quant, quantizers_of)
-from mixaq_mmdet.quantization import numerics
+                                      enable_fake_quant, numerics, quantizers_of)
 from mixaq_mmdet.quantization.numerics import FusedKernels, check_fused_kernels
 from mixaq_mmdet.quantization.recompute import recomputed_quantized_activations
 from mixaq_mmdet.quantization.reparam import ReparamTarget
