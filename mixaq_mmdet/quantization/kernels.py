@@ -198,11 +198,29 @@ def _(codes, x_scale, x_zero_point, weight, scales, zero_points, bias, out_scale
 def onednn_linear_add_(codes: Tensor, x_scale: float, x_zero_point: int, weight: int,
                        scales: Tensor, zero_points: Tensor, bias: Optional[Tensor],
                        residual: Tensor) -> None:
-    """``residual += `` oneDNN's int8 matmul, accumulated in place ('sum')."""
-    torch.ops.onednn.qlinear_pointwise.binary(codes, x_scale, x_zero_point,
-                                              OneDNNWeight.get(weight), scales, zero_points,
-                                              residual, bias, 1.0, 0, torch.float32, 1.0, 0, 'sum',
-                                              1.0, 'none', [], '')
+    """``residual += `` oneDNN's int8 matmul, accumulated in place ('sum').
+
+    By keyword: torch 2.4 orders ``other`` after ``output_dtype``, 2.13 before
+    ``bias``; the names are the same."""
+    torch.ops.onednn.qlinear_pointwise.binary(
+        qx=codes,
+        x_scale=x_scale,
+        x_zero_point=x_zero_point,
+        qw=OneDNNWeight.get(weight),
+        w_scale=scales,
+        w_zero_point=zero_points,
+        other=residual,
+        bias=bias,
+        output_scale=1.0,
+        output_zero_point=0,
+        output_dtype=torch.float32,
+        other_scale=1.0,
+        other_zp=0,
+        binary_post_op='sum',
+        binary_alpha=1.0,
+        unary_post_op='none',
+        unary_post_op_args=[],
+        unary_post_op_algorithm='')
 
 
 @onednn_linear_add_.register_fake
