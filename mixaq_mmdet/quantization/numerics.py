@@ -93,12 +93,28 @@ def run_kernel(fn: Callable,
         return out
 
 
+def _describe(err: Exception) -> str:
+    """The error's first line, and its root cause's where it wraps one (some
+    torch releases say only "backend='inductor' raised:" on the first line)."""
+
+    def first_line(e: BaseException) -> str:
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+    root, seen = err, {id(err)}
+    while True:
+        inner = root.__cause__ or getattr(root, 'inner_exception', None)
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            break
+        root = inner
+        seen.add(id(root))
+    return first_line(err) if root is err else f'{first_line(err)} {first_line(root)}'
+
+
 def _fall_back(err: Exception) -> None:
     """Run 'auto' eagerly from now on, saying why once."""
     if _FALLBACK:
         return
-    first = (str(err).strip().splitlines() or [''])[0]
-    _FALLBACK['error'] = f'{type(err).__name__}: {first}'
+    _FALLBACK['error'] = _describe(err)
     warnings.warn(
         'mixaq_mmdet: the fused fake-quantization kernels could not be compiled '
         f"({_FALLBACK['error']}); fused_kernels='auto' runs them eagerly from now on, with "
