@@ -15,6 +15,7 @@ The unpickler calls only allowlisted functions, so ``getattr`` (which pickles
 :func:`init_process_group_without_cuda` initializes the process group without
 selecting a device (gloo), so distributed calibration and testing run on CPU.
 """
+import codecs
 import contextlib
 import datetime
 import os.path as osp
@@ -39,9 +40,11 @@ def checkpoint_safe_globals() -> List[Any]:
         if name.endswith('DType') and isinstance(getattr(np.dtypes, name), type)
     ]
     reconstruct, scalar = np.zeros(1).__reduce__()[0], np.float64(0).__reduce__()[0]
+    # codecs.encode: how pickle protocol 2 stores an array's bytes (torch >= 2.5
+    # allows it by itself, 2.4 does not)
     return [
-        HistoryBuffer, getattr, np.ndarray, np.dtype, reconstruct, scalar, *numpy_dtypes,
-        *_EXTRA_SAFE_GLOBALS
+        HistoryBuffer, getattr, codecs.encode, np.ndarray, np.dtype, reconstruct, scalar,
+        *numpy_dtypes, *_EXTRA_SAFE_GLOBALS
     ]
 
 
@@ -54,14 +57,20 @@ def add_checkpoint_safe_globals(globals_: Iterable[Any]) -> None:
 def checkpoint_types_allowed() -> Iterator[None]:
     """Within the block, ``torch.load(weights_only=True)`` (torch >= 2.6's
     default) also accepts :func:`checkpoint_safe_globals`; torch's own
-    allowlist is restored after it. A torch without weights-only defaults
-    (< 2.6) loads them anyway."""
-    safe_globals = getattr(torch.serialization, 'safe_globals', None)
-    if safe_globals is None:
-        yield
+    allowlist is restored after it (torch 2.4 has no ``safe_globals`` context:
+    its public get / add / clear functions do the same)."""
+    serialization = torch.serialization
+    if hasattr(serialization, 'safe_globals'):
+        with serialization.safe_globals(checkpoint_safe_globals()):
+            yield
         return
-    with safe_globals(checkpoint_safe_globals()):
+    saved = list(serialization.get_safe_globals())
+    serialization.add_safe_globals(checkpoint_safe_globals())
+    try:
         yield
+    finally:
+        serialization.clear_safe_globals()
+        serialization.add_safe_globals(saved)
 
 
 def load_from_local_weights_only(filename: str,

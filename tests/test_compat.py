@@ -12,11 +12,15 @@ import torch
 import torch.nn as nn
 from mmengine.model import BaseModel
 from mmengine.runner import CheckpointLoader, load_checkpoint
+from packaging.version import Version
 from torch.utils.data import Dataset
 
 from mixaq_mmdet.compat import load_from_local_weights_only
 from mixaq_mmdet.engine import MixAQRunner
 from .conftest import FP_BENCH_CONFIG, REPO, data_root_options, run_tool
+
+#: torch 2.6 made ``weights_only=True`` the default of ``torch.load``.
+TORCH_LOADS_WEIGHTS_ONLY = Version(torch.__version__).release >= (2, 6)
 
 
 class ToyModel(BaseModel):
@@ -62,18 +66,20 @@ def _runner(work_dir, max_epochs, resume=False):
 def test_runner_checkpoint_needs_the_fix_and_loads(tmp_path):
     _runner(tmp_path, max_epochs=1).train()
     ckpt = tmp_path / 'epoch_1.pth'
-    # What mmengine 0.10.7 does by itself under torch 2.13, the plugin imported: fails.
+    # Weights-only loading refuses mmengine's runner checkpoint; torch >= 2.6
+    # loads so by default, and then mmengine 0.10.7 by itself fails too.
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(ckpt, map_location='cpu')
-    with pytest.raises(pickle.UnpicklingError):
-        CheckpointLoader.load_checkpoint(str(ckpt), map_location='cpu')
+        torch.load(ckpt, map_location='cpu', weights_only=True)
+    if TORCH_LOADS_WEIGHTS_ONLY:
+        with pytest.raises(pickle.UnpicklingError):
+            CheckpointLoader.load_checkpoint(str(ckpt), map_location='cpu')
     loaded = load_from_local_weights_only(str(ckpt), map_location='cpu')
     assert loaded['meta']['epoch'] == 1
     hub = loaded['message_hub']['log_scalars']
     assert 'train/loss' in hub and len(hub['train/loss'].data[0]) > 0
     # the allowlist holds within the load only
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(ckpt, map_location='cpu')
+        torch.load(ckpt, map_location='cpu', weights_only=True)
 
 
 def test_resume_continues_from_runner_checkpoint(tmp_path):
