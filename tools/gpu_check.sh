@@ -83,6 +83,7 @@ fi
 # Nothing is ever fetched: pip has no index, and a proxy that answers nothing.
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 export PYTHONDONTWRITEBYTECODE=1 MPLBACKEND=Agg
+unset PYTHONPATH  # the bundle's packages, not a checkout's on the path
 mkdir -p "$RESULTS" "$WORK"
 RESULTS=$(cd "$RESULTS" && pwd)
 WORK=$(cd "$WORK" && pwd)
