@@ -20,10 +20,11 @@ import pytest
 import torch
 from mmdet.models.backbones import SwinTransformer
 
-from mixaq_mmdet.models import MixAQSwinTransformer, TwoBranchSwinBlock
+from mixaq_mmdet.models import MixAQSwinTransformer
 from mixaq_mmdet.quantization import enable_calibration, finish_calibration, to_integer
 from mixaq_mmdet.quantization.numerics import (fake_quantize, fused_kernels, log_sqrt2_tables,
                                                log_sqrt2_values)
+from .models.test_integer_backbone import MOVED_OUTPUTS, _block_inputs, _calibrated
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
@@ -268,37 +269,15 @@ def test_fake_quant_backbone_trains_under_fp16_autocast_on_cuda():
 
 # ---- integer execution ------------------------------------------------------------------------
 
-#: As ``tests/models/test_integer_backbone.py``: the share of a block's outputs
-#: that may differ beyond float rounding (behind a code rounding moved by a step).
-MOVED_OUTPUTS = 0.03
-
 
 def test_integer_blocks_on_cuda_compute_the_fake_quantized_blocks():
     """On the GPU (``torch._int_mm``), every block of a uniform W8A8 MixA-Q
     backbone given the same input computes the fake-quantized block's output,
-    but for the few outputs behind a code rounding moved by one step."""
-    torch.manual_seed(0)
-    model = MixAQSwinTransformer(
-        **NANO,
-        quant=True,
-        low_bit_ratios=0.5,
-        weight_quantizer=dict(type='UniformQuantizer', per_channel=True, calib='minmax'),
-        act_quantizer=dict(type='UniformQuantizer', calib='minmax')).eval()
-    enable_calibration(model)
+    but for the few outputs behind a code rounding moved by one step (as on
+    CPU, ``tests/models/test_integer_backbone.py``)."""
+    model = _calibrated(low_bit_ratios=0.5).to(CUDA)
+    inputs = _block_inputs(model, torch.randn(2, 3, 97, 131, device=CUDA))
     with torch.no_grad():
-        model(torch.randn(2, 3, 320, 320))
-    finish_calibration(model)
-    model.to(CUDA)
-    inputs = {}
-    handles = [
-        block.register_forward_pre_hook(
-            lambda b, args: inputs.setdefault(b, (args[0].clone(), ) + tuple(args[1:])))
-        for block in model.modules() if isinstance(block, TwoBranchSwinBlock)
-    ]
-    with torch.no_grad():
-        model(torch.randn(2, 3, 97, 131, device=CUDA))
-        for handle in handles:
-            handle.remove()
         expected = {b: b(args[0].clone(), *args[1:]) for b, args in inputs.items()}
         to_integer(model)
         for block, args in inputs.items():
