@@ -16,6 +16,8 @@ from torch import nn
 
 from mixaq_mmdet.models import quant_scope
 from mixaq_mmdet.quantization import QuantizerBase
+from mixaq_mmdet.utils.swin_od_checkpoint import (EXPECTED_KEYS, LAYOUT, conversion_record,
+                                                  is_swin_od_state_dict, swin_od_release)
 
 #: State that MixA-Q adds to a float detector (low-branch LayerNorm copies, the
 #: padding value of a folded reparameterization): absent from FP checkpoints.
@@ -36,6 +38,23 @@ def _quantizer_prefixes(model: nn.Module) -> List[str]:
     return [f'{name}.' for name, m in model.named_modules() if isinstance(m, QuantizerBase)]
 
 
+def float_weight_keys(model: nn.Module) -> List[str]:
+    """The keys of ``model``'s state that an FP checkpoint holds: all but the
+    quantizers' and :data:`MIXAQ_ONLY_KEYS`."""
+    quant_prefixes = tuple(_quantizer_prefixes(model))
+    return [
+        k for k in model.state_dict()
+        if not k.startswith(quant_prefixes) and not any(m in k for m in MIXAQ_ONLY_KEYS)
+    ]
+
+
+def _unconverted_error(path: str) -> ValueError:
+    return ValueError(f'checkpoint {path} is in the {LAYOUT} layout, not converted to mmdet '
+                      "3.x's keys: load it through MixAQRunner (runner_type = 'MixAQRunner', "
+                      'which converts it once) or convert it with '
+                      'tools/model_converters/swin_od_to_mmdet.py')
+
+
 def check_float_checkpoint(model: nn.Module, checkpoint: Mapping, path: str) -> None:
     """Raise unless ``checkpoint`` (loaded from ``path``) holds every float
     weight of ``model``.
@@ -44,12 +63,10 @@ def check_float_checkpoint(model: nn.Module, checkpoint: Mapping, path: str) -> 
     would otherwise leave random weights in place without an error.
     """
     state = checkpoint.get('state_dict', checkpoint)
-    quant_prefixes = tuple(_quantizer_prefixes(model))
+    if is_swin_od_state_dict(state):
+        raise _unconverted_error(path)
     model_state = model.state_dict()
-    expected = [
-        k for k in model_state
-        if not k.startswith(quant_prefixes) and not any(m in k for m in MIXAQ_ONLY_KEYS)
-    ]
+    expected = float_weight_keys(model)
     missing = [k for k in expected if k not in state]
     if missing:
         raise ValueError(f'checkpoint {path} does not fit {type(model).__name__}: '
@@ -61,6 +78,76 @@ def check_float_checkpoint(model: nn.Module, checkpoint: Mapping, path: str) -> 
         raise ValueError(f'checkpoint {path} does not fit {type(model).__name__}: '
                          f'{len(mismatched)} weights have other shapes (e.g. {mismatched[0]}: '
                          f'{tuple(state[mismatched[0]].shape)} in the checkpoint)')
+
+
+#: A key of mmdet 3.x's ``SwinTransformer`` (and of ``MixAQSwinTransformer``).
+MMDET_SWIN_KEY = re.compile(r'^backbone\.stages\.\d+\.blocks\.\d+\.attn\.w_msa\.')
+#: mmdet 3.x's Swin layout, for error messages.
+MMDET_SWIN_KEYS = ('backbone.patch_embed.projection.*, backbone.stages.{i}.blocks.{j}.'
+                   '{norm1,attn.w_msa.*,norm2,ffn.layers.*}, backbone.stages.{i}.downsample.*, '
+                   'backbone.norm{i}.*')
+
+
+def _examples(keys: Sequence[str]) -> str:
+    return f'{len(keys)} (e.g. {", ".join(keys[:3])})'
+
+
+def check_checkpoint_layout(model: nn.Module,
+                            checkpoint: Mapping,
+                            path: str,
+                            config_name: Optional[str] = None) -> None:
+    """Raise if ``checkpoint`` (loaded from ``path`` into ``model``, built
+    from ``config_name``) is not in a layout ``model`` loads, naming keys:
+
+    - one converted from Swin-Transformer-Object-Detection's layout must fit
+      ``model`` exactly (mmengine would skip the keys that map to nothing and
+      keep random weights for the missing ones): e.g. a Cascade file under a
+      Mask R-CNN config is refused, naming both;
+    - for a Swin detector, a checkpoint with none of mmdet 3.x's Swin keys is
+      in neither layout (e.g. a classification or timm checkpoint);
+    - one still in Swin-Transformer-Object-Detection's layout was loaded
+      without :func:`~mixaq_mmdet.engine.converted_checkpoints.checkpoint_to_load`.
+    """
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, Mapping) else {}
+    if not isinstance(state, Mapping):
+        state = {}
+    if is_swin_od_state_dict(state):
+        raise _unconverted_error(path)
+    model_state = model.state_dict()
+    config = f' ({config_name})' if config_name else ''
+    record = conversion_record(checkpoint)
+    if record is not None:
+        model_keys = set(model_state)
+        unexpected = [k for k in state if k not in model_keys]
+        missing = [k for k in float_weight_keys(model) if k not in state]
+        reshaped = [
+            k for k in state if k in model_keys and hasattr(state[k], 'shape')
+            and tuple(state[k].shape) != tuple(model_state[k].shape)
+        ]
+        if unexpected or missing or reshaped:
+            found = checkpoint_model_name(checkpoint, path)
+            which = f'{found[0]!r} ({found[1]})' if found else 'a detector that does not say which'
+            problems = [
+                f'{text}: {_examples(keys)}' for text, keys in (
+                    ('keys that map to nothing in the model', unexpected),
+                    ('float weights of the model it lacks', missing),
+                    ('weights of another shape', reshaped),
+                ) if keys
+            ]
+            raise ValueError(f'checkpoint {path} is {which}, converted from the {LAYOUT} layout, '
+                             f'and does not fit this config\'s {type(model).__name__}{config}: '
+                             f'{"; ".join(problems)}; pass the release of this detector')
+        return
+    swin_model = any(MMDET_SWIN_KEY.match(k) for k in model_state)
+    if not swin_model or any(MMDET_SWIN_KEY.match(str(k)) for k in state):
+        return
+    keys = [str(k) for k in state]
+    backbone = [k for k in keys if k.startswith('backbone.')]
+    raise ValueError(
+        f'checkpoint {path} is in neither layout that {type(model).__name__}{config} loads: '
+        f'its {len(backbone or keys)} {"backbone keys" if backbone else "keys"} (e.g. '
+        f'{", ".join((backbone or keys)[:3])}) are not mmdet 3.x\'s Swin keys '
+        f'({MMDET_SWIN_KEYS}) nor {LAYOUT}\'s ({EXPECTED_KEYS})')
 
 
 def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str,
@@ -127,6 +214,8 @@ def _recorded_setting(checkpoint: Mapping) -> Optional[Dict[str, Any]]:
 EXPERIMENT_META_KEYS = ('exp_name', 'experiment_name')
 #: File name of an official OpenMMLab release: ``<config>_<date>_<time>-<hash>.pth``.
 RELEASE_FILE = re.compile(r'^(?P<name>.+)_\d{8}_\d{6}-[0-9a-f]{8}\.pth$')
+#: What mmengine appends to a config name (``_<date>_<time>``), normalized.
+TIMESTAMP_SUFFIX = re.compile(r'^-\d{8}-\d+$')
 
 
 def normalize_model_name(name: str) -> str:
@@ -147,10 +236,27 @@ def checkpoint_model_name(checkpoint: Mapping, path: str) -> Optional[Tuple[str,
         for key in EXPERIMENT_META_KEYS:
             if isinstance(meta.get(key), str) and meta[key]:
                 return meta[key], f"meta['{key}']"
-    match = RELEASE_FILE.match(osp.basename(str(path)))
-    if match:
-        return match.group('name'), 'its file name'
+    record = conversion_record(checkpoint)
+    files = [(str(path), 'its file name')]
+    if record is not None:
+        files.append((str(record.get('source', '')), 'the name of the file it was converted from'))
+    for file, source in files:
+        base = osp.basename(file.split('?')[0])
+        match = RELEASE_FILE.match(base)
+        if match:
+            return match.group('name'), source
+        release = swin_od_release(base)  # Swin-Transformer-Object-Detection's
+        if release is not None and base == release.file_name:
+            return release.name, source
     return None
+
+
+def _is_model(name: str, base_model: str) -> bool:
+    """Whether the experiment ``name`` is ``base_model``, or its run with
+    mmengine's timestamp."""
+    own, base = normalize_model_name(name), normalize_model_name(base_model)
+    return own == base or (own.startswith(base)
+                           and TIMESTAMP_SUFFIX.match(own[len(base):]) is not None)
 
 
 def check_base_model(checkpoint: Mapping, path: str,
@@ -160,8 +266,10 @@ def check_base_model(checkpoint: Mapping, path: str,
     the 3x one: same keys and shapes, 3.3 box AP less); warn if it does not
     say. ``expected`` None: the config names no base model, nothing checked.
 
-    An experiment name matches a base model if it starts with it: mmengine
-    appends a timestamp (``<config>_<date>_<time>``). Returns the name the
+    An experiment name matches a base model if it is the name followed by
+    mmengine's timestamp (``<config>_<date>_<time>``), and nothing else: the
+    release ``mask_rcnn_swin_tiny_patch4_window7`` must not match
+    ``mask_rcnn_swin_tiny_patch4_window7_1x``. Returns the name the
     checkpoint gives (None if it gives none or nothing was checked).
     """
     if expected is None:
@@ -180,9 +288,7 @@ def check_base_model(checkpoint: Mapping, path: str,
             level=logging.WARNING)
         return None
     name, source = found
-    own = normalize_model_name(name)
-    if not any(own == normalize_model_name(n) or own.startswith(normalize_model_name(n) + '-')
-               for n in names):
+    if not any(_is_model(name, n) for n in names):
         raise ValueError(
             f'checkpoint {path} is {name!r} ({source}), but this config quantizes '
             f'{" or ".join(repr(n) for n in names)} (base_model): its numbers would not be '
@@ -222,7 +328,8 @@ def check_no_download(model: nn.Module, load_from: Optional[str], resume: bool) 
 
 
 __all__ = [
-    'MIXAQ_ONLY_KEYS', 'META_KEY', 'STRICT_SETTINGS', 'POLICY_SETTINGS', 'check_float_checkpoint',
+    'MIXAQ_ONLY_KEYS', 'META_KEY', 'STRICT_SETTINGS', 'POLICY_SETTINGS', 'MMDET_SWIN_KEY',
+    'float_weight_keys', 'check_float_checkpoint', 'check_checkpoint_layout',
     'check_calibrated_checkpoint', 'check_base_model', 'checkpoint_model_name',
     'normalize_model_name', 'remote_init_checkpoints', 'check_no_download'
 ]

@@ -19,6 +19,7 @@ from mixaq_mmdet.quantization import enable_fake_quant, integer_kernels, quantiz
 from .calibration import all_reduce_sum, build_calib_dataloader, calibrate_model, check_calib_images
 from .checkpoints import (META_KEY, check_base_model, check_calibrated_checkpoint,
                           check_float_checkpoint)
+from .converted_checkpoints import checkpoint_to_load
 from .model_wrappers import unwrap
 
 #: How a quantized model computes its quantized products (``test_cfg.execution``).
@@ -186,7 +187,8 @@ class PTQLoop(TestLoop):
                              'CHECKPOINT (load_from is not set)')
         model = self.model
         with checkpoint_types_allowed():
-            state = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+            state = CheckpointLoader.load_checkpoint(
+                checkpoint_to_load(checkpoint), map_location='cpu')
         calibrated = any(q.is_calibrated for q in quantizers_of(model))
         if calibrated:
             check_calibrated_checkpoint(model, state, checkpoint, self.setting())

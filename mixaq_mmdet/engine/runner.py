@@ -3,6 +3,7 @@
 Registered in mmengine's root ``RUNNERS``: mmdet's ``tools/train.py`` and
 ``tools/test.py`` build the runner from that registry before any default scope
 is set; mmdet's registry finds it there too."""
+import os.path as osp
 from typing import Dict
 
 import torch
@@ -11,24 +12,37 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mixaq_mmdet.compat import checkpoint_types_allowed, init_process_group_without_cuda
+from .converted_checkpoints import checkpoint_to_load
+from .model_wrappers import unwrap
 
 
 @RUNNERS.register_module()
 class MixAQRunner(Runner):
     """mmengine's ``Runner`` with the two fixes the pinned stack needs
     (:mod:`mixaq_mmdet.compat`), here rather than patched into mmengine so
-    that other code in the process keeps mmengine's behaviour:
+    that other code in the process keeps mmengine's behaviour, and the
+    checkpoints of microsoft's Swin-Transformer-Object-Detection loadable:
 
     - runner checkpoints (``load_from``, ``--resume``) load under torch's
       weights-only default with mmengine's own types allowed;
+    - a checkpoint in Swin-Transformer-Object-Detection's layout loads through
+      its mmdet 3.x conversion, written once
+      (:func:`~mixaq_mmdet.engine.converted_checkpoints.checkpoint_to_load`),
+      and must fit the model (:func:`~mixaq_mmdet.engine.checkpoints.check_checkpoint_layout`);
     - the pytorch launcher works on a machine without CUDA (gloo).
     """
 
     def load_checkpoint(self, filename: str, *args, **kwargs) -> dict:
-        """``Runner.load_checkpoint`` (also behind ``resume``) with mmengine's
-        checkpoint types allowed."""
+        """``Runner.load_checkpoint`` (also behind ``resume``) of
+        :func:`checkpoint_to_load`'s file with mmengine's checkpoint types
+        allowed; raises if the checkpoint's layout does not fit the model."""
+        # imported here: checkpoints imports mixaq_mmdet.models, which imports this module
+        from .checkpoints import check_checkpoint_layout
         with checkpoint_types_allowed():
-            return super().load_checkpoint(filename, *args, **kwargs)
+            checkpoint = super().load_checkpoint(checkpoint_to_load(filename), *args, **kwargs)
+        config = osp.basename(self.cfg.filename) if self.cfg.filename else None
+        check_checkpoint_layout(unwrap(self.model), checkpoint, filename, config)
+        return checkpoint
 
     def setup_env(self, env_cfg: Dict) -> None:
         """``Runner.setup_env``, with the pytorch launcher's process group

@@ -56,6 +56,66 @@ def test_the_1x_model_under_a_3x_config_is_refused(checkpoint, path):
         check_base_model(checkpoint, path, THREE_X)
 
 
+#: The base_model of the PTQ papers' Swin-T Mask R-CNN configs
+#: (configs/ptq_papers/ptq/): the training config and the release file.
+SWIN_OD_MASK_T = [
+    'mask_rcnn_swin_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco',
+    'mask_rcnn_swin_tiny_patch4_window7'
+]
+SWIN_OD_URL = 'https://github.com/SwinTransformer/storage/releases/download/v1.0.2/'
+
+
+@pytest.mark.parametrize(
+    'checkpoint, path, name, source',
+    [
+        # the release files of Swin-Transformer-Object-Detection: no OpenMMLab suffix
+        (dict(state_dict={}), '/ckpts/mask_rcnn_swin_tiny_patch4_window7.pth',
+         'mask_rcnn_swin_tiny_patch4_window7', 'its file name'),
+        (dict(state_dict={}), SWIN_OD_URL + 'cascade_mask_rcnn_swin_small_patch4_window7.pth',
+         'cascade_mask_rcnn_swin_small_patch4_window7', 'its file name'),
+        # their conversion, cached under another name, says where it came from
+        (dict(
+            meta=dict(
+                converted_from=dict(source=SWIN_OD_URL +
+                                    'mask_rcnn_swin_tiny_patch4_window7.pth'))),
+         '/cache/mask_rcnn_swin_tiny_patch4_window7_mmdet3-0123abcd.pth',
+         'mask_rcnn_swin_tiny_patch4_window7', 'the name of the file it was converted from'),
+        # the training config in the meta comes first
+        (dict(
+            meta=dict(exp_name='mask_rcnn_swin_tiny_patch4_window7_mstrain_480-800_adamw_3x_'
+                      'coco.py')), '/ckpts/mask_rcnn_swin_tiny_patch4_window7.pth',
+         'mask_rcnn_swin_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco.py', "meta['exp_name']"),
+        (dict(state_dict={}), '/ckpts/swin_tiny_patch4_window7_224.pth', None, None),
+    ])
+def test_swin_od_releases_say_which_model_they_are(checkpoint, path, name, source):
+    found = checkpoint_model_name(checkpoint, path)
+    assert found == (None if name is None else (name, source))
+    if name is not None and 'cascade' not in name:
+        assert check_base_model(checkpoint, path, SWIN_OD_MASK_T) == name
+
+
+@pytest.mark.parametrize('checkpoint, path', [
+    (dict(
+        meta=dict(exp_name='mask_rcnn_swin_tiny_patch4_window7_mstrain_480-800_adamw_1x_coco.py')),
+     'mask_rcnn_swin_tiny_patch4_window7_1x.pth'),
+    (dict(
+        meta=dict(exp_name='cascade_mask_rcnn_swin_tiny_patch4_window7_mstrain_480-800_giou_'
+                  '4conv1f_adamw_3x_coco.py')), 'mask_rcnn_swin_tiny_patch4_window7.pth'),
+    (dict(state_dict={}), 'mask_rcnn_swin_small_patch4_window7.pth'),
+])
+def test_another_swin_od_release_is_refused(checkpoint, path):
+    """A base model that is the release's short name matches itself and its
+    name with mmengine's timestamp, not longer names it starts (the 1x run)."""
+    with pytest.raises(
+            ValueError,
+            match=r"is '(mask|cascade).*but this config quantizes "
+            r"'mask_rcnn_swin_tiny_patch4_window7_mstrain_480-800_adamw_3x_coco' or "
+            r"'mask_rcnn_swin_tiny_patch4_window7' \(base_model\)"):
+        check_base_model(checkpoint, path, SWIN_OD_MASK_T)
+    stamped = dict(meta=dict(experiment_name='mask_rcnn_swin_tiny_patch4_window7_20261203_101010'))
+    assert check_base_model(stamped, 'epoch_1.pth', SWIN_OD_MASK_T) is not None
+
+
 def test_an_unnamed_checkpoint_is_not_checked_but_warned():
     assert check_base_model(dict(state_dict={}), 'epoch_12.pth', THREE_X) is None
     assert check_base_model(dict(meta=dict(exp_name='x_1x_coco.py')), 'f.pth', None) is None

@@ -45,7 +45,10 @@ class QATInitHook(Hook):
       ``load_from`` must be the config's ``base_model`` if it names one;
     - the ``load_from`` checkpoint must hold every float weight of the model
       (mmengine loads non-strictly: another detector's weights would otherwise
-      leave random ones in place);
+      leave random ones in place); a release of Swin-Transformer-Object-Detection
+      arrives converted, as every load point sees it
+      (:func:`~mixaq_mmdet.engine.converted_checkpoints.checkpoint_to_load`
+      in ``MixAQRunner.load_checkpoint``), and is refused unconverted;
     - saved checkpoints record the MixA-Q setting in ``meta['mixaq']``, which
       ``tools/test.py`` checks (:class:`~mixaq_mmdet.engine.PTQLoop`).
 
