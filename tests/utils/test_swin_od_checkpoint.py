@@ -13,11 +13,14 @@ abbreviation of SyncBatchNorm) and ``shared_fcs``, FCNMaskHead's
 ``convs``/``upsample``/``conv_logits``); a strict load proves mmdet 3.3 uses
 every one of them.
 """
+import functools
 import hashlib
+import http.server
 import os
 import os.path as osp
 import subprocess
 import sys
+import threading
 from typing import List, Tuple
 
 import pytest
@@ -227,6 +230,30 @@ def test_conversion_is_written_once_and_reused(mask_t, tmp_path, fp_checkpoint):
     assert os.listdir(tmp_path) == [osp.basename(first)]
     # an mmdet 3.x checkpoint is loaded as it is
     assert checkpoint_to_load(fp_checkpoint, cache_dir=str(tmp_path)) == fp_checkpoint
+
+
+def test_a_release_url_is_downloaded_and_converted_once(mask_t, tmp_path, monkeypatch):
+    """``tools/test.py CONFIG URL``: mmengine downloads the release into its
+    cache, the conversion lands next to it, and a later load needs no network."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    monkeypatch.setenv('no_proxy', '127.0.0.1')
+    _, path = mask_t
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=osp.dirname(path))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f'http://127.0.0.1:{server.server_port}/{osp.basename(path)}'
+    try:
+        converted = checkpoint_to_load(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    cache = tmp_path / 'torch_home' / 'hub' / 'checkpoints'
+    assert sorted(os.listdir(cache)) == sorted([osp.basename(path), osp.basename(converted)])
+    assert osp.basename(converted).startswith('mask_rcnn_swin_tiny_patch4_window7_mmdet3-')
+    assert checkpoint_to_load(url) == converted  # the server is gone
+    checkpoint = torch.load(converted, map_location='cpu')
+    assert checkpoint['meta']['converted_from']['source'] == url
 
 
 def test_runner_loads_the_release_by_its_conversion_and_refuses_another_detector(
