@@ -19,6 +19,7 @@ from mixaq_mmdet.models import quant_scope
 from mixaq_mmdet.quantization import (calculate_qparams, disable_quantization, enable_calibration,
                                       enable_fake_quant, quantizers_of, set_quantizer_names)
 from mixaq_mmdet.quantization.reparam import record_channel_statistics, reparameterize
+from mixaq_mmdet.quantization.uq_vit import fold_channel_maps, record_map_statistics
 
 
 def check_calib_images(calib_images: object) -> int:
@@ -99,6 +100,7 @@ def calibrate_model(model: nn.Module,
             _observe(model, dataloader, num_images, True,
                      f'{prefix}: statistics for scale reparameterization')
         reparameterize(targets, stats)
+    fold_normquant_maps(model, dataloader, num_images, only_uncalibrated, prefix)
     set_quantizer_names(model)
     keep = [q for q in quantizers_of(model) if only_uncalibrated and q.is_calibrated]
     enable_calibration(model)
@@ -124,6 +126,36 @@ def calibrate_model(model: nn.Module,
             'raise if used',
             logger='current')
     return seen
+
+
+@torch.no_grad()
+def fold_normquant_maps(model: nn.Module, dataloader: DataLoader, num_images: int,
+                        only_uncalibrated: bool, prefix: str) -> int:
+    """Fold UQ-ViT's NormQuant map of every block whose fc2 input NormQuantizers
+    quantize (:mod:`~mixaq_mmdet.quantization.uq_vit`), at the stage of
+    RepQ-ViT's reparameterization: one pass in float over the calibration
+    images collects the per-channel statistics of both branches' maps
+    together, then the map is folded into the maps and fc2, before the
+    quantizers calibrate on the mapped activations. With
+    ``only_uncalibrated`` (a calibrated checkpoint's new branch) the maps must
+    be folded already: a new map would change the calibrated fc2. Returns the
+    number of maps folded (0 without NormQuantizers)."""
+    finder = getattr(model.backbone, 'normquant_targets', None)
+    targets = finder() if callable(finder) else []
+    if not targets:
+        return 0
+    if only_uncalibrated:
+        if all(m.folded for t in targets for m in t.norms):
+            return 0
+        raise ValueError('NormQuant folds its per-channel map into fc2, whose quantizers are '
+                         'calibrated: a checkpoint without folded NormQuant maps needs a full '
+                         'calibration (only_uncalibrated=False)')
+    disable_quantization(model)
+    with record_map_statistics(targets) as stats, model.backbone.whole_windows():
+        _observe(model, dataloader, num_images, True, f'{prefix}: statistics for NormQuant')
+    fold_channel_maps(targets, stats)
+    print_log(f'{prefix}: folded {len(targets)} NormQuant maps into fc2', logger='current')
+    return len(targets)
 
 
 def _observe(model: nn.Module, dataloader: DataLoader, num_images: int, backbone_only: bool,
@@ -189,5 +221,5 @@ def check_same_qparams_on_all_ranks(model: nn.Module) -> None:
 
 __all__ = [
     'check_calib_images', 'build_calib_dataloader', 'calibrate_model', 'all_reduce_sum',
-    'check_same_qparams_on_all_ranks'
+    'check_same_qparams_on_all_ranks', 'fold_normquant_maps'
 ]

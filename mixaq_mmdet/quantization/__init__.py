@@ -20,6 +20,7 @@ from .switches import (calculate_qparams, disable_quantization, enable_calibrati
                        enable_fake_quant, finish_calibration, quantization_disabled, quantizers_of,
                        reset_statistics, set_quantizer_names)
 from .twin_uniform import TwinUniformQuantizer
+from .uq_vit import DeMaxQuantizer, NormQuantizer
 
 __all__ = [
     'quantize_layers', 'ReparamTarget', 'reparameterize', 'QuantizerBase', 'UniformQuantizer',
@@ -30,5 +31,5 @@ __all__ = [
     'quantization_disabled', 'reset_statistics', 'set_quantizer_names', 'quantizers_of',
     'CALIB_METHODS', 'PERCENTILES', 'DEFAULT_WEIGHT_QUANTIZER', 'DEFAULT_ACT_QUANTIZER', 'MIN_BITS',
     'MAX_BITS', 'to_integer', 'to_fake_quant', 'integer_kernels', 'Codes', 'IntegerGrid',
-    'quantize_codes', 'KERNELS', 'cpu_has_int8_dot_product'
+    'quantize_codes', 'KERNELS', 'cpu_has_int8_dot_product', 'DeMaxQuantizer', 'NormQuantizer'
 ]

@@ -9,11 +9,14 @@ from mmdet.registry import MODELS
 from torch import Tensor
 
 from mixaq_mmdet.quantization import (DEFAULT_ACT_QUANTIZER, DEFAULT_WEIGHT_QUANTIZER, MAX_BITS,
-                                      MIN_BITS, QuantConv2d, QuantLinear, disable_quantization,
-                                      enable_fake_quant, numerics, quantizers_of)
+                                      MIN_BITS, QuantConv2d, QuantizerBase, QuantLinear,
+                                      disable_quantization, enable_fake_quant, numerics,
+                                      quantizers_of)
 from mixaq_mmdet.quantization.numerics import FusedKernels, check_fused_kernels
 from mixaq_mmdet.quantization.recompute import recomputed_quantized_activations
 from mixaq_mmdet.quantization.reparam import ReparamTarget
+from mixaq_mmdet.quantization.uq_vit import normquant_target
+from mixaq_mmdet.registry import QUANTIZERS
 from mixaq_mmdet.utils.tensor_cache import TensorCache
 from ..layers import QUANTIZER_POSITIONS, TwoBranchSwinBlock, WindowLayout, WindowPolicy
 from ..layers.window_policy import WindowOrders, check_ratios, normalize_ratios, padded_shape
@@ -59,6 +62,26 @@ def _position_quantizers(
         p: (given[p], f'branch_quantizers.{p}') if p in given else defaults[p]
         for p in QUANTIZER_POSITIONS
     }
+
+
+def _check_position(cfg: Any, position: str, source: str) -> None:
+    """Raise if the quantizer ``cfg`` names (from the argument ``source``) is
+    made for other positions (its class's ``positions``; None: any), naming
+    the quantizer, the position and the valid ones. An unknown type is left to
+    the builder's error."""
+    cls: Any = type(cfg) if isinstance(cfg, QuantizerBase) else None
+    if isinstance(cfg, Mapping):
+        cls = cfg.get('type')
+        if isinstance(cls, str):
+            try:
+                cls = QUANTIZERS.get(cls)
+            except RuntimeError:
+                cls = None
+    valid = getattr(cls, 'positions', None)
+    if valid is not None and position not in valid:
+        raise ValueError(f'{cls.__name__} ({source}) cannot quantize at position {position!r}: '
+                         f'its valid positions are {tuple(valid)}; name it at one of them in '
+                         'branch_quantizers')
 
 
 def _check_bits(value: object, name: str) -> int:
@@ -156,6 +179,10 @@ class MixAQSwinTransformer(SwinTransformer):
             for b, bits in zip(('high', 'low'), self.a_bits)
         }
         positions = _position_quantizers(act_quantizer, softmax_quantizer, branch_quantizers)
+        _check_position(weight_quantizer, 'weight', 'weight_quantizer')
+        _check_position(act_quantizer, 'every activation', 'act_quantizer')
+        for position, (cfg, source) in positions.items():
+            _check_position(cfg, position, source)
         branch_cfgs = {
             b: {
                 p: _with_bits(cfg, DEFAULT_ACT_QUANTIZER, bits, name)
@@ -306,6 +333,20 @@ class MixAQSwinTransformer(SwinTransformer):
                 targets.append(
                     ReparamTarget([merging.norm], merging.reduction,
                                   merging.reduction.input_quantizer.bits))
+        return targets
+
+    def normquant_targets(self) -> List[ReparamTarget]:
+        """UQ-ViT's NormQuant maps to fold: per block whose fc2 input is
+        quantized by NormQuantizers, both branches' maps and the shared fc2
+        (one map for both, from their windows together; searched at the lower
+        of the branches' bits). Empty without NormQuantizers."""
+        targets = []
+        for i, stage in enumerate(self.stages):
+            for j, block in enumerate(stage.blocks):
+                target = normquant_target([b.fc2_in for b in block.branches.values()],
+                                          block.ffn.layers[1], f'stages.{i}.blocks.{j}')
+                if target is not None:
+                    targets.append(target)
         return targets
 
     def quantizer_summary(self) -> Dict[str, int]:

@@ -176,10 +176,14 @@ class TwoBranchSwinBlock(nn.Module):
         folded reparameterization). Never while training with gradients, where
         every parameter of both branches must get a gradient (DDP). Under
         ``torch.compile`` the LayerNorm copies are not compared (a data-dependent
-        branch): a low-bit group then runs the Two-Branch path."""
+        branch): a low-bit group then runs the Two-Branch path. Nor where a
+        quantizer maps its input even when off (UQ-ViT's NormQuantizer, whose
+        inverse map is folded into fc2)."""
         if (prune_ratio > 0 or self.whole_windows or (self.training and torch.is_grad_enabled())):
             return False
-        if any(q.fake_quant_enabled or q.observer_enabled for q in self._branch_quantizers):
+        if any(
+                q.fake_quant_enabled or q.observer_enabled or _maps_input(q)
+                for q in self._branch_quantizers):
             return False
         if low_ratio == 0:
             return True
@@ -288,7 +292,8 @@ class TwoBranchSwinBlock(nn.Module):
         fc1, act, _ = self.ffn.layers[0]
         fc2 = self.ffn.layers[1]
         if (inplace and keep is None and isinstance(self.ffn.gamma2, nn.Identity)
-                and fc1.runs_integer(quant.fc1_in) and fc2.runs_integer(quant.fc2_in)):
+                and fc1.runs_integer(quant.fc1_in) and fc2.runs_integer(quant.fc2_in)
+                and not _maps_input(quant.fc2_in)):
             # integer products end in the GELU and fc2's codes (fc1) and in the
             # residual add, in place (fc2)
             h = fc1.integer_linear(
@@ -397,6 +402,14 @@ def _split_fake_quantized(qkv: Tensor, scale: Tensor, *params: Tensor) -> Tuple[
     return tuple(
         (torch.clamp(torch.round(t * params[4 * i]), params[4 * i + 2], params[4 * i + 3]) *
          params[4 * i + 1]).contiguous() for i, t in enumerate(parts))
+
+
+def _maps_input(quantizer: QuantizerBase) -> bool:
+    """Whether ``quantizer`` transforms its input before quantizing it, also
+    with quantization off (a folded per-channel map, UQ-ViT's NormQuantizer):
+    mmdet's dense path and fc1's fused requantization would skip the map (the
+    map then runs in fc2's input quantization, one integer product still)."""
+    return bool(getattr(quantizer, 'maps_input', False))
 
 
 def _take(t: Optional[Tensor], group: slice) -> Optional[Tensor]:
