@@ -169,10 +169,13 @@ BENCHMARK = Table(
         _ptq('mixaq_w4a8a4_prune'),
         *(_ptq(name, INTEGER, '_integer') for name in INTEGER_PTQ_ROWS),
         # the PTQ base: RepQ-ViT's quantizers (above) against PTQ4ViT's twin uniform
-        # quantizer after the softmax and the GELU, same calibration
+        # quantizer and UQ-ViT's DeMax / NormQuant after the softmax and the GELU,
+        # same calibration
         _ptq('mixaq_w4a8a2'),
         _ptq('ptq4vit_uniform_w4a4'),
         _ptq('ptq4vit_mixaq_w4a8a2'),
+        _ptq('uqvit_uniform_w4a4'),
+        _ptq('uqvit_mixaq_w4a8a2'),
         _qat('qat_uniform_w4a4', 'qat/qat_uniform_w4a4_shapes.py', 'qat_uniform_w4a4'),
         _qat('qat_uniform_w4a3', 'qat/qat_uniform_w4a3_shapes.py', 'qat_uniform_w4a3'),
         _qat('qat_saqa_all_high', SAQA, 'qat_saqa_w4a4a2'),
@@ -259,6 +262,11 @@ BENCHMARK = Table(
                'ptq4vit_uniform_w4a4', 'uniform_w4a4', 'not_worse'),
         Target('PTQ base, MixA-Q A8/A2 1.35x: twin uniform (PTQ4ViT) not worse than '
                'RepQ-ViT\'s', 'ptq4vit_mixaq_w4a8a2', 'mixaq_w4a8a2', 'not_worse'),
+        Target('PTQ base, uniform W4A4: DeMax + NormQuant (UQ-ViT) not worse than RepQ-ViT\'s',
+               'uqvit_uniform_w4a4', 'uniform_w4a4', 'not_worse'),
+        Target(
+            'PTQ base, MixA-Q A8/A2 1.35x: DeMax + NormQuant (UQ-ViT) not worse than '
+            'RepQ-ViT\'s', 'uqvit_mixaq_w4a8a2', 'mixaq_w4a8a2', 'not_worse'),
     ),
     plots={
         'PTQ': (PTQ_BASE, 'pareto.png'),
