@@ -186,9 +186,9 @@ class PTQLoop(TestLoop):
             raise ValueError('PTQ needs a checkpoint: run tools/test.py CONFIG '
                              'CHECKPOINT (load_from is not set)')
         model = self.model
+        path = checkpoint_to_load(checkpoint)  # not inside: the allowlist does not nest
         with checkpoint_types_allowed():
-            state = CheckpointLoader.load_checkpoint(
-                checkpoint_to_load(checkpoint), map_location='cpu')
+            state = CheckpointLoader.load_checkpoint(path, map_location='cpu')
         calibrated = any(q.is_calibrated for q in quantizers_of(model))
         if calibrated:
             check_calibrated_checkpoint(model, state, checkpoint, self.setting())

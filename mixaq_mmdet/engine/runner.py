@@ -38,8 +38,9 @@ class MixAQRunner(Runner):
         allowed; raises if the checkpoint's layout does not fit the model."""
         # imported here: checkpoints imports mixaq_mmdet.models, which imports this module
         from .checkpoints import check_checkpoint_layout
+        path = checkpoint_to_load(filename)  # not inside: the allowlist does not nest
         with checkpoint_types_allowed():
-            checkpoint = super().load_checkpoint(checkpoint_to_load(filename), *args, **kwargs)
+            checkpoint = super().load_checkpoint(path, *args, **kwargs)
         config = osp.basename(self.cfg.filename) if self.cfg.filename else None
         check_checkpoint_layout(unwrap(self.model), checkpoint, filename, config)
         return checkpoint
