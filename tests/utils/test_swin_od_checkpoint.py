@@ -162,6 +162,8 @@ def test_mmdet_relative_position_index_is_microsofts():
 @pytest.mark.parametrize('detector, cascade', [('mask_t', False), ('cascade_s', True)])
 def test_fixture_is_in_the_release_layout(detector, cascade, request):
     model, path = request.getfixturevalue(detector)
+    # the size Swin-Transformer-Object-Detection's README gives: 48M, 107M
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6) == (107 if cascade else 48)
     checkpoint = torch.load(path, map_location='cpu')
     assert list(checkpoint) == ['meta', 'state_dict', 'optimizer', 'amp']
     meta = checkpoint['meta']
