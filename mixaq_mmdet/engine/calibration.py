@@ -18,7 +18,8 @@ from mixaq_mmdet.datasets.layout import check_dataset_files
 from mixaq_mmdet.models import quant_scope
 from mixaq_mmdet.quantization import (calculate_qparams, disable_quantization, enable_calibration,
                                       enable_fake_quant, quantizers_of, set_quantizer_names)
-from mixaq_mmdet.quantization.reparam import record_channel_statistics, reparameterize
+from mixaq_mmdet.quantization.reparam import (DEFAULT_REPARAM_RANGE, check_reparam_range,
+                                              record_channel_statistics, reparameterize)
 from mixaq_mmdet.quantization.uq_vit import fold_channel_maps, record_map_statistics
 
 
@@ -60,7 +61,8 @@ def calibrate_model(model: nn.Module,
                     num_images: int,
                     reparam: bool = False,
                     only_uncalibrated: bool = False,
-                    prefix: str = 'PTQ') -> int:
+                    prefix: str = 'PTQ',
+                    reparam_range: str = DEFAULT_REPARAM_RANGE) -> int:
     """Observe ``num_images`` images (over all ranks), then compute the qparams.
 
     Only what holds quantizers runs: the backbone for the 'backbone' scope, the
@@ -69,9 +71,10 @@ def calibrate_model(model: nn.Module,
     observe, so a new branch is calibrated on the activations of the model as
     it is (a QAT checkpoint whose low branch is new); otherwise the whole
     model runs in float and every quantizer is (re)calibrated. ``reparam``
-    folds RepQ-ViT's scale reparameterization first (one more pass). The
-    qparams are identical on every rank (checked). Leaves the model with fake
-    quant on and observers off.
+    folds RepQ-ViT's scale reparameterization first (one more pass), each
+    channel's range as ``reparam_range`` takes it
+    (:mod:`~mixaq_mmdet.quantization.reparam`). The qparams are identical on
+    every rank (checked). Leaves the model with fake quant on and observers off.
 
     Returns:
         The number of images this rank observed.
@@ -86,6 +89,7 @@ def calibrate_model(model: nn.Module,
             logger='current',
             level=logging.WARNING)
     backbone_only = quant_scope(model) == 'backbone'
+    check_reparam_range(reparam_range)
     if reparam:
         if only_uncalibrated:
             raise ValueError('reparam folds into calibrated layers: it needs '
@@ -99,7 +103,7 @@ def calibrate_model(model: nn.Module,
         with record_channel_statistics(targets) as stats, model.backbone.whole_windows():
             _observe(model, dataloader, num_images, True,
                      f'{prefix}: statistics for scale reparameterization')
-        reparameterize(targets, stats)
+        reparameterize(targets, stats, reparam_range)
     fold_normquant_maps(model, dataloader, num_images, only_uncalibrated, prefix)
     set_quantizer_names(model)
     keep = [q for q in quantizers_of(model) if only_uncalibrated and q.is_calibrated]
@@ -116,6 +120,7 @@ def calibrate_model(model: nn.Module,
     print_log(
         f'{prefix}: calibrated {new} quantizers on {total} images '
         f'({quant_scope(model)} scope, reparam={reparam}' +
+        (f', reparam_range={reparam_range!r}' if reparam else '') +
         (f', {len(keep)} calibrated ones kept' if keep else '') +
         f') in {time.perf_counter() - start:.1f} s',
         logger='current')

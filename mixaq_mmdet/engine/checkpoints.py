@@ -26,7 +26,7 @@ MIXAQ_ONLY_KEYS = ('_low.', '.reparam_pad')
 META_KEY = 'mixaq'
 #: Settings a calibrated checkpoint must share with the model that evaluates it:
 #: what each quantizer computes and where the quantizers are.
-STRICT_SETTINGS = ('w_bits', 'a_bits', 'quant_scope', 'reparam')
+STRICT_SETTINGS = ('w_bits', 'a_bits', 'quant_scope', 'reparam', 'reparam_range')
 #: Run-time settings of the window policy: which windows each branch computes.
 #: They may differ from those at calibration or training (set_ratios, the
 #: ablations of the window order); a difference is logged, and a branch that
@@ -205,7 +205,19 @@ def check_calibrated_checkpoint(model: nn.Module, checkpoint: Mapping, path: str
 
 def _recorded_setting(checkpoint: Mapping) -> Optional[Dict[str, Any]]:
     meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
-    return meta.get(META_KEY) if isinstance(meta, Mapping) else None
+    recorded = meta.get(META_KEY) if isinstance(meta, Mapping) else None
+    if not isinstance(recorded, Mapping):
+        return None
+    return dict(recorded, reparam_range=recorded_reparam_range(recorded))
+
+
+def recorded_reparam_range(recorded: Mapping[str, Any]) -> Optional[str]:
+    """The ``reparam_range`` a recorded MixA-Q setting was calibrated with: None
+    without reparameterization; 'with_zero' where a reparameterized checkpoint
+    does not say (written before the setting existed, when it was the only one)."""
+    if not recorded.get('reparam'):
+        return None
+    return recorded.get('reparam_range', 'with_zero')
 
 
 #: Where a checkpoint names the experiment that wrote it: mmdet 2.x's
@@ -330,6 +342,6 @@ def check_no_download(model: nn.Module, load_from: Optional[str], resume: bool) 
 __all__ = [
     'MIXAQ_ONLY_KEYS', 'META_KEY', 'STRICT_SETTINGS', 'POLICY_SETTINGS', 'MMDET_SWIN_KEY',
     'float_weight_keys', 'check_float_checkpoint', 'check_checkpoint_layout',
-    'check_calibrated_checkpoint', 'check_base_model', 'checkpoint_model_name',
-    'normalize_model_name', 'remote_init_checkpoints', 'check_no_download'
+    'check_calibrated_checkpoint', 'recorded_reparam_range', 'check_base_model',
+    'checkpoint_model_name', 'normalize_model_name', 'remote_init_checkpoints', 'check_no_download'
 ]

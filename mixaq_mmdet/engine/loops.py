@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from mixaq_mmdet.compat import checkpoint_types_allowed
 from mixaq_mmdet.models import quant_setting
 from mixaq_mmdet.quantization import enable_fake_quant, integer_kernels, quantizers_of, to_integer
+from mixaq_mmdet.quantization.reparam import DEFAULT_REPARAM_RANGE, check_reparam_range
 from .calibration import all_reduce_sum, build_calib_dataloader, calibrate_model, check_calib_images
 from .checkpoints import (META_KEY, check_base_model, check_calibrated_checkpoint,
                           check_float_checkpoint)
@@ -74,6 +75,11 @@ class PTQLoop(TestLoop):
             activations before calibrating (see
             :mod:`mixaq_mmdet.quantization.reparam`): one extra pass over the
             calibration images collects per-channel statistics.
+        reparam_range: how the reparameterization takes each channel's range
+            (:data:`~mixaq_mmdet.quantization.reparam.REPARAM_RANGES`):
+            'repq_vit', RepQ-ViT's calibrated per-channel grid; 'with_zero', the
+            grid widened to include 0 (differs on channels of one sign).
+            Recorded in the calibrated checkpoint and checked like ``reparam``.
         save_calibrated: write the calibrated checkpoint.
         fp16: as in TestLoop.
         compile: evaluate with the backbone compiled by ``torch.compile`` (True,
@@ -96,6 +102,7 @@ class PTQLoop(TestLoop):
                  calib_images: int = 32,
                  calib_seed: int = 0,
                  reparam: bool = True,
+                 reparam_range: str = DEFAULT_REPARAM_RANGE,
                  save_calibrated: bool = True,
                  fp16: bool = False,
                  compile: Union[bool, Dict[str, Any]] = False,
@@ -110,6 +117,10 @@ class PTQLoop(TestLoop):
         self.calib_images = check_calib_images(calib_images)
         self.calib_seed = calib_seed
         self.reparam = reparam
+        try:
+            self.reparam_range = check_reparam_range(reparam_range)
+        except ValueError as e:
+            raise ValueError(f'test_cfg.{e}') from None
         self.save_calibrated = save_calibrated
         self.compile_kwargs = compile_kwargs(compile)
         if execution not in EXECUTIONS:
@@ -222,8 +233,12 @@ class PTQLoop(TestLoop):
         print_log(f'PTQ: calibrated checkpoint saved to {path}', logger='current')
 
     def setting(self) -> Dict[str, Any]:
-        """The model's quantization setting and this loop's reparameterization."""
-        return dict(quant_setting(self.model), reparam=self.reparam)
+        """The model's quantization setting and this loop's reparameterization
+        (its range None without one)."""
+        return dict(
+            quant_setting(self.model),
+            reparam=self.reparam,
+            reparam_range=self.reparam_range if self.reparam else None)
 
     def calibration_image_paths(self) -> List[str]:
         """The images :meth:`calibrate` observes (over all ranks): a search
@@ -249,7 +264,11 @@ class PTQLoop(TestLoop):
             The number of images this rank observed.
         """
         seen = calibrate_model(
-            self.model, self.calib_dataloader, self.calib_images, reparam=self.reparam)
+            self.model,
+            self.calib_dataloader,
+            self.calib_images,
+            reparam=self.reparam,
+            reparam_range=self.reparam_range)
         self.num_calib_images = int(all_reduce_sum(seen))
         return seen
 

@@ -18,6 +18,7 @@ from mmengine.registry import init_default_scope
 from mixaq_mmdet.analysis import paired_difference
 from mixaq_mmdet.datasets import generate
 from mixaq_mmdet.quantization import integer_kernels
+from mixaq_mmdet.quantization.reparam import DEFAULT_REPARAM_RANGE, REPARAM_RANGES
 from ..conftest import FP_BENCH_CONFIG, REPO, data_root_options, ptq_options, run_tool
 from ..multiprocess import free_port
 
@@ -41,7 +42,8 @@ def test_ptq_calibrates_saves_and_reevaluates_identically(tiny_shapes, fp_checkp
         str(tmp_path / 'a.pkl'), '--cfg-options', *ptq_options(tiny_shapes)
     ])
     log = first.stdout + first.stderr
-    assert 'PTQ: calibrated' in log and 'on 4 images (backbone scope, reparam=True)' in log
+    assert 'PTQ: calibrated' in log and ('on 4 images (backbone scope, reparam=True, '
+                                         f'reparam_range={DEFAULT_REPARAM_RANGE!r})') in log
     # BitOpsHook: the speedup at the evaluated sizes, logged with the mAP
     speedup = re.search(r'mixaq/bitops_speedup: ([0-9.]+)', log)
     assert speedup and 1.3 < float(speedup.group(1)) < 1.4
@@ -116,7 +118,7 @@ def test_two_gloo_processes_agree_with_one(tiny_shapes, fp_checkpoint, tmp_path)
                           text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert 'on 8 images (backbone scope, reparam=True)' in proc.stdout + proc.stderr
+    assert 'on 8 images (backbone scope, reparam=True' in proc.stdout + proc.stderr
     one = _qparams(tmp_path / 'one' / 'calibrated.pth')
     two = _qparams(tmp_path / 'two' / 'calibrated.pth')
     assert one.keys() == two.keys() and len(one) > 100
@@ -204,6 +206,8 @@ def test_empty_and_short_calibration_sets(tiny_shapes, fp_checkpoint, tmp_path):
      r"\['fullgrpah'\]; valid: fullgraph, dynamic, backend"),
     (dict(execution='int8'), r"test_cfg.execution must be one of \('fake_quant', 'integer'\), "
      r"got 'int8'"),
+    (dict(reparam_range='zero'), r"test_cfg.reparam_range must be one of "
+     r"\('repq_vit', 'with_zero'\), got 'zero'"),
 ])
 def test_bad_loop_settings(tiny_shapes, fp_checkpoint, tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -331,8 +335,42 @@ def test_calibrated_checkpoint_records_its_setting(calibrated_w4a8):
         window_order='importance',
         window_seed=0,
         quant_scope='backbone',
-        reparam=True)
+        reparam=True,
+        reparam_range=DEFAULT_REPARAM_RANGE)
     assert meta['calib_images'] == 4
+
+
+def _other_range(reparam_range):
+    return next(r for r in REPARAM_RANGES if r != reparam_range)
+
+
+def test_calibrated_checkpoint_under_another_reparam_range_is_refused(tiny_shapes, calibrated_w4a8,
+                                                                      tmp_path):
+    other = _other_range(DEFAULT_REPARAM_RANGE)
+    runner = _runner(tiny_shapes, tmp_path, calibrated_w4a8, reparam_range=other)
+    with pytest.raises(
+            ValueError,
+            match=f"was calibrated for another setting \\(reparam_range: checkpoint "
+            f"'{DEFAULT_REPARAM_RANGE}', config '{other}'\\)"):
+        runner.test()
+
+
+def test_checkpoint_without_reparam_range_was_calibrated_with_zero(tiny_shapes, calibrated_w4a8,
+                                                                   tmp_path):
+    """A checkpoint written before ``reparam_range`` existed folded the ranges
+    widened to include 0: it passes the check under 'with_zero' only."""
+    checkpoint = torch.load(calibrated_w4a8, weights_only=False)
+    del checkpoint['meta']['mixaq']['reparam_range']
+    old = str(tmp_path / 'old.pth')
+    torch.save(checkpoint, old)
+    runner = _runner(tiny_shapes, tmp_path / 'ok', old, reparam_range='with_zero')
+    runner.load_checkpoint(old)
+    assert runner.test_loop.check_checkpoint()
+    runner = _runner(tiny_shapes, tmp_path / 'refused', old, reparam_range='repq_vit')
+    runner.load_checkpoint(old)
+    with pytest.raises(
+            ValueError, match="reparam_range: checkpoint 'with_zero', config 'repq_vit'"):
+        runner.test_loop.check_checkpoint()
 
 
 def test_calibrated_checkpoint_under_other_bits_is_refused(tiny_shapes, calibrated_w4a8, tmp_path):

@@ -14,7 +14,8 @@ from mixaq_mmdet.models.layers import TwoBranchSwinBlock
 from mixaq_mmdet.quantization import (LSQQuantizer, UniformQuantizer, quantizers_of,
                                       set_quantizer_names)
 from ..calibration import build_calib_dataloader, calibrate_model, check_calib_images
-from ..checkpoints import META_KEY, check_base_model, check_float_checkpoint, check_no_download
+from ..checkpoints import (META_KEY, check_base_model, check_float_checkpoint, check_no_download,
+                           recorded_reparam_range)
 from ..model_wrappers import unwrap
 
 Ratios = Union[float, Sequence[float]]
@@ -79,6 +80,7 @@ class QATInitHook(Hook):
         self.calib_low_bit_ratios = calib_low_bit_ratios
         self.save_init = save_init
         self.reparam = False
+        self.reparam_range: Optional[str] = None
 
     def before_run(self, runner) -> None:
         check_no_download(
@@ -91,6 +93,7 @@ class QATInitHook(Hook):
         recorded = (checkpoint.get('meta') or {}).get(META_KEY)
         if isinstance(recorded, Mapping):
             self.reparam = bool(recorded.get('reparam', False))
+            self.reparam_range = recorded_reparam_range(recorded)
         else:  # an FP detector: the one the config quantizes?
             check_base_model(checkpoint, path, runner.cfg.get('base_model'))
 
@@ -143,7 +146,10 @@ class QATInitHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         meta = checkpoint.setdefault('meta', {})
-        meta[META_KEY] = dict(quant_setting(unwrap(runner.model)), reparam=self.reparam)
+        meta[META_KEY] = dict(
+            quant_setting(unwrap(runner.model)),
+            reparam=self.reparam,
+            reparam_range=self.reparam_range)
 
 
 def check_trainable_quantizers(model: nn.Module) -> None:
