@@ -5,8 +5,16 @@ Twin Uniform Quantization" (ECCV 2022). Both activations are far from uniform:
 most softmax probabilities are tiny while the few large ones matter, and GELU
 outputs have a short negative tail and a long positive one. Twin uniform
 quantization spends one of its ``bits`` on choosing between two uniform ranges
-of ``2^(bits-1)`` levels each, whose steps differ by a power of two (a shift in
-hardware), and calibration picks that power.
+of ``2^(bits-1)`` codes each.
+
+Post-softmax (PTQ4ViT's ``SoSPTQSLBatchingQuantMatMul``): the two steps differ
+by a power of two (a shift in hardware), and calibration picks that power.
+Post-GELU (its ``PostGeluPTQSLBatchingQuantLinear``, the input quantizer of the
+linear after GELU): the negative range has ``2^(bits-1)`` codes ``-i * s_neg``,
+``i = 1..2^(bits-1)``, with ``s_neg = 0.16997 / 2^(bits-1)`` (the lowest level
+is GELU's minimum), the positive range ``j * s_pos``, ``j = 0..2^(bits-1) - 1``:
+``2^bits`` levels; ``s_pos`` is searched freely, as PTQ4ViT does it (see
+:data:`GELU_SEARCH`).
 """
 from typing import Any, Dict, Tuple
 
@@ -18,29 +26,37 @@ from .base import QuantizerBase
 from .observers import HistogramObserver
 
 #: The minimum of GELU(x) = x * Phi(x) (at x = -0.7518).
-GELU_MIN = -0.16997
+GELU_MIN = -0.16997124254703522
 #: The inputs each mode is for.
 TWIN_MODES = ('softmax', 'gelu')
-#: Candidate exponents ``m`` of the ratio ``2^m`` between the two steps.
+#: 'softmax': candidate exponents ``m`` of the ratio ``2^m`` between the two steps.
 SHIFTS = tuple(range(25))
+#: 'gelu': PTQ4ViT's search of the positive step (``eq_alpha``, ``eq_beta``,
+#: ``eq_n`` of its configs/PTQ4ViT.py): candidates ``(eq_alpha + i * (eq_beta -
+#: eq_alpha) / eq_n) * max / (2^(bits-1) - 0.5)`` with ``max`` the largest
+#: calibration value, for ``i = 0..eq_n - 1`` (PTQ4ViT builds ``eq_n + 1``
+#: candidates; its search loop evaluates the first ``eq_n``).
+GELU_SEARCH = (0.01, 1.2, 100)
 
 
 def twin_quantize(x: Tensor, step_small: Tensor, step_large: Tensor, levels: int,
                   mode: str) -> Tensor:
     """``x`` on the twin grid (no gradient): each range is round-to-nearest
-    on its own step, clamped to ``levels`` levels.
+    on its own step, clamped to its codes; ``levels`` is ``2^(bits-1)``.
 
     'softmax': ``x < levels * step_small`` on ``i * step_small``, the rest on
     ``j * step_large``, ``0 <= i, j < levels``. 'gelu': negative ``x`` on
-    ``-i * step_small``, the rest on ``j * step_large``. The steps broadcast
-    against ``x`` (one pair per candidate in calibration).
+    ``-i * step_small``, ``0 <= i <= levels``, the rest on ``j * step_large``,
+    ``0 <= j < levels`` (PTQ4ViT's ``quant_input``: its sum of the two clamped
+    ranges is this choice by sign). The steps broadcast against ``x`` (one pair
+    per candidate in calibration).
     """
     top = levels - 1
     large = torch.clamp(torch.round(x / step_large), 0, top) * step_large
     if mode == 'softmax':
         small = torch.clamp(torch.round(x / step_small), 0, top) * step_small
         return torch.where(x < levels * step_small, small, large)
-    small = torch.clamp(torch.round(x / step_small), -top, 0) * step_small
+    small = torch.clamp(torch.round(x / step_small), -levels, 0) * step_small
     return torch.where(x < 0, small, large)
 
 
@@ -48,15 +64,18 @@ def twin_quantize(x: Tensor, step_small: Tensor, step_large: Tensor, levels: int
 class TwinUniformQuantizer(QuantizerBase):
     """Twin uniform fake quantizer (PTQ4ViT), per tensor, straight-through.
 
-    ``scale`` holds the two steps ``(small, large)`` with ``large = 2^m * small``.
-    'softmax' (inputs in [0, 1]): the large range is fixed to end at 1 (step
+    ``scale`` holds the two steps ``(small, large)``. 'softmax' (inputs in
+    [0, 1]): ``large = 2^m * small``; the large range is fixed to end at 1 (step
     ``1 / (2^(bits-1) - 1)``), the small one covers ``[0, 2^(bits-1) * small)``
-    for the many tiny probabilities. 'gelu': the small range holds the negative
-    values, its step fixed so that its lowest level is GELU's minimum; the large
-    one holds the positive values. Calibration picks ``m`` in :data:`SHIFTS`
-    with the lowest quantization MSE on a histogram of the calibration data
-    (PTQ4ViT ranks candidates by a Hessian-guided metric; MSE is what every
-    quantizer here uses), the smallest ``m`` on a tie.
+    for the many tiny probabilities; calibration picks ``m`` in :data:`SHIFTS`,
+    the smallest on a tie. 'gelu': ``2^bits`` levels; the small range holds the
+    negative values, ``2^(bits-1)`` codes of step ``0.16997 / 2^(bits-1)`` down
+    to GELU's minimum; the large one the positive values, ``2^(bits-1)`` codes
+    of a step calibration picks among PTQ4ViT's candidates
+    (:data:`GELU_SEARCH`), the first on a tie. Candidates are ranked by the
+    quantization MSE on a histogram of the calibration data (PTQ4ViT ranks them
+    by a Hessian-guided metric of the layer's output; MSE is what every
+    quantizer here uses).
 
     Args:
         bits: Bit width, 2 to 8 (one of them selects the range).
@@ -76,7 +95,11 @@ class TwinUniformQuantizer(QuantizerBase):
         self.register_buffer('scale', self._steps(torch.tensor(0)).float().view(2))
 
     def settings(self) -> Dict[str, Any]:
-        return dict(super().settings(), mode=self.mode)
+        """Kind, bits, mode; 'gelu' also its negative codes, so that a state of
+        the earlier 'gelu' grid (``2^(bits-1) - 1`` negative codes, steps tied by
+        a power of two) is refused."""
+        extra = dict(negative_levels=self.levels) if self.mode == 'gelu' else {}
+        return dict(super().settings(), mode=self.mode, **extra)
 
     def _config_repr(self) -> str:
         return f', mode={self.mode!r}'
@@ -97,21 +120,37 @@ class TwinUniformQuantizer(QuantizerBase):
         self.observer.reset()
 
     def _steps(self, shift: Tensor) -> Tensor:
-        """``(..., 2)`` steps (small, large) for exponents ``shift``, float64."""
+        """``(..., 2)`` steps (small, large) for exponents ``shift``, float64:
+        'softmax' ``large / 2^shift``; 'gelu' ``2^shift`` times the negative step
+        as the positive one (the initial value, before calibration)."""
         power = torch.pow(2.0, shift.double())
         if self.mode == 'softmax':
             large = torch.full_like(power, 1.0 / (self.levels - 1))
             return torch.stack([large / power, large], -1)
-        small = torch.full_like(power, -GELU_MIN / (self.levels - 1))
+        small = torch.full_like(power, -GELU_MIN / self.levels)
         return torch.stack([small, small * power], -1)
+
+    def candidate_steps(self, max_val: Tensor) -> Tensor:
+        """``(K, 2)`` step pairs the calibration chooses from, float64: 'softmax'
+        one per shift in :data:`SHIFTS`; 'gelu' the negative step with each of
+        PTQ4ViT's positive steps for the largest calibration value ``max_val``
+        (:data:`GELU_SEARCH`; a ``max_val`` below float32's eps counts as eps)."""
+        device = max_val.device
+        if self.mode == 'softmax':
+            return self._steps(torch.tensor(SHIFTS, device=device))
+        alpha, beta, n = GELU_SEARCH
+        factors = alpha + torch.arange(n, dtype=torch.float64, device=device) * (beta - alpha) / n
+        top = max_val.double().reshape(()).clamp(min=torch.finfo(torch.float32).eps)
+        large = factors * top / (self.levels - 0.5)
+        return torch.stack([torch.full_like(large, -GELU_MIN / self.levels), large], -1)
 
     def _compute_qparams(self) -> Tuple[Tensor, Tensor]:
         stats = self.observer.reduced(self.calibrated.device)
         if stats.empty:
             raise self._no_statistics()
-        steps = self._steps(torch.tensor(SHIFTS, device=self.calibrated.device))
+        steps = self.candidate_steps(stats.max_val.to(self.calibrated.device).max())
         errors = stats.step_mse(*self._step_function(steps))[:, 0]
-        best = steps[errors.argmin()]  # first minimum: the smallest shift on a tie
+        best = steps[errors.argmin()]  # first minimum: the smallest shift / factor on a tie
         with torch.no_grad():
             self.scale.copy_(best.to(self.scale.dtype))
         return self.scale, torch.zeros(1, dtype=torch.int32)
@@ -129,7 +168,8 @@ class TwinUniformQuantizer(QuantizerBase):
             bounds = [half * small, split, torch.maximum(half * large, split)]
         else:
             split = torch.zeros_like(small)
-            bounds = [-(half * small).flip(-1), split, half * large]
+            negative = torch.arange(self.levels, dtype=torch.float64, device=steps.device) + 0.5
+            bounds = [-(negative * small).flip(-1), split, half * large]
         boundaries = torch.cat(bounds, -1)
         inner = (boundaries[:, :-1] + boundaries[:, 1:]) / 2
         points = torch.cat([boundaries[:, :1] - large, inner, boundaries[:, -1:] + large], -1)
@@ -144,4 +184,6 @@ class TwinUniformQuantizer(QuantizerBase):
         return q
 
 
-__all__ = ['TwinUniformQuantizer', 'twin_quantize', 'GELU_MIN', 'TWIN_MODES']
+__all__ = [
+    'TwinUniformQuantizer', 'twin_quantize', 'GELU_MIN', 'TWIN_MODES', 'SHIFTS', 'GELU_SEARCH'
+]
