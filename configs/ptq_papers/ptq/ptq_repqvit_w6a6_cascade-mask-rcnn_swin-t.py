@@ -1,0 +1,5 @@
+# RepQ-ViT W6A6 PTQ of the PTQ papers' Swin-T Cascade Mask R-CNN (FP 50.4 / 43.7 AP).
+# Published: RepQ-ViT 50.0 / 43.5.
+_base_ = './ptq_repqvit_w4a4_cascade-mask-rcnn_swin-t.py'
+
+model = dict(backbone=dict(w_bits=6, a_bits=(6, 6)))
