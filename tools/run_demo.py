@@ -32,6 +32,8 @@ says how far its mmengine run is, and one line how long the table has left.
     python tools/run_demo.py [--work-dir work_dirs/demo] [--data-root data/shapes_coco] [--jobs 2]
     python tools/run_demo.py --table coco --data-root data/coco --gpus 8 \\
         [--checkpoint mask_rcnn_swin-t-p4-w7_fpn_ms-crop-3x_coco_20210906_131725-bacf6f7b.pth]
+    python tools/run_demo.py --table ptq-papers --data-root data/coco --gpus 8 \\
+        [--checkpoint fp_mask-rcnn_swin-t=mask_rcnn_swin_tiny_patch4_window7.pth ...]
 """
 import warnings
 
@@ -43,13 +45,13 @@ import argparse
 import dataclasses
 import os
 import os.path as osp
-from typing import Optional
+from typing import Dict, Optional, Sequence
 
 from mmengine.config import DictAction
 
 import mixaq_mmdet  # noqa: F401  (registries)
-from mixaq_mmdet.tables import (TABLES, LaunchExecutor, LocalExecutor, SearchSettings, TableRunner,
-                                format_table, format_targets)
+from mixaq_mmdet.tables import (TABLES, LaunchExecutor, LocalExecutor, SearchSettings, Table,
+                                TableRunner, format_table, format_targets, published_figures)
 from mixaq_mmdet.tables.configs import quick_options
 from mixaq_mmdet.tables.report import plot_table
 from mixaq_mmdet.utils.config import FORMAT_CONFIG_KEY
@@ -77,8 +79,11 @@ def parse_args() -> argparse.Namespace:
         '--dry-run', action='store_true', help='with --gpus: print the commands, run nothing')
     parser.add_argument(
         '--checkpoint',
-        help="the FP model (file or URL); default: the "
-        "table's (COCO: mmdet's 3x release)")
+        nargs='+',
+        metavar='[MODEL=]FILE',
+        help="given models' checkpoints (file or URL) instead of the table's releases: "
+        'MODEL=FILE for a training of the table (ptq-papers: fp_<detector>), or FILE alone '
+        "where the table has one given model (COCO: mmdet's 3x release)")
     parser.add_argument('--rows', nargs='+', metavar='ROW', help='only these rows (default: all)')
     parser.add_argument(
         '--num-train',
@@ -141,6 +146,25 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def given_checkpoints(table: Table, entries: Sequence[str]) -> Optional[Dict[str, str]]:
+    """``--checkpoint``'s entries as training -> file; a bare file is the
+    checkpoint of the table's one given model."""
+    given = [t.name for t in table.trainings if t.checkpoint is not None]
+    checkpoints = {}
+    for entry in entries:
+        name, sep, path = entry.partition('=')
+        if not sep or '://' in name:
+            if len(given) != 1:
+                raise SystemExit(f'--checkpoint {entry}: table {table.name} has {len(given)} '
+                                 f'given models ({", ".join(given)}); name one as MODEL=FILE')
+            name, path = given[0], entry
+        if name not in given:
+            raise SystemExit(f'--checkpoint {entry}: {name!r} is not a given model of table '
+                             f'{table.name}; valid: {", ".join(given)}')
+        checkpoints[name] = path
+    return checkpoints or None
+
+
 def main() -> None:
     args = parse_args()
     # the forked jobs compile kernels of their own: inductor must compile in
@@ -159,7 +183,7 @@ def main() -> None:
     defaults = table.search_settings
     search = SearchSettings(args.search_pop or defaults.pop, args.search_gens or defaults.gens,
                             args.search_images or defaults.images)
-    given: Optional[dict] = {'fp': args.checkpoint} if args.checkpoint else None
+    given = given_checkpoints(table, args.checkpoint or ())
     options = quick_options(args.max_epochs, args.qat_epochs, args.calib_images, {
         FORMAT_CONFIG_KEY: False,
         **args.cfg_options
@@ -174,7 +198,7 @@ def main() -> None:
     print(f'\n[table] {table.name}: results on the val split of {data_root} (speedup: BitOPs '
           f'of the base row / BitOPs of the row, backbone at {table.img_shape[0]}x'
           f'{table.img_shape[1]}; bases: {bases}, or the row named in results.json):')
-    print(format_table(rows))
+    print(format_table(rows, published_figures(table)))
     seeded = [t.name for t in table.trainings if t.seeded]
     if seeded and len(table.seeds) > 1:
         print(f'[table] rows on {", ".join(seeded)}: mean over the training seeds '

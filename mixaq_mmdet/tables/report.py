@@ -4,13 +4,13 @@ import dataclasses
 import json
 import os.path as osp
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..analysis import SeededDifference, over_seeds, paired_difference, plot_pareto
 from .records import RowRecord
-from .rows import Table, Target
+from .rows import Published, Table, Target
 
 #: Folds of the val images for the standard error of a difference.
 NUM_FOLDS = 5
@@ -154,9 +154,15 @@ def compare(targets: Sequence[Target], rows: Sequence[RowRecord], seed_dirs: See
     return results
 
 
-def format_table(rows: Sequence[RowRecord]) -> str:
-    header = (f"{'name':<30}{'bbox mAP':>9}{'segm mAP':>9}{'speedup':>9}{'backbone':>10}"
+def format_table(rows: Sequence[RowRecord],
+                 published: Optional[Mapping[str, Sequence[Published]]] = None) -> str:
+    """The rows as a text table; with ``published`` (row name -> figures), a
+    last column of the published box / mask AP of each row, marked as such."""
+    width = 36 if published is not None else 30
+    header = (f"{'name':<{width}}{'bbox mAP':>9}{'segm mAP':>9}{'speedup':>9}{'backbone':>10}"
               f"{'W':>4}{'A eff':>7}  {'low / prune ratios':<20}{'windows':<14}{'calib':>6}")
+    if published is not None:
+        header += '  published box / mask AP (not run here)'
     lines = [header, '-' * len(header)]
     for r in rows:
         if r.seed is not None:  # in results.json; the table shows their mean
@@ -170,9 +176,12 @@ def format_table(rows: Sequence[RowRecord]) -> str:
         seeds = f"  (mean of {len(r.seeds)} seeds, bbox sd {r.bbox_mAP_std:.2f})" \
             if r.seeds else ''
         latency = '-' if r.backbone_ms is None else f"{r.backbone_ms:.1f}ms"
-        lines.append(f"{r.name:<30}{r.bbox_mAP:>9.2f}{r.segm_mAP:>9.2f}"
+        reference = ''
+        if published is not None:
+            reference = '  ' + ('; '.join(map(str, published.get(r.name, ()))) or '-')
+        lines.append(f"{r.name:<{width}}{r.bbox_mAP:>9.2f}{r.segm_mAP:>9.2f}"
                      f"{speedup:>9}{latency:>10}{r.w_bits:>4}{r.act_bits:>7.2f}  "
-                     f"{ratios:<20}{order:<14}{r.calib_images:>6}{seeds}{stale}{other}")
+                     f"{ratios:<20}{order:<14}{r.calib_images:>6}{reference}{seeds}{stale}{other}")
     return '\n'.join(lines)
 
 
@@ -185,6 +194,12 @@ def format_targets(targets: Sequence[Dict]) -> str:
         lines.append(f"  [{t['status']}] {t['claim']}: {t['diff']:+.2f} bbox mAP "
                      f"(standard error {t['std_error']:.2f}{seeds})")
     return '\n'.join(lines)
+
+
+def published_figures(table: Table) -> Optional[Dict[str, Tuple[Published, ...]]]:
+    """The published figures of the table's rows (None: it has none)."""
+    figures = {r.name: r.published for r in table.rows if r.published}
+    return figures or None
 
 
 def _ratios(values: Optional[Sequence[float]]) -> str:

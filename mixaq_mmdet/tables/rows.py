@@ -66,6 +66,16 @@ class Ratios:
         return Candidate(low, prune)
 
 
+class Published(NamedTuple):
+    """A figure a paper or repository reports for a row: box / mask AP."""
+    source: str
+    box: float
+    mask: float
+
+    def __str__(self) -> str:
+        return f'{self.box:.1f} / {self.mask:.1f} {self.source}'
+
+
 def seeded_name(name: str, seed: Optional[int]) -> str:
     """The name of ``name``'s training or row at ``seed`` (None: not seeded)."""
     return name if seed is None else f'{name}@seed{seed}'
@@ -115,6 +125,7 @@ class Row:
     calib_ratios: Optional[Ratios] = None
     init: bool = False
     plotted: bool = True  # a point of the table's Pareto plots
+    published: Tuple[Published, ...] = ()
 
     def __post_init__(self) -> None:
         _check_method(self)

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from mmengine.config import Config, DictAction
 
-from mixaq_mmdet.tables import (BENCHMARK, COCO, Ratios, ResultStore, Row, Search, Table,
+from mixaq_mmdet.tables import (BENCHMARK, COCO, TABLES, Ratios, ResultStore, Row, Search, Table,
                                 TableConfig, Target, Training, fingerprint, relocation_options,
                                 tool_command)
 from mixaq_mmdet.tables.executors import calibrated_images_in, read_test_metrics
@@ -98,13 +98,17 @@ def test_ratios_are_typed_and_become_options_and_candidates():
 
 
 def test_every_row_of_the_tables_states_its_method():
-    """The method comes from the table, not from a training's name."""
-    for table in (BENCHMARK, COCO):
+    """The method comes from the table, not from a training's name: FP is a
+    float model (a training that continues none) evaluated with its own config,
+    PTQ another config on a float model, QAT a quantized training's row."""
+    for table in TABLES.values():
+        floats = {t.name for t in table.trainings if t.parent is None}
         for row in table.rows:
-            expected = 'FP' if row.name == 'fp' else 'PTQ' if row.model == 'fp' else 'QAT'
-            assert row.method == expected, row.name
+            fp = row.model in floats and row.config == table.training(row.model).config
+            expected = 'FP' if fp else 'PTQ' if row.model in floats else 'QAT'
+            assert row.method == expected, (table.name, row.name)
         for search in table.searches:
-            assert search.method == ('PTQ' if search.model == 'fp' else 'QAT'), search.name
+            assert search.method == ('PTQ' if search.model in floats else 'QAT'), search.name
 
 
 def test_a_target_with_an_unknown_test_is_refused():
