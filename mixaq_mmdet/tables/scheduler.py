@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..utils.forking import Child, fork_child, poll_child
+from ..utils.forking import OUTPUT_LOCK, Child, fork_child, poll_child
 from .progress import estimate_left, estimate_text, job_progress
 
 #: Seconds between looks at the running children.
@@ -220,10 +220,12 @@ def _run_here(jobs: Sequence[Job], done: Callable[[Job, Any], None], log_dir: Op
             if state is None:
                 continue
             job, start, rest = state
-            try:
-                print_progress([(job, start)], rest, previous, 1)
-            except Exception as exc:  # progress must not stop the table
-                print(f'{PROGRESS} failed: {exc!r}', flush=True)
+            # the job may fork (a launched run in the COCO smoke): never mid-write
+            with OUTPUT_LOCK:
+                try:
+                    print_progress([(job, start)], rest, previous, 1)
+                except Exception as exc:  # progress must not stop the table
+                    print(f'{PROGRESS} failed: {exc!r}', flush=True)
 
     reporter = None
     if progress_s is not None:

@@ -6,14 +6,26 @@ GNU OpenMP's thread pool (the parent must not have run a parallel region: it
 computes on one torch thread, :func:`torch_threads`) and inductor's pool of
 compile workers (the tool that starts the process sets
 ``TORCHINDUCTOR_COMPILE_THREADS=1`` before anything compiles); see
-:func:`~mixaq_mmdet.quantization.numerics.compile_kernels`."""
+:func:`~mixaq_mmdet.quantization.numerics.compile_kernels`. A third: a lock
+another thread holds at the fork stays held in the child forever, so a
+thread of this process that writes to its streams (whose objects the child's
+loggers still hold) does it under :data:`OUTPUT_LOCK`, which every fork
+takes."""
 import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Callable, Iterator, NamedTuple, Optional
+
+#: Held around every fork of :func:`fork_child` and by any other thread while it
+#: writes to this process's streams (the table runner's progress reporter): a
+#: fork in the middle of such a write would leave the stream's lock held in the
+#: child, whose mmengine logger writes to the same stream object, and the child
+#: would hang on its first log line.
+OUTPUT_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -50,7 +62,8 @@ def fork_child(target: Callable[[], None], log_file: str, threads: Optional[int]
     (and, with ``threads``, that many torch threads); the child exits 0 if
     ``target`` returns, 1 if it raises (the traceback in the log)."""
     start = time.perf_counter()
-    pid = os.fork()
+    with OUTPUT_LOCK:
+        pid = os.fork()
     if pid == 0:
         code = 1
         try:
@@ -93,10 +106,13 @@ def kill_child(child: Child) -> Exit:
     return ended._replace(ok=False, error='killed')
 
 
-def run_forked(target: Callable[[], None], log_file: str, timeout_s: float) -> Exit:
-    """Run ``target`` in a forked child (:func:`fork_child`) and wait for it,
-    killing it after ``timeout_s``."""
-    child = fork_child(target, log_file)
+def run_forked(target: Callable[[], None],
+               log_file: str,
+               timeout_s: float,
+               threads: Optional[int] = None) -> Exit:
+    """Run ``target`` in a forked child (:func:`fork_child`, on ``threads`` torch
+    threads if given) and wait for it, killing it after ``timeout_s``."""
+    child = fork_child(target, log_file, threads)
     deadline = child.start + timeout_s
     while True:
         ended = poll_child(child)
