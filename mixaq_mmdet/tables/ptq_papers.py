@@ -18,8 +18,15 @@ from .rows import Published, Row, Table, Target, Training
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 RELEASES = 'https://github.com/SwinTransformer/storage/releases/download/v1.0.2/'
-#: The PTQ bases: their configs' prefix and their name in the papers.
+#: The PTQ bases: their rows' infix and their name in the papers.
 BASES = {'repqvit': 'RepQ-ViT', 'ptq4vit': 'PTQ4ViT', 'uqvit': 'UQ-ViT'}
+#: PTQ4ViT's base as options of a RepQ-ViT config: its twin uniform quantizer
+#: after the softmax and the GELU of every Two-Branch block (the benchmark's
+#: ``ptq_ptq4vit_*`` configs), everything else as RepQ-ViT's.
+PTQ4VIT_OPTIONS = (('model.backbone.branch_quantizers.softmax.type', 'TwinUniformQuantizer'),
+                   ('model.backbone.branch_quantizers.softmax.mode', 'softmax'),
+                   ('model.backbone.branch_quantizers.fc2_in.type', 'TwinUniformQuantizer'),
+                   ('model.backbone.branch_quantizers.fc2_in.mode', 'gelu'))
 #: The base MixA-Q's rows run on.
 MIXAQ_BASE = 'uqvit'
 
@@ -88,8 +95,9 @@ def fp_training(detector: Detector) -> str:
 
 
 def detector_rows(detector: Detector) -> Tuple[Row, ...]:
-    """FP, W4A4 and W6A6 on each base, uniform W4A8 and MixA-Q at 1.24x and
-    1.35x on :data:`MIXAQ_BASE`."""
+    """FP, W4A4 and W6A6 on each base (PTQ4ViT's: the RepQ-ViT configs with
+    :data:`PTQ4VIT_OPTIONS`), uniform W4A8 and MixA-Q at 1.24x and 1.35x on
+    :data:`MIXAQ_BASE`."""
     d, model = detector.name, fp_training(detector)
     w4a8 = f'{d}_{MIXAQ_BASE}_w4a8'
 
@@ -106,7 +114,12 @@ def detector_rows(detector: Detector) -> Tuple[Row, ...]:
     rows = [row('fp', detector.fp_config)]
     for base in BASES:
         for bits in ('w4a4', 'w6a6'):
-            rows.append(row(f'{base}_{bits}', f'ptq/ptq_{base}_{bits}_{d}.py'))
+            if base == 'ptq4vit':
+                rows.append(
+                    row(f'{base}_{bits}', f'ptq/ptq_repqvit_{bits}_{d}.py',
+                        options=PTQ4VIT_OPTIONS))
+            else:
+                rows.append(row(f'{base}_{bits}', f'ptq/ptq_{base}_{bits}_{d}.py'))
     rows.append(
         row(f'{MIXAQ_BASE}_w4a8',
             f'ptq/ptq_{MIXAQ_BASE}_w4a4_{d}.py',

@@ -33,6 +33,9 @@ def test_each_detector_has_fp_every_base_at_w4a4_and_w6a6_and_mixaq_on_the_best_
             if row.name.startswith(f'{d}_'):
                 assert row.model == f'fp_{d}'
                 assert osp.isfile(osp.join(PTQ_PAPERS.config_root, row.config)), row.config
+        ptq4vit = [r for r in PTQ_PAPERS.rows if r.name.startswith(f'{d}_ptq4vit')]
+        assert [r.config
+                for r in ptq4vit] == [f'ptq/ptq_repqvit_{b}_{d}.py' for b in ('w4a4', 'w6a6')]
         mixaq = [r for r in PTQ_PAPERS.rows if r.name.startswith(f'{d}_mixaq')]
         assert all(
             r.config.startswith('ptq/ptq_mixaq_') and r.base == f'{d}_{MIXAQ_BASE}_w4a8'
@@ -62,6 +65,32 @@ def test_the_mixaq_rows_run_on_the_base_that_is_best_in_the_published_w4a4_figur
         if len(figures) == len(DETECTORS):
             means[base] = sum(figures) / len(figures)
     assert max(means, key=means.get) == MIXAQ_BASE and len(means) == 2
+
+
+def test_the_ptq4vit_options_build_twin_uniform_quantizers_after_softmax_and_gelu():
+    """PTQ4ViT's rows are RepQ-ViT's configs with options: what they build."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    row = next(r for r in PTQ_PAPERS.rows if r.name == 'mask-rcnn_swin-t_ptq4vit_w6a6')
+    cfg = Config.fromfile(osp.join(PTQ_PAPERS.config_root, row.config))
+    cfg.merge_from_dict(dict(row.evaluated_options))
+    cfg.model.backbone.depths = [2, 2, 2, 2]  # the quantizers, not the size, are checked
+    backbone = MODELS.build(cfg.model.backbone)
+    block = backbone.stages[0].blocks[0]
+    twins = {
+        name
+        for name, q in block.named_modules() if type(q).__name__ == 'TwinUniformQuantizer'
+    }
+    # the softmax quantizer is the first operand's of attn @ v
+    assert twins == {
+        f'branches.{b}.{p}'
+        for b in ('high', 'low')
+        for p in ('av.quantizer_a', 'fc2_in')
+    }
+    modes = {q.mode for q in block.modules() if type(q).__name__ == 'TwinUniformQuantizer'}
+    assert modes == {'softmax', 'gelu'} and backbone.a_bits == (6, 6)
 
 
 def _record(name):
