@@ -1,7 +1,8 @@
-"""Run the COCO table and every config of ``configs/mixaq/`` at full size on CPU
-(``make smoke-coco``): :mod:`mixaq_mmdet.tables.smoke`.
+"""Run the COCO tables and every config under their config roots at full size
+on CPU (``make smoke-coco``): :mod:`mixaq_mmdet.tables.smoke`.
 
-    python tools/smoke_coco.py [--work-dir work_dirs/smoke_coco] [--rows ROW ...]
+    python tools/smoke_coco.py [--work-dir work_dirs/smoke_coco] [--tables coco ptq-papers]
+        [--rows ROW ...]
 """
 import warnings
 
@@ -18,6 +19,7 @@ import mmdet.engine.hooks.utils  # noqa: F401
 import mmdet.evaluation  # noqa: F401
 import mmdet.models  # noqa: F401
 import mmdet.utils  # noqa: F401
+import torch
 
 import mixaq_mmdet  # noqa: F401  (registries)
 import mixaq_mmdet.search  # noqa: F401
@@ -33,6 +35,8 @@ def parse_args() -> argparse.Namespace:
         default='work_dirs/smoke_coco',
         help='fixture, checkpoints and logs (emptied first)')
     parser.add_argument(
+        '--tables', nargs='+', metavar='TABLE', help='only these COCO tables (default: every one)')
+    parser.add_argument(
         '--rows',
         nargs='+',
         metavar='ROW',
@@ -43,12 +47,17 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     # what every forked run would pay again: the fused fake-quantization kernels
-    # compiled once, in this process (the runs compile more of their own), on one
-    # thread (a parallel region here would hang the forked runs)
+    # compiled once, in this process (the runs compile more of their own). This
+    # process computes on one thread throughout (its records count BitOPs on
+    # built models): a parallel region here would hang the forked runs, which
+    # get the threads it had. Converted releases go to the work dir's cache.
     os.environ.setdefault('TORCHINDUCTOR_COMPILE_THREADS', '1')
+    os.environ['TORCH_HOME'] = os.path.join(os.path.abspath(args.work_dir), 'torch_home')
+    cores = torch.get_num_threads()
     with torch_threads(1):
         compile_kernels()
-    sys.exit(0 if run_smoke(args.work_dir, args.rows) else 1)
+        ok = run_smoke(args.work_dir, args.tables, args.rows, threads=cores)
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == '__main__':

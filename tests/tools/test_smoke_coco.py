@@ -4,50 +4,85 @@ import glob
 import json
 import os.path as osp
 import shutil
+import threading
+import time
 
-from mixaq_mmdet.tables import smoke
+import pytest
+
+from mixaq_mmdet.tables import COCO, COCO_TABLES, PTQ_PAPERS, Training, smoke
+from mixaq_mmdet.utils.forking import OUTPUT_LOCK, fork_child, poll_child
 from ..conftest import REPO, run_tool
 
-CONFIGS = osp.join(REPO, 'configs', 'mixaq')
 
-
-def _configs():
+def _configs(table):
+    root = table.config_root
     return sorted(
-        osp.relpath(p, CONFIGS) for p in glob.glob(osp.join(CONFIGS, '**', '*.py'), recursive=True))
+        osp.relpath(p, root) for p in glob.glob(osp.join(root, '**', '*.py'), recursive=True)
+        if '_base_' not in osp.relpath(p, root).split(osp.sep))
 
 
-def test_the_smoke_rows_and_steps_cover_every_config():
-    from mixaq_mmdet.tables import COCO
-    rows = set(smoke.SMOKE_ROWS)
-    assert rows <= set(COCO.row_names)
-    used = {r.config for r in COCO.rows if r.name in rows}
-    used |= {COCO.training(t).config for t in COCO.needed_trainings(sorted(rows))}
-    used |= {s.config for s in COCO.searches if set(s.row_names()) & rows}
-    used |= {smoke.FP_1X, COCO.training(smoke.RESUMED).config, smoke.AMP_QAT}
-    assert sorted(used) == _configs()
+@pytest.mark.parametrize('table', COCO_TABLES, ids=lambda t: t.name)
+def test_the_smoke_rows_and_steps_cover_every_config(table):
+    rows = set(smoke.smoke_rows(table))
+    assert rows <= set(table.row_names)
+    used = {r.config for r in table.rows if r.name in rows}
+    used |= {table.training(t).config for t in table.needed_trainings(sorted(rows))}
+    used |= {s.config for s in table.searches if set(s.row_names()) & rows}
+    if table.name == COCO.name:
+        used |= {smoke.FP_1X, COCO.training(smoke.RESUMED).config, smoke.AMP_QAT}
+    else:  # one row per config: a table without hand-picked rows needs no steps
+        assert table.name not in smoke.EXTRAS and len(rows) == len(used)
+    assert sorted(used) == _configs(table)
 
 
-def test_a_config_no_run_used_is_reported():
+def test_a_table_without_hand_picked_rows_runs_the_first_row_of_each_config():
+    rows = smoke.smoke_rows(PTQ_PAPERS)
+    configs = [r.config for r in PTQ_PAPERS.rows]
+    assert rows == tuple(
+        r.name for r in PTQ_PAPERS.rows if configs.index(r.config) == PTQ_PAPERS.rows.index(r))
+
+
+@pytest.mark.parametrize('table', COCO_TABLES, ids=lambda t: t.name)
+def test_a_config_no_run_used_is_reported(table):
     Result = smoke.Result
+    root = osp.relpath(table.config_root, REPO)
     results = [
         Result(
-            osp.splitext(rel)[0], osp.join('configs', 'mixaq', rel), '', True, 0, 0, 'image', 1,
-            None, None, '') for rel in _configs()[1:]
+            osp.splitext(rel)[0], osp.join(root, rel), '', True, 0, 0, 'image', 1, None, None, '')
+        for rel in _configs(table)[1:]
     ]
-    assert smoke.configs_not_run(results) == _configs()[:1]
+    assert smoke.configs_not_run(table, results) == _configs(table)[:1]
+
+
+def test_every_given_model_has_a_fixture_writer_and_an_unknown_release_is_refused():
+    for table in COCO_TABLES:
+        for training in table.trainings:
+            if training.checkpoint is not None:
+                assert training.checkpoint.startswith(
+                    ('https://download.openmmlab.com/', 'https://github.com/SwinTransformer/'))
+    with pytest.raises(ValueError, match='no fixture writer for the release'):
+        smoke.write_release_fixture(
+            Training('fp', 'x.py', checkpoint='https://example.com/a.pth'), 'x.py', '/tmp/a.pth')
 
 
 def test_qatinithook_overrides_follow_its_position():
     from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(CONFIGS, 'qat', 'qat_saqa_w4a4a2_swin-t_coco.py'))
+    configs = COCO.config_root
+    cfg = Config.fromfile(osp.join(configs, 'qat', 'qat_saqa_w4a4a2_swin-t_coco.py'))
     cfg.custom_hooks.insert(0, dict(type='EMAHook'))
-    options = dict(smoke.smoke_options(cfg))
+    options = dict(smoke.smoke_options(COCO)(cfg))
     assert options['custom_hooks.1.calib_images'] == 1
     assert not any(key.startswith('custom_hooks.0.') for key in options)
     # a trained QAT model is evaluated on 1 val image, a PTQ config on both
     assert options['test_dataloader.dataset.indices'] == 1
-    ptq = Config.fromfile(osp.join(CONFIGS, 'ptq', 'ptq_uniform_w4a8_swin-t_coco.py'))
-    assert 'test_dataloader.dataset.indices' not in dict(smoke.smoke_options(ptq))
+    ptq = Config.fromfile(osp.join(configs, 'ptq', 'ptq_uniform_w4a8_swin-t_coco.py'))
+    assert 'test_dataloader.dataset.indices' not in dict(smoke.smoke_options(COCO)(ptq))
+    # another table's PTQ rows calibrate on 1 image and are evaluated on 1
+    papers = Config.fromfile(
+        osp.join(PTQ_PAPERS.config_root, 'ptq', 'ptq_uqvit_w4a4_mask-rcnn_swin-s.py'))
+    options = dict(smoke.smoke_options(PTQ_PAPERS)(papers))
+    assert options['test_dataloader.dataset.indices'] == 1
+    assert options['test_cfg.calib_images'] == 1
 
 
 def test_forked_step_reports_failure_and_peak_memory(tmp_path):
@@ -69,6 +104,27 @@ def test_forked_step_reports_failure_and_peak_memory(tmp_path):
     assert 'RuntimeError: the step broke' in open(tmp_path / 'b.log').read()
 
 
+def test_a_fork_waits_for_a_thread_that_writes_under_the_output_lock(tmp_path):
+    """The runner's progress thread prints under OUTPUT_LOCK and every fork takes
+    it: a child never starts with a stream's lock held by a thread it lacks (it
+    hung on its first log line)."""
+    released = []
+
+    def hold():
+        with OUTPUT_LOCK:
+            time.sleep(0.5)
+            released.append(time.perf_counter())
+
+    writer = threading.Thread(target=hold)
+    writer.start()
+    time.sleep(0.1)
+    log = tmp_path / 'child.log'
+    child = fork_child(lambda: print(repr(time.perf_counter())), str(log))
+    assert poll_child(child, block=True).ok
+    writer.join()
+    assert float(log.read_text()) > released[0]
+
+
 def test_logged_times_are_read_from_mmengine_lines():
     log = ('Epoch(train) [1][1/2]  lr: 1e-05  eta: 0:00:03  time: 12.5000  data_time: 1.0\n'
            'Epoch(train) [1][2/2]  lr: 1e-05  eta: 0:00:00  time: 10.2500  data_time: 0.5\n'
@@ -83,22 +139,26 @@ def test_logged_times_are_read_from_mmengine_lines():
     assert smoke.logged_count(log, 'test') is None
 
 
-def test_smoke_coco_runs_the_coco_table_and_every_config_at_full_size(tmp_path):
-    """``make smoke-coco``: the COCO table's runner and every config on the real
-    Swin-T Mask R-CNN at 800x1333, random weights, on the COCO-layout fixture;
-    every run must succeed."""
+def test_smoke_coco_runs_the_coco_tables_and_every_config_at_full_size(tmp_path):
+    """``make smoke-coco``: each COCO table's runner and every config on the real
+    detectors at 800x1333, random weights, on the COCO-layout fixture; every run
+    must succeed."""
     work = tmp_path / 'smoke'
-    proc = run_tool(['tools/smoke_coco.py', '--work-dir', str(work)], timeout=2400)
+    proc = run_tool(['tools/smoke_coco.py', '--work-dir', str(work)], timeout=3600)
     report = json.load(open(work / 'smoke.json'))
     assert report['failed'] == '' and proc.returncode == 0, proc.stdout[-3000:]
+    assert set(report['table_s']) == {t.name for t in COCO_TABLES}
     results = {r['name']: r for r in report['results']}
     assert '| run | config | status |' in proc.stdout
-    # the table: every smoke row computed, with the commands that computed it
-    table = json.load(open(work / 'table' / 'results.json'))
-    rows = {r['name']: r for r in table['rows']}
-    assert set(rows) == set(smoke.SMOKE_ROWS)
-    for row in rows.values():
-        assert 0 <= row['bbox_mAP'] <= 100 and row['commands'], row['name']
+    # each table: every smoke row computed, with the commands that computed it
+    tables = {}
+    for table in COCO_TABLES:
+        records = json.load(open(work / table.name / 'table' / 'results.json'))['rows']
+        tables[table.name] = {r['name']: r for r in records}
+        assert set(tables[table.name]) == set(smoke.smoke_rows(table)), table.name
+        for row in records:
+            assert 0 <= row['bbox_mAP'] <= 100 and row['commands'], row['name']
+    rows = tables[COCO.name]
     assert rows['qat_mixaq_w4a4a2_1.35x']['a_bits'] == [4, 2]
     assert 1.3 < rows['qat_mixaq_w4a4a2_1.35x']['speedup'] < 1.4
     assert rows['mixaq_w4a8a4_1.35x']['calib_images'] == 2
@@ -106,9 +166,15 @@ def test_smoke_coco_runs_the_coco_table_and_every_config_at_full_size(tmp_path):
     searched = rows['qat_search_1.35x']
     assert abs(searched['speedup'] - 1.35) <= 0.05 and 'search_ratios.py' in \
         searched['commands'][0]
+    # the PTQ papers' table: the Microsoft-layout checkpoints loaded, every
+    # detector quantized whole, on 1 calibration image
+    papers = tables[PTQ_PAPERS.name]
+    for name, row in papers.items():
+        if row['method'] == 'PTQ':
+            assert row['calib_images'] == 1 and row['scope'] == 'detector', name
     # PTQ calibrated and saved; QAT resumed where the table's run stopped
-    assert osp.isfile(work / 'table' / 'uniform_w4a8' / 'calibrated.pth')
-    resumed = open(results['extra/resume (train)']['log_file']).read()
+    assert osp.isfile(work / 'coco' / 'table' / 'uniform_w4a8' / 'calibrated.pth')
+    resumed = open(results['coco/extra/resume (train)']['log_file']).read()
     assert 'resumed at iteration 1' in resumed and 'Epoch(val) [2][1/1]' in resumed
     # OFQ: annealing over the last iteration, the oscillation measure logged
     assert 'cga_frozen_rate' in resumed and 'weight_flip_rate' in resumed
@@ -116,7 +182,7 @@ def test_smoke_coco_runs_the_coco_table_and_every_config_at_full_size(tmp_path):
         assert result['peak_rss_mb'] > 500, name  # the model alone is ~200 MB of weights
         if '(search)' not in name:
             assert result['s_per_unit'] is not None, name
-        if result['config'].startswith('configs/mixaq/ptq/'):
+        if '/ptq/' in result['config']:
             assert result['calib_s'] is not None, name
-    print(proc.stdout[-5000:])
-    shutil.rmtree(work)  # about 8 GB of checkpoints
+    print(proc.stdout[-9000:])  # the runs' table and the seconds per table
+    shutil.rmtree(work)  # many GB of checkpoints
