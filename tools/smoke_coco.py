@@ -40,7 +40,8 @@ def parse_args() -> argparse.Namespace:
         '--rows',
         nargs='+',
         metavar='ROW',
-        help='only these table rows (and what they need), no other step')
+        help='a sample: a table that has some of these rows runs only them (and what they '
+        'need), no other step; the other tables run in full')
     return parser.parse_args()
 
 

@@ -404,9 +404,10 @@ def run_smoke(work_dir: str,
               threads: Optional[int] = None) -> bool:
     """Run the smoke into ``work_dir`` (emptied first) for the COCO tables named
     ``tables`` (default: all of :data:`~mixaq_mmdet.tables.COCO_TABLES`), each
-    into ``<work_dir>/<table>``: its ``rows`` if given (those of the table that
-    it has; no other step), else :func:`smoke_rows`, its :data:`EXTRAS` and the
-    check that every config ran; print and write (``smoke.json``) what each run
+    into ``<work_dir>/<table>``: a table that has some of ``rows`` runs those
+    and no other step (a sample); every other table runs in full:
+    :func:`smoke_rows`, its :data:`EXTRAS` and the check that every config
+    ran. Print and write (``smoke.json``) what each run
     measured. The runs compute on ``threads`` torch threads (default: this
     process's); this process itself must compute on one (see
     :mod:`~mixaq_mmdet.utils.forking`). Whether every run succeeded."""
@@ -434,10 +435,10 @@ def run_smoke(work_dir: str,
         for table in chosen:
             began = time.perf_counter()
             executor = SmokeExecutor(table, osp.join(work, table.name), results, threads)
-            table_rows = [r for r in rows if r in table.row_names] if rows else smoke_rows(table)
-            if table_rows:
-                run_table(executor, table, data_root, checkpoints[table.name], table_rows)
-            if not rows:
+            sample = [r for r in rows or () if r in table.row_names]
+            run_table(executor, table, data_root, checkpoints[table.name], sample
+                      or smoke_rows(table))
+            if not sample:
                 if table.name in EXTRAS:
                     EXTRAS[table.name](executor, data_root, checkpoints[table.name])
                 missing = configs_not_run(table, results)

@@ -139,12 +139,41 @@ def test_logged_times_are_read_from_mmengine_lines():
     assert smoke.logged_count(log, 'test') is None
 
 
-def test_smoke_coco_runs_the_coco_tables_and_every_config_at_full_size(tmp_path):
-    """``make smoke-coco``: each COCO table's runner and every config on the real
-    detectors at 800x1333, random weights, on the COCO-layout fixture; every run
-    must succeed."""
+#: The PTQ papers' table in CI: every detector's release converted and
+#: evaluated, and a PTQ row on each detector that together take every base, both
+#: bit widths and MixA-Q. ``make smoke-coco`` runs a row of every config (about
+#: half an hour on 2 cores: each full-size detector-scope calibration takes 1-2
+#: minutes); the configs themselves are all built and checked by
+#: tests/test_coco_configs.py.
+PAPERS_SAMPLE = ('mask-rcnn_swin-t_fp', 'mask-rcnn_swin-s_fp', 'cascade-mask-rcnn_swin-t_fp',
+                 'cascade-mask-rcnn_swin-s_fp', 'mask-rcnn_swin-t_repqvit_w4a4',
+                 'mask-rcnn_swin-s_uqvit_w6a6', 'cascade-mask-rcnn_swin-t_mixaq_w4a8a4_1.35x',
+                 'cascade-mask-rcnn_swin-s_repqvit_w6a6')
+
+
+def test_the_ci_sample_takes_every_detector_base_and_bit_width():
+    from mixaq_mmdet.tables.ptq_papers import BASES, DETECTORS
+    rows = {r.name: r for r in PTQ_PAPERS.rows}
+    sample = [rows[name] for name in PAPERS_SAMPLE]
+    assert {r.model for r in sample if r.method == 'FP'} == {t.name for t in PTQ_PAPERS.trainings}
+    quantized = [r for r in sample if r.method == 'PTQ']
+    assert {r.model for r in quantized} == {f'fp_{d.name}' for d in DETECTORS}
+    configs = {osp.basename(r.config) for r in quantized}
+    assert all(any(f'_{bits}_' in c for c in configs) for bits in ('w4a4', 'w6a6'))
+    assert all(
+        any(c.startswith(f'ptq_{base}_') for c in configs)
+        for base in BASES if base != 'ptq4vit') and any(c.startswith('ptq_mixaq') for c in configs)
+
+
+def test_smoke_coco_runs_the_coco_tables_at_full_size(tmp_path):
+    """``make smoke-coco``: the paper's table's runner and every config of it
+    on the real Swin-T Mask R-CNN at 800x1333, random weights, on the
+    COCO-layout fixture, and the PTQ papers' table on :data:`PAPERS_SAMPLE`;
+    every run must succeed."""
     work = tmp_path / 'smoke'
-    proc = run_tool(['tools/smoke_coco.py', '--work-dir', str(work)], timeout=3600)
+    proc = run_tool(['tools/smoke_coco.py', '--work-dir',
+                     str(work), '--rows', *PAPERS_SAMPLE],
+                    timeout=3600)
     report = json.load(open(work / 'smoke.json'))
     assert report['failed'] == '' and proc.returncode == 0, proc.stdout[-3000:]
     assert set(report['table_s']) == {t.name for t in COCO_TABLES}
@@ -155,7 +184,8 @@ def test_smoke_coco_runs_the_coco_tables_and_every_config_at_full_size(tmp_path)
     for table in COCO_TABLES:
         records = json.load(open(work / table.name / 'table' / 'results.json'))['rows']
         tables[table.name] = {r['name']: r for r in records}
-        assert set(tables[table.name]) == set(smoke.smoke_rows(table)), table.name
+        expected = PAPERS_SAMPLE if table is PTQ_PAPERS else smoke.smoke_rows(table)
+        assert set(tables[table.name]) == set(expected), table.name
         for row in records:
             assert 0 <= row['bbox_mAP'] <= 100 and row['commands'], row['name']
     rows = tables[COCO.name]
@@ -172,6 +202,9 @@ def test_smoke_coco_runs_the_coco_tables_and_every_config_at_full_size(tmp_path)
     for name, row in papers.items():
         if row['method'] == 'PTQ':
             assert row['calib_images'] == 1 and row['scope'] == 'detector', name
+    assert papers['mask-rcnn_swin-s_uqvit_w6a6']['a_bits'] == [6, 6]
+    mixaq = papers['cascade-mask-rcnn_swin-t_mixaq_w4a8a4_1.35x']
+    assert mixaq['a_bits'] == [8, 4] and set(mixaq['low_bit_ratios']) == {0.53}
     # PTQ calibrated and saved; QAT resumed where the table's run stopped
     assert osp.isfile(work / 'coco' / 'table' / 'uniform_w4a8' / 'calibrated.pth')
     resumed = open(results['coco/extra/resume (train)']['log_file']).read()
