@@ -22,7 +22,7 @@ fold on such data). ``reparam_range`` (:data:`REPARAM_RANGES`) says which grid:
   convention): a one-sign channel's step covers ``[min(lo, 0), max(hi, 0)]``.
 
 The two agree on channels that span 0, up to the (min, max) candidate.
-:class:`~mixaq_mmdet.engine.PTQLoop` defaults to 'repq_vit'. The map below turns
+:class:`~mixaq_mmdet.engine.PTQLoop` defaults to 'with_zero'. The map below turns
 every channel's grid into one common grid of step ``mean(s)``, as RepQ-ViT does
 with its calibrated per-channel steps ('with_zero': with the widened ones).
 
@@ -56,9 +56,10 @@ from .quantizers import PERCENTILES, UniformQuantizer
 
 #: Which calibrated per-channel grid sets a channel's range (``reparam_range``).
 REPARAM_RANGES = ('repq_vit', 'with_zero')
-#: ``reparam_range`` of :class:`~mixaq_mmdet.engine.PTQLoop` (the functions here
-#: default to 'with_zero', their behaviour before the option, for their callers).
-DEFAULT_REPARAM_RANGE = 'repq_vit'
+#: ``reparam_range`` of :class:`~mixaq_mmdet.engine.PTQLoop` and of the functions
+#: here: the range every published number of the project was calibrated with;
+#: 'repq_vit' measured within noise of it at W4A4 (docs/ptq.md).
+DEFAULT_REPARAM_RANGE = 'with_zero'
 
 
 def check_reparam_range(reparam_range: object) -> str:
@@ -120,7 +121,9 @@ class ChannelStatistics:
     def observe(self, linear: nn.Module, x: Tensor) -> None:
         self.observers[linear](x.detach())
 
-    def ranges(self, linear: nn.Module, reparam_range: str = 'with_zero') -> Tuple[Tensor, Tensor]:
+    def ranges(self,
+               linear: nn.Module,
+               reparam_range: str = DEFAULT_REPARAM_RANGE) -> Tuple[Tensor, Tensor]:
         """Calibrated ``(lo, hi)`` of ``linear``'s input channels over all ranks,
         as ``reparam_range`` (:data:`REPARAM_RANGES`) takes them.
 
@@ -202,7 +205,7 @@ def fold_channel_map(target: ReparamTarget, r: Tensor, delta: Tensor) -> None:
 
 def reparameterize(targets: Sequence[ReparamTarget],
                    stats: ChannelStatistics,
-                   reparam_range: str = 'with_zero') -> List[Tuple[Tensor, Tensor]]:
+                   reparam_range: str = DEFAULT_REPARAM_RANGE) -> List[Tuple[Tensor, Tensor]]:
     """Fold the equalizing map of every target, channel ranges as
     ``reparam_range`` takes them; returns the ``(r, delta)`` used.
 
