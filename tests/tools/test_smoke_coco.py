@@ -141,9 +141,9 @@ def test_logged_times_are_read_from_mmengine_lines():
 
 #: The PTQ papers' table in CI: every detector's release converted and
 #: evaluated, and a PTQ row on each detector that together take every base, both
-#: bit widths and MixA-Q. ``make smoke-coco`` runs a row of every config (about
-#: half an hour on 2 cores: each full-size detector-scope calibration takes 1-2
-#: minutes); the configs themselves are all built and checked by
+#: bit widths and MixA-Q (268 s on 2 cores). ``make smoke-coco`` runs a row of
+#: every config (about 20 minutes: a full-size detector-scope calibration takes
+#: 15-60 s on one image); the configs themselves are all built and checked by
 #: tests/test_coco_configs.py.
 PAPERS_SAMPLE = ('mask-rcnn_swin-t_fp', 'mask-rcnn_swin-s_fp', 'cascade-mask-rcnn_swin-t_fp',
                  'cascade-mask-rcnn_swin-s_fp', 'mask-rcnn_swin-t_repqvit_w4a4',
