@@ -94,6 +94,18 @@ def build_release_model(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def adamw_2x_config() -> Dict[str, Any]:
+    """The 3x Swin configs' optimizer in mmdet 2.x's form: AdamW, no weight
+    decay on :data:`NO_DECAY_KEYS`."""
+    return dict(
+        type='AdamW',
+        lr=BASE_LR,
+        betas=BETAS,
+        weight_decay=WEIGHT_DECAY,
+        paramwise_cfg=dict(custom_keys={k: dict(decay_mult=0.0)
+                                        for k in NO_DECAY_KEYS}))
+
+
 def release_config_text() -> str:
     """``meta['config']``: a reconstruction of the release's mmdet 2.x config
     as ``cfg.pretty_text`` prints it: mmdet 3.3.0's model of the same name
@@ -119,13 +131,7 @@ def release_config_text() -> str:
             img_norm_cfg=img_norm_cfg,
             data=dict(samples_per_gpu=2, workers_per_gpu=2, **data),
             evaluation=dict(metric=['bbox', 'segm']),
-            optimizer=dict(
-                type='AdamW',
-                lr=BASE_LR,
-                betas=BETAS,
-                weight_decay=WEIGHT_DECAY,
-                paramwise_cfg=dict(custom_keys={k: dict(decay_mult=0.0)
-                                                for k in NO_DECAY_KEYS})),
+            optimizer=adamw_2x_config(),
             optimizer_config=dict(grad_clip=None),
             lr_config=dict(
                 policy='step',
@@ -264,7 +270,7 @@ def write_official_checkpoint(path: str,
 
 
 __all__ = [
-    'RELEASE_CONFIG', 'EXP_NAME', 'OFFICIAL_META_KEYS', 'build_release_model',
+    'RELEASE_CONFIG', 'EXP_NAME', 'OFFICIAL_META_KEYS', 'build_release_model', 'adamw_2x_config',
     'release_config_text', 'official_meta', 'mmcv_adamw_state_dict', 'official_checkpoint',
     'write_official_checkpoint'
 ]

@@ -42,8 +42,8 @@ from mmengine.registry import DefaultScope
 from torch import nn
 
 from mixaq_mmdet.datasets.coco_fixture import COCO_CLASSES
-from .official_checkpoint import (BASE_LR, BETAS, ITERS_PER_EPOCH, LR_STEPS, MAX_EPOCHS,
-                                  NO_DECAY_KEYS, WEIGHT_DECAY, mmcv_adamw_state_dict)
+from .official_checkpoint import (ITERS_PER_EPOCH, LR_STEPS, MAX_EPOCHS, adamw_2x_config,
+                                  mmcv_adamw_state_dict)
 from .swin_od_checkpoint import SWIN_OD_RELEASES, SwinODRelease, mmdet_to_swin_od, swin_od_release
 
 #: ``mmdet.__version__`` of the fork plus ``get_git_hash()[:7]`` outside a git checkout.
@@ -133,13 +133,7 @@ def swin_od_config_text(config: str) -> str:
     cfg = Config(
         dict(
             model=model,
-            optimizer=dict(
-                type='AdamW',
-                lr=BASE_LR,
-                betas=BETAS,
-                weight_decay=WEIGHT_DECAY,
-                paramwise_cfg=dict(custom_keys={k: dict(decay_mult=0.0)
-                                                for k in NO_DECAY_KEYS})),
+            optimizer=adamw_2x_config(),
             optimizer_config=dict(
                 type='DistOptimizerHook',
                 update_interval=1,

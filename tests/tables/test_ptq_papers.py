@@ -6,9 +6,10 @@ import os.path as osp
 
 import pytest
 
-from mixaq_mmdet.tables import PTQ_PAPERS, RowRecord, format_table, published_figures
+from mixaq_mmdet.tables import PTQ_PAPERS, format_table, published_figures
 from mixaq_mmdet.tables.ptq_papers import BASES, DETECTORS, MIXAQ_BASE
 from ..conftest import REPO, run_tool
+from .test_tables import _record
 
 
 def _run_demo():
@@ -93,36 +94,12 @@ def test_the_ptq4vit_options_build_twin_uniform_quantizers_after_softmax_and_gel
     assert modes == {'softmax', 'gelu'} and backbone.a_bits == (6, 6)
 
 
-def _record(name):
-    return RowRecord(
-        name=name,
-        method='PTQ',
-        bbox_mAP=12.34,
-        segm_mAP=11.0,
-        no_detections=False,
-        bitops_G=1.0,
-        w_bits=4,
-        act_bits=4.0,
-        a_bits=[4, 4],
-        low_bit_ratios=[0.0],
-        prune_ratios=[0.0],
-        window_score='l2',
-        window_order='importance',
-        calib_images=32,
-        execution=None,
-        backbone_ms=None,
-        scope='detector',
-        model='fp_mask-rcnn_swin-t',
-        base='mask-rcnn_swin-t_uqvit_w4a8',
-        img_shape=[800, 1344],
-        eval_seconds=1.0)
-
-
 def test_the_published_figures_are_printed_beside_the_rows_marked_as_published():
     published = published_figures(PTQ_PAPERS)
-    text = format_table(
-        [_record('mask-rcnn_swin-t_repqvit_w4a4'),
-         _record('mask-rcnn_swin-t_ptq4vit_w4a4')], published)
+    text = format_table([
+        _record('mask-rcnn_swin-t_repqvit_w4a4', bbox_mAP=12.34),
+        _record('mask-rcnn_swin-t_ptq4vit_w4a4', bbox_mAP=12.34)
+    ], published)
     header, _, repq, ptq4vit = text.splitlines()
     assert 'published' in header and 'not run here' in header
     assert '36.1 / 36.0 RepQ-ViT' in repq and '38.9 / 38.1 APHQ-ViT' in repq
